@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The demo: a real local control plane, Redis, an embedded SQLite database, the
+# operator, a sample workload and an Incident, with visible progress.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+VENV="${VENV:-.venv}"
+FLYWHEEL="${VENV}/bin/flywheel"
+CLUSTER=flywheel
+NS=flywheel-demo
+STATE="${FLYWHEEL_CACHE_DIR:-${HOME}/.cache/flywheel}/clusters/${CLUSTER}"
+
+step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+step "Starting the local control plane and Redis (first run builds the binaries: 15-30 min)"
+"${FLYWHEEL}" dev up --name "${CLUSTER}"
+eval "$("${FLYWHEEL}" dev status --name "${CLUSTER}" -o json | "${VENV}/bin/python" -c '
+import json, sys
+s = json.load(sys.stdin)
+print(f"export KUBECONFIG={s[\"kubeconfig\"]}")
+print(f"export FLYWHEEL_REDIS_URL={s[\"redis\"]}")
+')"
+export PATH="$(bash hack/build-controlplane.sh 2>/dev/null):${PATH}"
+kubectl get nodes
+
+step "Installing the CRDs"
+kubectl apply --server-side -f crds/ >/dev/null
+kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
+kubectl get crds -o name | grep flywheel.dev
+
+step "Starting the operator (log: ${STATE}/operator.log, database: ${STATE}/flywheel.db)"
+export FLYWHEEL_DATABASE_URL="sqlite:///${STATE}/flywheel.db"
+if [[ -f "${STATE}/operator.pid" ]] && kill -0 "$(cat "${STATE}/operator.pid")" 2>/dev/null; then
+  echo "operator already running (pid $(cat "${STATE}/operator.pid"))"
+else
+  nohup "${FLYWHEEL}" run --standalone --all-namespaces >"${STATE}/operator.log" 2>&1 &
+  echo $! >"${STATE}/operator.pid"
+  echo "operator started (pid $!)"
+fi
+
+step "Deploying the sample workload ${NS}/checkout"
+kubectl create namespace "${NS}" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl apply -n "${NS}" -f examples/sample-workload.yaml
+kubectl rollout status -n "${NS}" deployment/checkout --timeout=120s
+kubectl get pods -n "${NS}" -o wide
+
+step "Filing an Incident: checkout was OOM-killed"
+kubectl delete incident -n "${NS}" checkout-oom --ignore-not-found --wait=true >/dev/null
+kubectl apply -n "${NS}" -f examples/incident-oom.yaml
+for _ in $(seq 1 30); do
+  run="$(kubectl get incident -n "${NS}" checkout-oom -o jsonpath='{.status.runRef.name}' 2>/dev/null || true)"
+  [[ -n "${run}" ]] && break
+  sleep 1
+done
+kubectl get flywheel -n "${NS}"
+
+step "What Flywheel made of it"
+kubectl describe incident -n "${NS}" checkout-oom | sed -n '/^Status:/,$p'
+
+cat <<EOT
+
+The demo keeps running. Try:
+  export KUBECONFIG=${KUBECONFIG}
+  kubectl get flywheel -n ${NS}
+  kubectl apply -n ${NS} -f examples/incident-oom.yaml   # same anomaly again: counted, deduplicated
+  tail -f ${STATE}/operator.log
+Stop everything with: make demo-down
+EOT

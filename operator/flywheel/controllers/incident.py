@@ -1,0 +1,405 @@
+"""Reconciling one Incident: record the anomaly, deduplicate, decide, start a Run.
+
+Level-triggered: every step first looks at what the status already says, so the
+reconcile can run any number of times (Kopf retries, operator restarts) and each
+side effect happens once — recording is idempotent per Incident uid in Redis, the
+Run has a deterministic name, and dispositions carry their own idempotency ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from flywheel.api.common import ObjectRef, new_condition, set_condition
+from flywheel.api.enums import (
+    ConditionStatus,
+    DecisionState,
+    Disposition,
+    IncidentPhase,
+)
+from flywheel.api.incident import AnomalyStatus, Decision, IncidentSpec, IncidentStatus
+from flywheel.controllers.dependencies import Dependencies
+from flywheel.domain.actions import IncidentTarget
+from flywheel.domain.advisor import IncidentFacts, advisors_to_consult, build_messages
+from flywheel.domain.decision import NEEDS_PERMANENT_FIX_WARNING, DecisionInput, DecisionOutcome, decide, decision_id
+from flywheel.domain.escalation import AnomalySnapshot
+from flywheel.domain.signature import anomaly_key
+from flywheel.errors import RedisUnavailableError
+from flywheel.logs import get_logger
+from flywheel.stores.kube import API_VERSION
+
+log = get_logger(__name__)
+
+ACTIVE_PHASES = frozenset({None, IncidentPhase.INVESTIGATING, IncidentPhase.MITIGATING})
+FINAL_PHASES = frozenset({IncidentPhase.RESOLVED, IncidentPhase.CLOSED})
+
+# Condition types on an Incident.
+ANOMALY_RECORDED = "AnomalyRecorded"
+DEDUPLICATED = "Duplicate"
+DECIDED = "Decided"
+REMEDIATION_STARTED = "RemediationStarted"
+RESOLVED = "Resolved"
+
+LABEL_INCIDENT = "flywheel.dev/incident"
+LABEL_ANOMALY_KEY = "flywheel.dev/anomaly-key"
+# The first decision of an Incident; later decisions (after a failed Run) count up.
+FIRST_DECISION = 1
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event the handler should post for the Incident."""
+
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class PeerIncident:
+    """What the deduplication needs to know of another Incident (from Kopf's index)."""
+
+    name: str
+    uid: str
+    created_at: datetime
+    phase: IncidentPhase | None
+    claimed: bool  # it already has a decision or a Run
+
+    @property
+    def active(self) -> bool:
+        return self.phase in ACTIVE_PHASES
+
+
+@dataclass
+class IncidentObject:
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    created_at: datetime
+    spec: IncidentSpec
+    status: IncidentStatus
+
+    @classmethod
+    def from_body(cls, body: Any) -> IncidentObject:
+        meta = body["metadata"]
+        return cls(
+            name=meta["name"],
+            namespace=meta["namespace"],
+            uid=meta["uid"],
+            generation=int(meta.get("generation", 1)),
+            created_at=datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00")),
+            spec=IncidentSpec.model_validate(dict(body.get("spec") or {})),
+            status=IncidentStatus.model_validate(_own_status(body.get("status") or {})),
+        )
+
+    @property
+    def anomaly_key(self) -> str:
+        return anomaly_key(self.spec.alert_name, self.spec.service, self.namespace, self.spec.error_type)
+
+    @property
+    def target(self) -> IncidentTarget:
+        return IncidentTarget(self.namespace, self.spec.target_ref.kind, self.spec.target_ref.name)
+
+    @property
+    def alert_names(self) -> tuple[str, ...]:
+        names = [self.spec.alert_name] if self.spec.alert_name else []
+        names += [signal.alert_name for signal in self.spec.signals if signal.alert_name not in names]
+        return tuple(names)
+
+
+def _own_status(status: Any) -> dict[str, Any]:
+    """The status fields our model knows (Kopf may keep its own bookkeeping beside them)."""
+    known = {field_info.alias or name for name, field_info in IncidentStatus.model_fields.items()}
+    return {key: value for key, value in dict(status).items() if key in known}
+
+
+@dataclass
+class IncidentOutcome:
+    """What one reconcile wants written: the new status and the Events to post."""
+
+    status: IncidentStatus
+    events: list[Event] = field(default_factory=list)
+    retry_anomaly_later: bool = False
+
+    def status_patch(self) -> dict[str, Any]:
+        return self.status.model_dump(by_alias=True, mode="json", exclude_none=False)
+
+
+def find_primary(incident: IncidentObject, peers: Iterable[PeerIncident]) -> PeerIncident | None:
+    """The active Incident with the same anomaly key that this one duplicates, if any.
+
+    The one that already holds a decision wins; between unclaimed ones the older wins
+    (creation time, then uid), so two Incidents created at once agree on who is primary.
+    """
+    candidates = [peer for peer in peers if peer.uid != incident.uid and peer.active]
+    claimed = [peer for peer in candidates if peer.claimed]
+    if claimed:
+        return min(claimed, key=lambda peer: (peer.created_at, peer.uid))
+    older = [peer for peer in candidates if (peer.created_at, peer.uid) < (incident.created_at, incident.uid)]
+    return min(older, key=lambda peer: (peer.created_at, peer.uid)) if older else None
+
+
+def trace_id(incident_uid: str, sequence: int) -> str:
+    """A W3C trace id (32 hex) that stays the same when the reconcile is retried."""
+    return hashlib.sha256(f"{incident_uid}:{sequence}:trace".encode()).hexdigest()[:32]
+
+
+def run_name(incident_name: str, sequence: int) -> str:
+    suffix = f"-{sequence}"
+    return incident_name[: 253 - len(suffix)] + suffix
+
+
+class IncidentReconciler:
+    def __init__(self, deps: Dependencies) -> None:
+        self._deps = deps
+
+    def tenant(self, namespace: str) -> str:
+        return self._deps.settings.tenant or namespace
+
+    async def reconcile(
+        self, incident: IncidentObject, peers: Iterable[PeerIncident], now: datetime | None = None
+    ) -> IncidentOutcome:
+        now = now or datetime.now(UTC)
+        status = incident.status.model_copy(deep=True)
+        outcome = IncidentOutcome(status=status)
+        status.observed_generation = incident.generation
+
+        if status.phase in FINAL_PHASES:
+            return outcome
+
+        await self._record_anomaly(incident, outcome, now)
+        await self._apply_permanent_fix(incident, outcome, now)
+
+        if incident.spec.resolution is not None:
+            await self._resolve_manually(incident, outcome, now)
+            return outcome
+        if status.phase == IncidentPhase.DUPLICATE or status.run_ref is not None:
+            return outcome
+
+        primary = None if status.decision is not None else find_primary(incident, peers)
+        if primary is not None:
+            status.phase = IncidentPhase.DUPLICATE
+            status.duplicate_of = primary.name
+            self._condition(outcome, incident, DEDUPLICATED, ConditionStatus.TRUE, "ActiveIncidentExists",
+                            f"same anomaly as the active Incident {primary.name}; no second Run", now)
+            outcome.events.append(Event("Normal", "Duplicate", f"duplicate of {primary.name} (anomaly {incident.anomaly_key})"))
+            return outcome
+
+        await self._decide_and_start(incident, outcome, now)
+        return outcome
+
+    # -- steps ------------------------------------------------------------------------
+
+    async def _record_anomaly(self, incident: IncidentObject, outcome: IncidentOutcome, now: datetime) -> None:
+        status = outcome.status
+        key = incident.anomaly_key
+        if status.anomaly is not None and status.anomaly.key == key and not status.anomaly.degraded:
+            return
+        signature = {
+            "alert_name": incident.spec.alert_name or "",
+            "service": incident.spec.service,
+            "namespace": incident.namespace,
+            "error_type": incident.spec.error_type or "",
+        }
+        try:
+            snapshot = await self._deps.anomalies.record_occurrence(
+                self.tenant(incident.namespace), key, signature, incident.uid, incident.created_at, now=now
+            )
+        except RedisUnavailableError as exc:
+            log.warning("anomaly not recorded, Redis unavailable", incident=incident.name, error=str(exc))
+            previous = status.anomaly
+            status.anomaly = AnomalyStatus(
+                key=key,
+                degraded=True,
+                **({} if previous is None or previous.key != key else previous.model_dump(exclude={"key", "degraded"})),
+            )
+            self._condition(outcome, incident, ANOMALY_RECORDED, ConditionStatus.FALSE, "RedisUnavailable",
+                            f"recurrence counts will be recorded when Redis is back: {exc}", now)
+            if previous is None or not previous.degraded:
+                outcome.events.append(Event("Warning", "RedisUnavailable", "anomaly counts degraded; recording later"))
+            outcome.retry_anomaly_later = True
+            return
+        status.anomaly = _anomaly_status(snapshot)
+        level = snapshot.escalation_level.value if snapshot.escalation_level else "none"
+        self._condition(outcome, incident, ANOMALY_RECORDED, ConditionStatus.TRUE, "Recorded",
+                        f"anomaly {key}: {snapshot.count_24h} in 24h, escalation {level}", now)
+        outcome.events.append(Event(
+            "Normal", "AnomalyRecorded",
+            f"anomaly {key} seen {snapshot.count_1h}x/1h {snapshot.count_24h}x/24h "
+            f"{snapshot.count_7d}x/7d {snapshot.count_30d}x/30d; escalation {level}",
+        ))
+
+    async def _apply_permanent_fix(self, incident: IncidentObject, outcome: IncidentOutcome, now: datetime) -> None:
+        anomaly = outcome.status.anomaly
+        if incident.spec.permanent_fix is None or anomaly is None or anomaly.permanent_fix_applied:
+            return
+        try:
+            await self._deps.anomalies.mark_permanent_fix(self.tenant(incident.namespace), anomaly.key)
+        except RedisUnavailableError:
+            outcome.retry_anomaly_later = True
+            return
+        anomaly.permanent_fix_applied = True
+        outcome.events.append(Event("Normal", "PermanentFixRecorded",
+                                    f"permanent fix on record for anomaly {anomaly.key} (kept 90 days)"))
+
+    async def _resolve_manually(self, incident: IncidentObject, outcome: IncidentOutcome, now: datetime) -> None:
+        status = outcome.status
+        key = incident.anomaly_key
+        try:
+            await self._deps.anomalies.record_disposition(
+                self.tenant(incident.namespace), key, Disposition.MANUAL_RESOLVED.value,
+                f"{incident.uid}:{Disposition.MANUAL_RESOLVED.value}",
+            )
+        except RedisUnavailableError:
+            # The Incident is resolved all the same; the disposition is counted on the next pass.
+            outcome.retry_anomaly_later = True
+        status.phase = IncidentPhase.RESOLVED
+        status.disposition = Disposition.MANUAL_RESOLVED
+        status.resolved_at = status.resolved_at or now
+        if status.decision is not None and status.decision.state != DecisionState.ERROR:
+            status.decision.state = DecisionState.COMPLETED
+        resolution = incident.spec.resolution
+        assert resolution is not None
+        cause = f"; root cause: {resolution.root_cause}" if resolution.root_cause else ""
+        self._condition(outcome, incident, RESOLVED, ConditionStatus.TRUE, "ManuallyResolved",
+                        f"resolved by a person{cause}", now)
+        outcome.events.append(Event("Normal", "Resolved", f"resolved manually{cause}"))
+
+    async def _decide_and_start(self, incident: IncidentObject, outcome: IncidentOutcome, now: datetime) -> None:
+        status = outcome.status
+        sequence = FIRST_DECISION
+        decision = await self._decide(incident, status.anomaly)
+        status.decision = Decision(
+            id=decision_id(incident.uid, sequence),
+            state=DecisionState.READY,
+            source=decision.source,
+            action=decision.action.to_run_action(),
+            risk_level=decision.risk,
+            confidence=round(decision.confidence, 4),
+            reasoning=decision.reasoning[:4096],
+            matched_rule=decision.matched_rule,
+            error=decision.error[:4096] if decision.error else None,
+        )
+        self._condition(outcome, incident, DECIDED, ConditionStatus.TRUE, "DecisionReady",
+                        f"{decision.action.describe()} ({decision.source.value}, risk {decision.risk.value})", now)
+        outcome.events.append(Event("Normal", "DecisionReady", f"{status.decision.id}: {decision.action.describe()}; {decision.reasoning}"[:1024]))
+        for warning in decision.warnings:
+            reason = "NeedsPermanentFix" if warning == NEEDS_PERMANENT_FIX_WARNING else "DecisionWarning"
+            outcome.events.append(Event("Warning", reason, warning))
+
+        if decision.run_mode is None:
+            status.phase = IncidentPhase.INVESTIGATING
+            self._condition(outcome, incident, REMEDIATION_STARTED, ConditionStatus.FALSE, "RemediationOff",
+                            "remediation.mode is Off: Flywheel decides but does not act", now)
+            return
+
+        run = await self._deps.resources.create_or_get("runs", incident.namespace, self._run_manifest(
+            incident, decision, sequence))
+        status.run_ref = ObjectRef(name=run["metadata"]["name"], uid=run["metadata"]["uid"])
+        status.phase = IncidentPhase.MITIGATING
+        waiting = " (waits for approval)" if decision.requires_approval else ""
+        self._condition(outcome, incident, REMEDIATION_STARTED, ConditionStatus.TRUE, "RunCreated",
+                        f"Run {run['metadata']['name']} created{waiting}", now)
+        outcome.events.append(Event("Normal", "RunCreated", f"Run {run['metadata']['name']}: {decision.action.describe()}{waiting}"))
+
+    async def _decide(self, incident: IncidentObject, anomaly: AnomalyStatus | None) -> DecisionOutcome:
+        deps = self._deps
+        stats = {}
+        if anomaly is not None and not anomaly.degraded:
+            try:
+                stats = await deps.anomalies.action_stats(self.tenant(incident.namespace), anomaly.key)
+            except RedisUnavailableError:
+                stats = {}
+        escalation = anomaly.escalation_level if anomaly is not None and not anomaly.degraded else None
+        advisor_results: tuple[Any, ...] = ()
+        consulted: list[Any] = []
+        if deps.advisors is not None:
+            consulted = advisors_to_consult(incident.spec.severity, deps.advisors.endpoints)
+            facts = IncidentFacts(
+                target=incident.target, severity=incident.spec.severity, alert_names=incident.alert_names,
+                service=incident.spec.service, error_type=incident.spec.error_type, summary=incident.spec.summary,
+                escalation_level=escalation, action_stats=stats,
+            )
+            messages = build_messages(facts, deps.catalogue)
+            advisor_results = tuple(
+                await deps.advisors.client.ask_all(
+                    consulted,
+                    messages,
+                    expected_target=incident.target,
+                    deadline=deps.settings.advisor_timeout_seconds,
+                    allowed_actions=deps.catalogue.action_types,
+                )
+            )
+        return decide(
+            DecisionInput(
+                alert_names=incident.alert_names,
+                severity=incident.spec.severity,
+                target=incident.target,
+                remediation_mode=incident.spec.remediation.mode,
+                escalation_level=escalation,
+                permanent_fix_declared=incident.spec.permanent_fix is not None
+                or bool(anomaly is not None and anomaly.permanent_fix_applied),
+                action_stats=stats,
+                advisor_results=advisor_results,
+                advisors_asked=len(consulted) if consulted else None,
+            ),
+            deps.catalogue,
+        )
+
+    def _run_manifest(self, incident: IncidentObject, decision: DecisionOutcome, sequence: int) -> dict[str, Any]:
+        settings = self._deps.settings
+        assert decision.run_mode is not None
+        return {
+            "apiVersion": API_VERSION,
+            "kind": "Run",
+            "metadata": {
+                "name": run_name(incident.name, sequence),
+                "namespace": incident.namespace,
+                "labels": {LABEL_INCIDENT: incident.name[:63], LABEL_ANOMALY_KEY: incident.anomaly_key},
+                "ownerReferences": [{
+                    "apiVersion": API_VERSION, "kind": "Incident", "name": incident.name, "uid": incident.uid,
+                    "controller": True, "blockOwnerDeletion": True,
+                }],
+            },
+            "spec": {
+                "incidentRef": {"name": incident.name, "uid": incident.uid},
+                "action": decision.action.to_run_action(),
+                "riskLevel": decision.risk.value,
+                "requiresApproval": decision.requires_approval,
+                "mode": decision.run_mode.value,
+                "timeoutSeconds": settings.run_timeout_seconds,
+                "maxAttempts": settings.run_max_attempts,
+                "traceId": trace_id(incident.uid, sequence),
+                "trigger": {"type": "Incident", "ref": incident.name},
+            },
+        }
+
+    @staticmethod
+    def _condition(outcome: IncidentOutcome, incident: IncidentObject, condition_type: str,
+                   status: ConditionStatus, reason: str, message: str, now: datetime) -> None:
+        outcome.status.conditions = set_condition(
+            outcome.status.conditions,
+            new_condition(condition_type, status, reason, message, now=now, observed_generation=incident.generation),
+        )
+
+
+def _anomaly_status(snapshot: AnomalySnapshot) -> AnomalyStatus:
+    return AnomalyStatus(
+        key=snapshot.key,
+        count_1h=snapshot.count_1h,
+        count_24h=snapshot.count_24h,
+        count_7d=snapshot.count_7d,
+        count_30d=snapshot.count_30d,
+        first_seen=snapshot.first_seen,
+        last_seen=snapshot.last_seen,
+        escalation_level=snapshot.escalation_level,
+        auto_repair_count=snapshot.auto_repair_count,
+        permanent_fix_applied=snapshot.permanent_fix_applied,
+        degraded=False,
+    )
+

@@ -1,0 +1,331 @@
+"""The rule catalogue: keyword rules mapping alert names to typed actions.
+
+Rules are tried in catalogue order against the lower-cased alert names of an
+Incident; the first enabled rule with a keyword contained in one of the names
+wins, and the last rule (no keywords) catches everything else. Each enabled rule
+is a "playbook" in the flywheel-health metrics.
+
+The built-in catalogue is the package file ``flywheel/rules/default.yaml``; users
+copy that very file into a ConfigMap to change it, so the documented format and
+the shipped rules cannot drift apart. Reading a catalogue file is the only I/O in
+this module and happens once, at start-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+
+from flywheel.api.enums import ActionType, RiskLevel
+from flywheel.domain.actions import ActionTemplate
+from flywheel.errors import ConfigurationError, InvalidInputError
+
+DEFAULT_RULE_CONFIDENCE = 0.75
+BUILTIN_CATALOGUE_SOURCE = "built-in rule catalogue (flywheel/rules/default.yaml)"
+
+# Ordering used when one action type is offered by several rules with different
+# risks: an advisor choosing that type is assessed at the highest of them.
+_RISK_ORDER: dict[RiskLevel, int] = {
+    RiskLevel.LOW: 0,
+    RiskLevel.MEDIUM: 1,
+    RiskLevel.HIGH: 2,
+    RiskLevel.CRITICAL: 3,
+}
+
+
+def risk_rank(risk: RiskLevel) -> int:
+    """Position of ``risk`` in low < medium < high < critical."""
+    return _RISK_ORDER[risk]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One keyword rule. A rule without keywords is the catalogue's catch-all."""
+
+    name: str
+    keywords: tuple[str, ...]
+    action: ActionTemplate
+    risk: RiskLevel
+    confidence: float = DEFAULT_RULE_CONFIDENCE
+    enabled: bool = True
+    description: str = ""
+
+    @property
+    def is_catch_all(self) -> bool:
+        return not self.keywords
+
+    def first_keyword_in(self, lowered_alert_names: Iterable[str]) -> tuple[str, str] | None:
+        """The first (keyword, alert name) pair where the keyword occurs in the name."""
+        names = tuple(lowered_alert_names)
+        for keyword in self.keywords:
+            for name in names:
+                if keyword in name:
+                    return keyword, name
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class RuleHit:
+    """A rule that applies to an Incident, and why."""
+
+    rule: Rule
+    keyword: str | None
+    """The keyword found; ``None`` for the catch-all."""
+    alert_name: str | None
+    """The lower-cased alert name the keyword was found in; ``None`` for the catch-all."""
+
+    def explain(self) -> str:
+        if self.keyword is None:
+            return f"rule {self.rule.name} (catch-all: no more specific rule matched)"
+        return f"rule {self.rule.name} (keyword {self.keyword!r} in alert {self.alert_name!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleMatch:
+    """Every enabled rule that applies, in catalogue order, the catch-all last.
+
+    The first hit is the decision; the later ones are the candidates the
+    history-aware choice falls back to when an action has kept failing.
+    """
+
+    hits: tuple[RuleHit, ...]
+
+    def __post_init__(self) -> None:
+        if not self.hits or not self.hits[-1].rule.is_catch_all:
+            raise ValueError("a rule match always ends with the catch-all rule")
+
+    @property
+    def first(self) -> RuleHit:
+        return self.hits[0]
+
+    @property
+    def rule(self) -> Rule:
+        return self.hits[0].rule
+
+    @property
+    def keyword(self) -> str | None:
+        return self.hits[0].keyword
+
+
+class RuleCatalogue:
+    """An ordered, validated list of rules ending with an enabled catch-all."""
+
+    def __init__(self, rules: Iterable[Rule], *, source: str = "rule catalogue") -> None:
+        self._rules: tuple[Rule, ...] = tuple(rules)
+        self.source = source
+        _check_catalogue_shape(self._rules, source)
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return self._rules
+
+    @property
+    def enabled_rules(self) -> tuple[Rule, ...]:
+        return tuple(rule for rule in self._rules if rule.enabled)
+
+    @property
+    def playbook_count(self) -> int:
+        """Enabled rules, the catch-all included: each is a playbook Flywheel can run."""
+        return len(self.enabled_rules)
+
+    @property
+    def catch_all(self) -> Rule:
+        return self._rules[-1]
+
+    @property
+    def action_types(self) -> frozenset[ActionType]:
+        """Action types some enabled rule uses: the only ones an advisor may propose.
+
+        Disabling every rule of a type therefore also takes that type away from the
+        advisors, which is how an operator forbids, say, rollbacks altogether.
+        """
+        return frozenset(rule.action.type for rule in self.enabled_rules)
+
+    def risk_for(self, action_type: ActionType) -> RiskLevel:
+        """Risk of an action chosen outside the rules (by an advisor).
+
+        The highest risk any enabled rule assigns to that type, so an advisor can
+        never make an action look safer than the catalogue says it is.
+        """
+        risks = [rule.risk for rule in self.enabled_rules if rule.action.type is action_type]
+        if not risks:
+            raise InvalidInputError("action.type", f"{action_type.value} is not offered by the {self.source}")
+        return max(risks, key=risk_rank)
+
+    def match(self, alert_names: Iterable[str | None]) -> RuleMatch:
+        """All enabled rules applying to these alert names, first match first, catch-all last."""
+        lowered = tuple(name.lower() for name in alert_names if name)
+        hits: list[RuleHit] = []
+        for rule in self.enabled_rules:
+            if rule.is_catch_all:
+                continue
+            found = rule.first_keyword_in(lowered)
+            if found is not None:
+                keyword, alert_name = found
+                hits.append(RuleHit(rule=rule, keyword=keyword, alert_name=alert_name))
+        hits.append(RuleHit(rule=self.catch_all, keyword=None, alert_name=None))
+        return RuleMatch(hits=tuple(hits))
+
+    def __iter__(self) -> Iterator[Rule]:
+        return iter(self._rules)
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def __repr__(self) -> str:
+        return f"RuleCatalogue({[rule.name for rule in self._rules]!r}, source={self.source!r})"
+
+
+def _check_catalogue_shape(rules: tuple[Rule, ...], source: str) -> None:
+    if not rules:
+        raise ConfigurationError(f"{source}: the catalogue is empty; it needs at least the catch-all rule")
+    seen: dict[str, int] = {}
+    for index, rule in enumerate(rules):
+        if rule.name in seen:
+            raise ConfigurationError(
+                f"{source}: rules[{index}].name: {rule.name!r} is already used by rules[{seen[rule.name]}]"
+            )
+        seen[rule.name] = index
+        if rule.is_catch_all and index != len(rules) - 1:
+            raise ConfigurationError(
+                f"{source}: rules[{index}].keywords: only the last rule may have no keywords "
+                "(it is the catch-all; rules after it could never match)"
+            )
+    last_index = len(rules) - 1
+    last = rules[last_index]
+    if not last.is_catch_all:
+        raise ConfigurationError(
+            f"{source}: rules[{last_index}].keywords: the last rule must have no keywords, "
+            "so that every Incident gets a decision"
+        )
+    if not last.enabled:
+        raise ConfigurationError(
+            f"{source}: rules[{last_index}].enabled: the catch-all rule cannot be disabled, "
+            "otherwise an Incident matching no keyword would get no decision"
+        )
+
+
+# --- the YAML (ConfigMap) format -------------------------------------------------------
+
+_RuleName = Annotated[StrictStr, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+_Keyword = Annotated[StrictStr, Field(min_length=1, max_length=128)]
+_PositiveInt = Annotated[StrictInt, Field(ge=1)]
+
+
+class _ActionParamsDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    replicas: _PositiveInt | None = None
+    toRevision: _PositiveInt | None = None  # noqa: N815 - the Run's wire name
+
+
+class _ActionDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: ActionType
+    params: _ActionParamsDocument = Field(default_factory=_ActionParamsDocument)
+
+
+class _RuleDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: _RuleName
+    description: StrictStr = ""
+    keywords: list[_Keyword]
+    action: _ActionDocument
+    risk: RiskLevel
+    confidence: Annotated[float, Field(ge=0.0, le=1.0, strict=True)] = DEFAULT_RULE_CONFIDENCE
+    enabled: StrictBool = True
+
+
+def _field_path(location: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(rule)"
+
+
+def _rule_from_document(index: int, item: Any, source: str) -> Rule:
+    label = f"{source}: rules[{index}]"
+    if not isinstance(item, dict):
+        raise ConfigurationError(f"{label}: must be a mapping with name, keywords, action and risk")
+    name = item.get("name")
+    if isinstance(name, str):
+        label = f"{label} ({name})"
+    try:
+        document = _RuleDocument.model_validate(item)
+    except ValidationError as exc:
+        problems = "; ".join(f"{_field_path(error['loc'])}: {error['msg']}" for error in exc.errors())
+        raise ConfigurationError(f"{label}: {problems}") from exc
+
+    keywords = tuple(keyword.strip().lower() for keyword in document.keywords)
+    if any(not keyword for keyword in keywords):
+        raise ConfigurationError(f"{label}: keywords: a keyword cannot be blank")
+    try:
+        action = ActionTemplate(
+            type=document.action.type,
+            replicas=document.action.params.replicas,
+            to_revision=document.action.params.toRevision,
+        )
+    except InvalidInputError as exc:
+        raise ConfigurationError(f"{label}: {exc.field}: {exc.reason}") from exc
+    return Rule(
+        name=document.name,
+        keywords=keywords,
+        action=action,
+        risk=document.risk,
+        confidence=document.confidence,
+        enabled=document.enabled,
+        description=document.description.strip(),
+    )
+
+
+def load_catalogue(yaml_text: str, *, source: str = "rule catalogue") -> RuleCatalogue:
+    """Parse and validate a catalogue in the ConfigMap format (a YAML list of rules).
+
+    Raises :class:`ConfigurationError` naming ``source``, the rule index and the field.
+    """
+    try:
+        document = yaml.safe_load(yaml_text)
+    except yaml.YAMLError as exc:
+        raise ConfigurationError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(document, list):
+        found = "nothing" if document is None else type(document).__name__
+        raise ConfigurationError(f"{source}: must be a YAML list of rules, found {found}")
+    rules = [_rule_from_document(index, item, source) for index, item in enumerate(document)]
+    return RuleCatalogue(rules, source=source)
+
+
+def load_catalogue_file(path: str | Path) -> RuleCatalogue:
+    """Read a catalogue file (typically a mounted ConfigMap key)."""
+    file_path = Path(path)
+    try:
+        text = file_path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(f"rule catalogue {file_path}: cannot be read: {exc.strerror or exc}") from exc
+    return load_catalogue(text, source=f"rule catalogue {file_path}")
+
+
+def default_catalogue_text() -> str:
+    """The shipped ``default.yaml``, exactly as users copy it into a ConfigMap."""
+    return resources.files("flywheel").joinpath("rules/default.yaml").read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=1)
+def default_catalogue() -> RuleCatalogue:
+    """The built-in catalogue, parsed once per process."""
+    return load_catalogue(default_catalogue_text(), source=BUILTIN_CATALOGUE_SOURCE)
+
+
+def configured_catalogue(rules_file: str | Path | None) -> RuleCatalogue:
+    """The catalogue from ``FLYWHEEL_RULES_FILE`` when set, else the built-in one."""
+    if rules_file is None or str(rules_file).strip() == "":
+        return default_catalogue()
+    return load_catalogue_file(rules_file)

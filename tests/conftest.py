@@ -1,0 +1,129 @@
+"""Shared fixtures: real Redis, real PostgreSQL and the real local control plane.
+
+Nothing here is mocked. When a component cannot start, the fixture fails with the
+reason; it never skips (in CI a skipped e2e test would hide a broken foundation).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pytest_redis import factories as redis_factories
+
+from tests.harness.cluster import TestCluster, ensure_test_cluster
+from tests.harness.operator import OperatorProcess
+from tests.harness.postgres import PostgresServer, start_postgres
+
+redis_proc = redis_factories.redis_proc(host="127.0.0.1", port=None, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_proc: object) -> str:
+    """URL of a real redis-server started for this test session on a free loopback port."""
+    return f"redis://{redis_proc.host}:{redis_proc.port}/0"  # type: ignore[attr-defined]
+
+
+@pytest.fixture()
+def clean_redis_url(redis_url: str) -> Iterator[str]:
+    """The session Redis, emptied before the test so that counts start from zero."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    client.close()
+    yield redis_url
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for this session (Debian's cluster tools when running as root)."""
+    with start_postgres() as server:
+        yield server
+
+
+@pytest.fixture()
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database on the session's PostgreSQL server (psycopg 3 URL)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    postgres_server.create_database(name)
+    try:
+        yield postgres_server.url(name)
+    finally:
+        postgres_server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def test_cluster() -> Iterator[TestCluster]:
+    """The local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok).
+
+    Started by ``flywheel dev up --name flywheel-test`` unless ``FLYWHEEL_TEST_KUBECONFIG``
+    points at a cluster explicitly. Refuses a kubeconfig that is not the test cluster.
+    """
+    with ensure_test_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(test_cluster: TestCluster) -> str:
+    return test_cluster.kubeconfig
+
+
+@pytest.fixture()
+def namespace(test_cluster: TestCluster) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards (without waiting for finalization)."""
+    name = f"fw-{uuid.uuid4().hex[:8]}"
+    test_cluster.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        test_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def flywheel_crds(test_cluster: TestCluster) -> None:
+    """The generated CRDs from crds/, applied to the test cluster and Established."""
+    test_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "crds/")
+    test_cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+
+
+OperatorFactory = Callable[..., OperatorProcess]
+
+
+@pytest.fixture()
+def start_operator(
+    test_cluster: TestCluster, flywheel_crds: None, namespace: str, tmp_path: Path
+) -> Iterator[OperatorFactory]:
+    """Start the real operator for this test's namespace: ``start_operator(redis_url=..., **env)``.
+
+    The process is stopped after the test; its log is printed when the test fails.
+    """
+    started: list[OperatorProcess] = []
+
+    def factory(redis_url: str, database_url: str | None = None, **env: str) -> OperatorProcess:
+        environment = {
+            "FLYWHEEL_REDIS_URL": redis_url,
+            "FLYWHEEL_DATABASE_URL": database_url or f"sqlite:///{tmp_path / 'flywheel.db'}",
+            "FLYWHEEL_LOG_LEVEL": "INFO",
+            **{f"FLYWHEEL_{key.upper()}": value for key, value in env.items()},
+        }
+        process = OperatorProcess(test_cluster, namespace, environment, tmp_path / f"operator-{len(started)}.log")
+        process.start()
+        started.append(process)
+        return process
+
+    yield factory
+    for process in started:
+        process.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and "start_operator" in getattr(item, "fixturenames", ()):
+        logs = sorted(Path(str(item.funcargs.get("tmp_path", "."))).glob("operator-*.log"))  # type: ignore[attr-defined]
+        for log in logs:
+            report.sections.append((f"operator log {log.name}", log.read_text(errors="replace")[-8000:]))

@@ -1,0 +1,67 @@
+"""Run the real operator (``flywheel run``) as a subprocess against the test cluster."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.harness.cluster import TestCluster
+
+READY_MARK = "Initial authentication has finished"
+
+
+class OperatorProcess:
+    """One ``flywheel run --standalone -n NAMESPACE`` process, scoped to a test's namespace.
+
+    Scoping matters: several tests (and developers) share the test cluster, and an
+    operator watching every namespace would act on the others' Incidents.
+    """
+
+    def __init__(self, cluster: TestCluster, namespace: str, env: dict[str, str], log_path: Path) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.env = {**cluster.env, **env, "KUBECONFIG": cluster.kubeconfig, "PYTHONUNBUFFERED": "1"}
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.starts += 1
+        with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+            log.write(f"\n===== start #{self.starts} =====\n".encode())
+            log.flush()
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "flywheel", "run", "--standalone", "--namespace", self.namespace],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"operator exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+            if self.log().count(READY_MARK) >= self.starts:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"operator not ready within {timeout}s:\n{self.log()[-4000:]}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no finalizers — as if the node died."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
