@@ -14,13 +14,7 @@ step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 step "Starting the local control plane and Redis (first run builds the binaries: 15-30 min)"
 "${FLYWHEEL}" dev up --name "${CLUSTER}"
-eval "$("${FLYWHEEL}" dev status --name "${CLUSTER}" -o json | "${VENV}/bin/python" -c '
-import json, sys
-s = json.load(sys.stdin)
-print(f"export KUBECONFIG={s[\"kubeconfig\"]}")
-print(f"export FLYWHEEL_REDIS_URL={s[\"redis\"]}")
-')"
-export PATH="$(bash hack/build-controlplane.sh 2>/dev/null):${PATH}"
+eval "$("${FLYWHEEL}" dev env --name "${CLUSTER}")"
 kubectl get nodes
 
 step "Installing the CRDs"
@@ -62,7 +56,7 @@ cat <<EOT
 The demo keeps running. Try:
   export KUBECONFIG=${KUBECONFIG}
   kubectl get flywheel -n ${NS}
-  kubectl apply -n ${NS} -f examples/incident-oom.yaml   # same anomaly again: counted, deduplicated
+  sed s/checkout-oom/checkout-oom-2/ examples/incident-oom.yaml | kubectl apply -n ${NS} -f -   # same anomaly: Duplicate
   tail -f ${STATE}/operator.log
 Stop everything with: make demo-down
 EOT

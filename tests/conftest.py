@@ -85,7 +85,8 @@ def namespace(test_cluster: TestCluster) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def flywheel_crds(test_cluster: TestCluster) -> None:
     """The generated CRDs from crds/, applied to the test cluster and Established."""
-    test_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "crds/")
+    crds = Path(__file__).resolve().parents[1] / "crds"
+    test_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds))
     test_cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
 
 

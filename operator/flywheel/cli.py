@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +16,10 @@ from flywheel.errors import FlywheelError
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Flywheel turns Kubernetes incidents into verified remediations."""
+    from flywheel.logs import configure_logging
+
+    # Logs go to stderr so that command output (e.g. `dev env`) stays machine-readable.
+    configure_logging(os.environ.get("FLYWHEEL_LOG_LEVEL", "INFO"), os.environ.get("FLYWHEEL_LOG_FORMAT", "console"))
 
 
 @cli.command()
@@ -107,6 +112,22 @@ def dev_up(name: str, no_redis: bool) -> None:
     if status["redis"]:
         click.echo(f"  export FLYWHEEL_REDIS_URL={status['redis']}")
     click.echo("  kubectl get nodes")
+
+
+@dev.command("env")
+@_cluster_name
+def dev_env(name: str) -> None:
+    """Print shell exports for the cluster: eval "$(flywheel dev env)"."""
+    from flywheel.devcluster import DevCluster
+
+    cluster = DevCluster(name)
+    status = cluster.status()
+    if not status["apiserverReady"]:
+        raise click.ClickException(f"cluster {name} is not running (run `flywheel dev up --name {name}`)")
+    click.echo(f"export KUBECONFIG={cluster.paths.kubeconfig}")
+    click.echo(f"export PATH={cluster.bin_dir}:$PATH")
+    if status["redis"]:
+        click.echo(f"export FLYWHEEL_REDIS_URL={status['redis']}")
 
 
 @dev.command("down")

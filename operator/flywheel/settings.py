@@ -12,6 +12,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from flywheel.api.enums import RiskLevel
+
 
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
@@ -57,6 +59,10 @@ class FlywheelSettings(BaseSettings):
         default=None,
         description="YAML rule catalogue replacing the built-in one (mount a ConfigMap here).",
     )
+    max_automatic_risk: RiskLevel = Field(
+        default=RiskLevel.MEDIUM,
+        description="Riskiest action applied without approval (low, medium, high, critical); riskier ones wait for a person.",
+    )
     max_scale_replicas: int = Field(
         default=10, ge=1, description="Upper bound for Scale actions; scaling never lowers the current count."
     )
@@ -76,6 +82,27 @@ class FlywheelSettings(BaseSettings):
     )
     run_timeout_seconds: int = Field(default=600, ge=10, description="Default deadline of a Run.")
     run_max_attempts: int = Field(default=2, ge=1, le=10, description="Default attempts of a Run's action.")
+    run_max_concurrent_per_namespace: int = Field(
+        default=5,
+        ge=1,
+        description="Runs executing at once per namespace; further Runs wait Pending with condition Throttled.",
+    )
+    run_max_concurrent_per_target: int = Field(
+        default=1,
+        ge=1,
+        description="Runs executing at once per workload; further Runs wait Pending with condition Throttled.",
+    )
+    circuit_breaker_max_remediations: int = Field(
+        default=3,
+        ge=1,
+        description=(
+            "Automatic remediations of one workload within the circuit-breaker window after which "
+            "the next Run is not executed automatically but waits for approval."
+        ),
+    )
+    circuit_breaker_window_seconds: int = Field(
+        default=3600, ge=1, description="Window over which the circuit breaker counts a workload's remediations."
+    )
     log_level: str = Field(default="INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     log_format: str = Field(default="console", description="Log format: console or json.")
 

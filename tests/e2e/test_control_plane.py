@@ -68,3 +68,15 @@ def test_scale_from_one_to_three_completes(test_cluster: TestCluster, namespace:
     deployment = test_cluster.kubectl_json("get", "deployment", "worker", "-n", namespace)
     assert deployment["status"]["readyReplicas"] == 3
     assert deployment["status"]["availableReplicas"] == 3
+
+
+def test_harness_refuses_a_cluster_without_the_test_marker(test_cluster: TestCluster, tmp_path: Path) -> None:
+    from tests.harness.cluster import ForeignClusterError, _guard_is_test_cluster
+
+    foreign = tmp_path / "kubeconfig"
+    foreign.write_text(Path(test_cluster.kubeconfig).read_text().replace("https://127.0.0.1", "https://127.0.0.2"))
+    impostor = TestCluster(kubeconfig=str(foreign), kubectl_binary=test_cluster.kubectl_binary,
+                           bin_dir=test_cluster.bin_dir, env=test_cluster.env)
+    with pytest.raises(ForeignClusterError, match="refusing to run e2e tests"):
+        _guard_is_test_cluster(impostor)
+    _guard_is_test_cluster(test_cluster)  # the real test cluster passes

@@ -89,11 +89,17 @@ def test_messages_ask_for_one_json_object_from_the_catalogue() -> None:
     assert incident["alertNames"] == ["CheckoutLatencyHigh"]
     assert incident["escalationLevel"] == "REPEAT"
     assert incident["repairHistory"] == {"RolloutRestart": {"attempts": 3, "successes": 0}}
-    assert incident["ruleSuggestion"] == {"rule": "high_latency", "action": "Scale", "params": {"replicas": 3}}
+    assert incident["ruleSuggestion"] == {
+        "rule": "high_latency",
+        "action": "Scale",
+        "params": {"replicas": 3},
+    }
 
 
 def test_messages_only_offer_what_the_catalogue_enables() -> None:
-    restart_only = load_catalogue("- name: fallback\n  keywords: []\n  action: {type: RolloutRestart}\n  risk: medium\n")
+    restart_only = load_catalogue(
+        "- name: fallback\n  keywords: []\n  action: {type: RolloutRestart}\n  risk: medium\n"
+    )
     system = build_messages(facts(), restart_only)[0]["content"]
     assert "RolloutRestart" in system
     assert "Scale" not in system and "RolloutUndo" not in system
@@ -162,8 +168,16 @@ def test_reasoning_is_flattened_and_bounded() -> None:
         (answer(action=_DROP), "action", "missing"),
         (answer(action=3), "action", "must be a catalogue action name"),
         (answer(target=_DROP), "target", "must name"),
-        (answer(target={"kind": "Deployment", "name": "payments", "namespace": "shop"}), "target.name", "payments"),
-        (answer(target={"kind": "Deployment", "name": "checkout", "namespace": "kube-system"}), "target.namespace", "kube-system"),
+        (
+            answer(target={"kind": "Deployment", "name": "payments", "namespace": "shop"}),
+            "target.name",
+            "payments",
+        ),
+        (
+            answer(target={"kind": "Deployment", "name": "checkout", "namespace": "kube-system"}),
+            "target.namespace",
+            "kube-system",
+        ),
         (answer(target={"kind": "StatefulSet", "name": "checkout"}), "target.kind", "StatefulSet"),
         (answer(target="kube-system/Deployment/checkout"), "target.kind", "kube-system/Deployment"),
         (answer(target={"name": "checkout", "selector": "app=*"}), "target", "unexpected fields"),
@@ -175,7 +189,11 @@ def test_reasoning_is_flattened_and_bounded() -> None:
         (answer(params={"replicas": 2.5}), "params.replicas", "must be an integer"),
         (answer(params={}), "params.replicas", "Scale requires a replica count"),
         (answer(action="RolloutRestart"), "params.replicas", "RolloutRestart takes no parameters"),
-        (answer(params={"replicas": 3, "to_revision": 2}), "params.toRevision", "Scale does not take a revision"),
+        (
+            answer(params={"replicas": 3, "to_revision": 2}),
+            "params.toRevision",
+            "Scale does not take a revision",
+        ),
         (answer(confidence=_DROP), "confidence", "between 0 and 1"),
         (answer(confidence=1.5), "confidence", "between 0 and 1"),
         (answer(confidence="high"), "confidence", "between 0 and 1"),
@@ -197,16 +215,24 @@ def test_actions_the_catalogue_does_not_offer_are_refused() -> None:
 
 # --- the answer: properties -----------------------------------------------------------
 
-json_scalars = st.none() | st.booleans() | st.integers(-5, 50) | st.floats(allow_nan=True) | st.text(max_size=30)
+json_scalars = (
+    st.none() | st.booleans() | st.integers(-5, 50) | st.floats(allow_nan=True) | st.text(max_size=30)
+)
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
     max_leaves=12,
 )
 # Mostly plausible values, so that a good share of documents is accepted and the
 # properties below are exercised on accepted answers, not only on refusals.
-plausible_actions = st.sampled_from(["Scale", "RolloutRestart", "RolloutUndo", "rollout_undo", "scale", "ROLLOUT-RESTART"])
-hostile_actions = st.sampled_from(["Delete", "kubectl scale --replicas=100", "ExecCommand", "", "Scale; rm -rf /"])
+plausible_actions = st.sampled_from(
+    ["Scale", "RolloutRestart", "RolloutUndo", "rollout_undo", "scale", "ROLLOUT-RESTART"]
+)
+hostile_actions = st.sampled_from(
+    ["Delete", "kubectl scale --replicas=100", "ExecCommand", "", "Scale; rm -rf /"]
+)
 plausible_targets = st.sampled_from(
     [TARGET_JSON, {"kind": "Deployment", "name": "checkout"}, "checkout", "Deployment/checkout"]
 )
@@ -222,7 +248,7 @@ hostile_targets = st.sampled_from(
         "*",
     ]
 )
-plausible_params = st.one_of(
+plausible_params: st.SearchStrategy[dict[str, int] | None] = st.one_of(
     st.none(),
     st.just({}),
     st.fixed_dictionaries({"replicas": st.integers(-2, 20)}),
@@ -236,13 +262,21 @@ hostile_params = st.one_of(
     ),
     json_values,
 )
-hostile_extras = st.sampled_from(
-    [{"command": "kubectl delete ns shop"}, {"shell": "rm -rf /"}, {"notes": {"Script": "curl x | sh"}}, {"run": [1]}]
-) | st.dictionaries(st.text(max_size=12), json_values, max_size=2)
+HOSTILE_EXTRAS: list[dict[str, Any]] = [
+    {"command": "kubectl delete ns shop"},
+    {"shell": "rm -rf /"},
+    {"notes": {"Script": "curl x | sh"}},
+    {"run": [1]},
+]
+hostile_extras = st.sampled_from(HOSTILE_EXTRAS) | st.dictionaries(
+    st.text(max_size=12), json_values, max_size=2
+)
 
 
 def _mostly(plausible: st.SearchStrategy[Any], hostile: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    return st.tuples(st.integers(0, 9), plausible, hostile).map(lambda drawn: drawn[1] if drawn[0] < 8 else drawn[2])
+    return st.tuples(st.integers(0, 9), plausible, hostile).map(
+        lambda drawn: drawn[1] if drawn[0] < 8 else drawn[2]
+    )
 
 
 @st.composite
@@ -263,7 +297,12 @@ def proposal_documents(draw: st.DrawFn) -> dict[str, Any]:
 
 
 allowed_sets = st.sampled_from(
-    [None, frozenset(ActionType), frozenset({ActionType.ROLLOUT_RESTART}), frozenset({ActionType.SCALE, ActionType.ROLLOUT_UNDO})]
+    [
+        None,
+        frozenset(ActionType),
+        frozenset({ActionType.ROLLOUT_RESTART}),
+        frozenset({ActionType.SCALE, ActionType.ROLLOUT_UNDO}),
+    ]
 )
 
 
@@ -318,8 +357,12 @@ def failure(advisor: str, error: str = "timed out after 30s") -> AdvisorResult:
 
 def test_three_agree_one_disagrees() -> None:
     result = consensus(
-        [vote("a", ActionType.SCALE, 3), vote("b", ActionType.SCALE, 3), vote("c", ActionType.ROLLOUT_UNDO),
-         vote("d", ActionType.SCALE, 3)],
+        [
+            vote("a", ActionType.SCALE, 3),
+            vote("b", ActionType.SCALE, 3),
+            vote("c", ActionType.ROLLOUT_UNDO),
+            vote("d", ActionType.SCALE, 3),
+        ],
         total_advisors=4,
     )
     assert result.reached
@@ -330,7 +373,9 @@ def test_three_agree_one_disagrees() -> None:
 
 
 def test_a_one_one_tie_has_no_winner() -> None:
-    result = consensus([vote("a", ActionType.SCALE, 3), vote("b", ActionType.ROLLOUT_RESTART)], total_advisors=2)
+    result = consensus(
+        [vote("a", ActionType.SCALE, 3), vote("b", ActionType.ROLLOUT_RESTART)], total_advisors=2
+    )
     assert not result.reached
     assert result.score == 0.5
     assert result.reason.startswith("tie")
@@ -345,13 +390,21 @@ def test_all_timeouts_have_no_winner_and_keep_the_errors() -> None:
     result = consensus([failure("a"), failure("b"), failure("c")], total_advisors=3)
     assert not result.reached and result.leading_action is None
     assert result.score == 0.0
-    assert result.failed == (("a", "timed out after 30s"), ("b", "timed out after 30s"), ("c", "timed out after 30s"))
+    assert result.failed == (
+        ("a", "timed out after 30s"),
+        ("b", "timed out after 30s"),
+        ("c", "timed out after 30s"),
+    )
 
 
 def test_failures_count_in_the_denominator() -> None:
-    half = consensus([vote("a", ActionType.SCALE, 3), vote("b", ActionType.SCALE, 3), failure("c"), failure("d")], 4)
+    half = consensus(
+        [vote("a", ActionType.SCALE, 3), vote("b", ActionType.SCALE, 3), failure("c"), failure("d")], 4
+    )
     assert not half.reached and half.score == 0.5 and "no strict majority" in half.reason
-    two_of_three = consensus([vote("a", ActionType.SCALE, 3), vote("b", ActionType.SCALE, 3)], total_advisors=3)
+    two_of_three = consensus(
+        [vote("a", ActionType.SCALE, 3), vote("b", ActionType.SCALE, 3)], total_advisors=3
+    )
     assert two_of_three.reached and two_of_three.score == pytest.approx(2 / 3)
     assert two_of_three.failed == (("advisor #3", "no result"),)
 
@@ -365,7 +418,13 @@ def test_consensus_refuses_inconsistent_counts() -> None:
 
 @pytest.mark.parametrize(
     ("severity", "count", "votes"),
-    [(Severity.P0, 3, True), (Severity.P1, 2, True), (Severity.P1, 1, False), (Severity.P2, 3, False), (Severity.P3, 2, False)],
+    [
+        (Severity.P0, 3, True),
+        (Severity.P1, 2, True),
+        (Severity.P1, 1, False),
+        (Severity.P2, 3, False),
+        (Severity.P3, 2, False),
+    ],
 )
 def test_only_p0_and_p1_vote(severity: Severity, count: int, votes: bool) -> None:
     assert uses_consensus(severity, count) is votes

@@ -83,13 +83,15 @@ def test_actions_only_take_their_own_parameters(
     action_type: ActionType, replicas: int | None, to_revision: int | None, field: str
 ) -> None:
     with pytest.raises(InvalidInputError) as refused:
-        ProposedAction(action_type, TargetKind.DEPLOYMENT, "checkout", replicas=replicas, to_revision=to_revision)
+        ProposedAction(
+            action_type, TargetKind.DEPLOYMENT, "checkout", replicas=replicas, to_revision=to_revision
+        )
     assert refused.value.field == field
 
 
 @pytest.mark.parametrize("name", ["", "Checkout", "check_out", "-checkout", "a" * 254, "web;rm"])
 def test_actions_need_a_valid_workload_name(name: str) -> None:
-    with pytest.raises(InvalidInputError, match="action.target.name"):
+    with pytest.raises(InvalidInputError, match=r"action\.target\.name"):
         ProposedAction(ActionType.ROLLOUT_RESTART, TargetKind.DEPLOYMENT, name)
 
 
@@ -100,9 +102,14 @@ def test_action_wire_format_and_description() -> None:
         "target": {"kind": "StatefulSet", "name": "db"},
         "params": {"toRevision": 4},
     }
-    assert "params" not in ProposedAction(ActionType.ROLLOUT_RESTART, TargetKind.DEPLOYMENT, "web").to_run_action()
+    assert (
+        "params"
+        not in ProposedAction(ActionType.ROLLOUT_RESTART, TargetKind.DEPLOYMENT, "web").to_run_action()
+    )
     assert undo.describe() == "roll StatefulSet/db back to revision 4"
-    assert ActionTemplate(ActionType.SCALE, replicas=3).bind(TargetKind.DEPLOYMENT, "web").params == {"replicas": 3}
+    assert ActionTemplate(ActionType.SCALE, replicas=3).bind(TargetKind.DEPLOYMENT, "web").params == {
+        "replicas": 3
+    }
     assert ProposedAction(ActionType.ROLLOUT_RESTART, TargetKind.DEPLOYMENT, "web").params == {}
 
 
@@ -121,16 +128,18 @@ def test_effective_replicas(requested: int, current: int, maximum: int, expected
     assert effective_replicas(requested, current, maximum) == expected
 
 
-@pytest.mark.parametrize(("requested", "current", "maximum"), [(0, 1, 10), (2, -1, 10), (2, 1, 0), (True, 1, 10)])
+@pytest.mark.parametrize(
+    ("requested", "current", "maximum"), [(0, 1, 10), (2, -1, 10), (2, 1, 0), (True, 1, 10)]
+)
 def test_effective_replicas_refuses_nonsense(requested: int, current: int, maximum: int) -> None:
     with pytest.raises(InvalidInputError):
         effective_replicas(requested, current, maximum)
 
 
 def test_incident_target_is_validated() -> None:
-    with pytest.raises(InvalidInputError, match="metadata.namespace"):
+    with pytest.raises(InvalidInputError, match=r"metadata\.namespace"):
         IncidentTarget(namespace="", kind=TargetKind.DEPLOYMENT, name="web")
-    with pytest.raises(InvalidInputError, match="spec.targetRef.kind"):
+    with pytest.raises(InvalidInputError, match=r"spec\.targetRef\.kind"):
         IncidentTarget(namespace="shop", kind="Pod", name="web")  # type: ignore[arg-type]
     assert str(TARGET) == "Deployment/checkout in namespace shop"
 
@@ -174,7 +183,11 @@ def test_scale_rule_carries_its_replica_count() -> None:
     assert outcome.matched_rule == "high_latency"
     assert outcome.status_fields() == {
         "source": "rules",
-        "action": {"type": "Scale", "target": {"kind": "Deployment", "name": "checkout"}, "params": {"replicas": 3}},
+        "action": {
+            "type": "Scale",
+            "target": {"kind": "Deployment", "name": "checkout"},
+            "params": {"replicas": 3},
+        },
         "riskLevel": "low",
         "confidence": 0.75,
         "reasoning": outcome.reasoning,
@@ -185,15 +198,15 @@ def test_scale_rule_carries_its_replica_count() -> None:
 
 def test_status_fields_fit_the_incident_status_model() -> None:
     outcome = run(make_input("Checkout5xxRate", advisor_results=(timeout("a"),)))
-    decision = Decision.model_validate({"id": decision_id("uid-1", 0), "state": "Ready", **outcome.status_fields()})
+    decision = Decision.model_validate(
+        {"id": decision_id("uid-1", 0), "state": "Ready", **outcome.status_fields()}
+    )
     assert decision.action is not None and decision.action.type is ActionType.ROLLOUT_UNDO
     assert decision.matched_rule == "high_error_rate" and decision.error == "a: timed out after 30s"
 
 
 def test_reasoning_and_error_stay_within_the_status_limits() -> None:
-    chatty = tuple(
-        AdvisorResult(advisor=f"advisor-{n}", error="refused: " + "x" * 400) for n in range(20)
-    )
+    chatty = tuple(AdvisorResult(advisor=f"advisor-{n}", error="refused: " + "x" * 400) for n in range(20))
     outcome = run(make_input("Boom", severity=Severity.P0, advisor_results=chatty))
     assert outcome.error is not None and len(outcome.error) <= 2048
     assert len(outcome.reasoning) <= 2048
@@ -263,7 +276,9 @@ def test_actions_riskier_than_the_limit_need_approval() -> None:
     assert (outcome.action.type, outcome.risk) == (ActionType.ROLLOUT_UNDO, RiskLevel.CRITICAL)
     assert outcome.requires_approval
     assert outcome.approval_reasons == ("risk critical is above the automatic limit (medium)",)
-    relaxed = decide(make_input("Checkout5xxRate"), default_catalogue(), max_automatic_risk=RiskLevel.CRITICAL)
+    relaxed = decide(
+        make_input("Checkout5xxRate"), default_catalogue(), max_automatic_risk=RiskLevel.CRITICAL
+    )
     assert not relaxed.requires_approval
 
 
@@ -351,14 +366,21 @@ def test_advisors_asked_without_any_result_are_reported() -> None:
 
 
 def test_a_proposal_for_another_workload_is_refused() -> None:
-    outcome = run(make_input("KubePodCrashLooping", advisor_results=(proposal("a", ActionType.SCALE, replicas=3, target=OTHER_TARGET),)))
+    outcome = run(
+        make_input(
+            "KubePodCrashLooping",
+            advisor_results=(proposal("a", ActionType.SCALE, replicas=3, target=OTHER_TARGET),),
+        )
+    )
     assert outcome.source is DecisionSource.RULES
     assert outcome.action.target_name == "checkout"
     assert outcome.error is not None and "refused" in outcome.error and "payments" in outcome.error
 
 
 def test_a_proposal_outside_the_catalogue_is_refused() -> None:
-    restart_only = load_catalogue("- name: fallback\n  keywords: []\n  action: {type: RolloutRestart}\n  risk: medium\n")
+    restart_only = load_catalogue(
+        "- name: fallback\n  keywords: []\n  action: {type: RolloutRestart}\n  risk: medium\n"
+    )
     outcome = decide(
         make_input("Anything", advisor_results=(proposal("a", ActionType.ROLLOUT_UNDO),)), restart_only
     )
@@ -383,7 +405,11 @@ def test_below_p1_the_first_usable_advisor_is_used_without_a_vote() -> None:
         make_input(
             "KubePodCrashLooping",
             severity=Severity.P2,
-            advisor_results=(timeout("a"), proposal("b", ActionType.SCALE, replicas=2), proposal("c", ActionType.ROLLOUT_UNDO)),
+            advisor_results=(
+                timeout("a"),
+                proposal("b", ActionType.SCALE, replicas=2),
+                proposal("c", ActionType.ROLLOUT_UNDO),
+            ),
         )
     )
     assert outcome.source is DecisionSource.ADVISOR

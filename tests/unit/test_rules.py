@@ -1,4 +1,4 @@
-"""The rule catalogue: spec order, every keyword, the catch-all, and a ConfigMap format that names its errors."""
+"""The rule catalogue: spec order, every keyword, the catch-all, a ConfigMap format naming its errors."""
 
 from __future__ import annotations
 
@@ -40,13 +40,42 @@ MINIMAL_CATCH_ALL = """
 def test_default_catalogue_is_the_spec_catalogue_in_order() -> None:
     catalogue = default_catalogue()
     summary = [
-        (rule.name, rule.keywords, rule.action, rule.risk, rule.confidence, rule.enabled) for rule in catalogue
+        (rule.name, rule.keywords, rule.action, rule.risk, rule.confidence, rule.enabled)
+        for rule in catalogue
     ]
     assert summary == [
-        ("pod_crash", SPEC_KEYWORDS["pod_crash"], ActionTemplate(ActionType.ROLLOUT_RESTART), RiskLevel.MEDIUM, 0.75, True),
-        ("high_latency", SPEC_KEYWORDS["high_latency"], ActionTemplate(ActionType.SCALE, replicas=3), RiskLevel.LOW, 0.75, True),
-        ("high_error_rate", SPEC_KEYWORDS["high_error_rate"], ActionTemplate(ActionType.ROLLOUT_UNDO), RiskLevel.CRITICAL, 0.75, True),
-        ("resource_exhaustion", SPEC_KEYWORDS["resource_exhaustion"], ActionTemplate(ActionType.SCALE, replicas=2), RiskLevel.MEDIUM, 0.75, True),
+        (
+            "pod_crash",
+            SPEC_KEYWORDS["pod_crash"],
+            ActionTemplate(ActionType.ROLLOUT_RESTART),
+            RiskLevel.MEDIUM,
+            0.75,
+            True,
+        ),
+        (
+            "high_latency",
+            SPEC_KEYWORDS["high_latency"],
+            ActionTemplate(ActionType.SCALE, replicas=3),
+            RiskLevel.LOW,
+            0.75,
+            True,
+        ),
+        (
+            "high_error_rate",
+            SPEC_KEYWORDS["high_error_rate"],
+            ActionTemplate(ActionType.ROLLOUT_UNDO),
+            RiskLevel.CRITICAL,
+            0.75,
+            True,
+        ),
+        (
+            "resource_exhaustion",
+            SPEC_KEYWORDS["resource_exhaustion"],
+            ActionTemplate(ActionType.SCALE, replicas=2),
+            RiskLevel.MEDIUM,
+            0.75,
+            True,
+        ),
         ("default", (), ActionTemplate(ActionType.ROLLOUT_RESTART), RiskLevel.MEDIUM, 0.75, True),
     ]
     assert catalogue.playbook_count == 5
@@ -165,23 +194,36 @@ def _rule(body: str) -> str:
             r"rules\[0\] \(a\): action\.params\.replicas: Scale requires a replica count",
         ),
         (
-            _rule("- name: a\n  keywords: [x]\n  action: {type: Scale, params: {replicas: 0}}\n  risk: low\n"),
+            _rule(
+                "- name: a\n  keywords: [x]\n  action: {type: Scale, params: {replicas: 0}}\n  risk: low\n"
+            ),
             r"rules\[0\] \(a\): action\.params\.replicas: Input should be greater than or equal to 1",
         ),
         (
-            _rule("- name: a\n  keywords: [x]\n  action: {type: Scale, params: {replicas: '3'}}\n  risk: low\n"),
+            _rule(
+                "- name: a\n  keywords: [x]\n  action: {type: Scale, params: {replicas: '3'}}\n  risk: low\n"
+            ),
             r"action\.params\.replicas: Input should be a valid integer",
         ),
         (
-            _rule("- name: a\n  keywords: [x]\n  action: {type: RolloutRestart, params: {replicas: 2}}\n  risk: low\n"),
+            _rule(
+                "- name: a\n  keywords: [x]\n"
+                "  action: {type: RolloutRestart, params: {replicas: 2}}\n  risk: low\n"
+            ),
             r"rules\[0\] \(a\): action\.params\.replicas: RolloutRestart takes no parameters",
         ),
         (
-            _rule("- name: a\n  keywords: [x]\n  action: {type: RolloutUndo, params: {toRevision: 0}}\n  risk: low\n"),
+            _rule(
+                "- name: a\n  keywords: [x]\n"
+                "  action: {type: RolloutUndo, params: {toRevision: 0}}\n  risk: low\n"
+            ),
             r"action\.params\.toRevision: Input should be greater than or equal to 1",
         ),
         (
-            _rule("- name: a\n  keywords: [x]\n  action: {type: RolloutUndo, command: 'rm -rf /'}\n  risk: low\n"),
+            _rule(
+                "- name: a\n  keywords: [x]\n"
+                "  action: {type: RolloutUndo, command: 'rm -rf /'}\n  risk: low\n"
+            ),
             r"rules\[0\] \(a\): action\.command: Extra inputs are not permitted",
         ),
         (
@@ -189,7 +231,9 @@ def _rule(body: str) -> str:
             r"rules\[0\] \(a\): risk: Input should be 'low', 'medium', 'high' or 'critical'",
         ),
         (
-            _rule("- name: a\n  keywords: [x]\n  action: {type: RolloutUndo}\n  risk: low\n  confidence: 1.5\n"),
+            _rule(
+                "- name: a\n  keywords: [x]\n  action: {type: RolloutUndo}\n  risk: low\n  confidence: 1.5\n"
+            ),
             r"rules\[0\] \(a\): confidence: Input should be less than or equal to 1",
         ),
         (
@@ -197,7 +241,9 @@ def _rule(body: str) -> str:
             r"rules\[0\] \(a\): keywords: a keyword cannot be blank",
         ),
         (
-            _rule("- name: a\n  keywords: [x]\n  action: {type: RolloutUndo}\n  risk: low\n  enabled: 'yes'\n"),
+            _rule(
+                "- name: a\n  keywords: [x]\n  action: {type: RolloutUndo}\n  risk: low\n  enabled: 'yes'\n"
+            ),
             r"rules\[0\] \(a\): enabled: Input should be a valid boolean",
         ),
         (
@@ -232,8 +278,12 @@ def test_unreadable_file_is_a_configuration_error_naming_the_path(tmp_path: Path
 
 def test_errors_in_a_file_name_the_file(tmp_path: Path) -> None:
     path = tmp_path / "rules.yaml"
-    path.write_text(_rule("- name: a\n  keywords: [x]\n  action: {type: Scale}\n  risk: low\n"), encoding="utf-8")
-    with pytest.raises(ConfigurationError, match=rf"rule catalogue {path}: rules\[0\] \(a\): action\.params\.replicas"):
+    path.write_text(
+        _rule("- name: a\n  keywords: [x]\n  action: {type: Scale}\n  risk: low\n"), encoding="utf-8"
+    )
+    with pytest.raises(
+        ConfigurationError, match=rf"rule catalogue {path}: rules\[0\] \(a\): action\.params\.replicas"
+    ):
         load_catalogue_file(path)
 
 

@@ -349,6 +349,7 @@ class IncidentReconciler:
                 advisors_asked=len(consulted) if consulted else None,
             ),
             deps.catalogue,
+            max_automatic_risk=deps.settings.max_automatic_risk,
         )
 
     def _run_manifest(self, incident: IncidentObject, decision: DecisionOutcome, sequence: int) -> dict[str, Any]:

@@ -184,7 +184,9 @@ class ProposedAction:
 
     def describe(self) -> str:
         """A short human sentence, e.g. ``scale Deployment/web to 3 replicas``."""
-        return _describe(self.type, f"{self.target_kind.value}/{self.target_name}", self.replicas, self.to_revision)
+        return _describe(
+            self.type, f"{self.target_kind.value}/{self.target_name}", self.replicas, self.to_revision
+        )
 
 
 def effective_replicas(requested: int, current: int, maximum: int) -> int:

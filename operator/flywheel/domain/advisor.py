@@ -39,12 +39,29 @@ MAX_SUMMARY_CHARS = 1000
 # rather than ignore the key, so the reason is visible to the operator.
 _COMMAND_KEYS = frozenset(
     {
-        "command", "commands", "cmd", "script", "scripts", "shell", "bash", "sh",
-        "powershell", "exec", "execute", "kubectl", "args", "argv", "code",
+        "command",
+        "commands",
+        "cmd",
+        "script",
+        "scripts",
+        "shell",
+        "bash",
+        "sh",
+        "powershell",
+        "exec",
+        "execute",
+        "kubectl",
+        "args",
+        "argv",
+        "code",
     }
 )
 
-_PARAM_NAMES: Mapping[str, str] = {"replicas": "replicas", "torevision": "toRevision", "to_revision": "toRevision"}
+_PARAM_NAMES: Mapping[str, str] = {
+    "replicas": "replicas",
+    "torevision": "toRevision",
+    "to_revision": "toRevision",
+}
 
 _CODE_FENCE = re.compile(r"^```[a-zA-Z0-9_-]*\s*\n?(?P<body>.*?)\n?```$", re.DOTALL)
 
@@ -124,7 +141,7 @@ def advisors_to_consult(severity: Severity, advisors: Sequence[_T]) -> list[_T]:
 # --- the question ---------------------------------------------------------------------
 
 _ACTION_HELP: Mapping[ActionType, str] = {
-    ActionType.ROLLOUT_RESTART: 'restart every pod of the workload (rolling). params: {}',
+    ActionType.ROLLOUT_RESTART: "restart every pod of the workload (rolling). params: {}",
     ActionType.SCALE: (
         'set the replica count. params: {"replicas": <integer >= 1>}. '
         "Flywheel never lowers the current count and caps it at its configured maximum."
@@ -250,9 +267,12 @@ def _parse_target(value: Any, expected: IncidentTarget) -> None:
 
     if name != expected.name:
         raise RejectedAdvice("target.name", f"{name!r} is not the Incident's workload {expected.name!r}")
-    if kind is not None:
-        if not isinstance(kind, str) or _KINDS_BY_LOWER_NAME.get(kind.strip().lower()) is not expected.kind:
-            raise RejectedAdvice("target.kind", f"{kind!r} is not the Incident's workload kind {expected.kind.value}")
+    if kind is not None and (
+        not isinstance(kind, str) or _KINDS_BY_LOWER_NAME.get(kind.strip().lower()) is not expected.kind
+    ):
+        raise RejectedAdvice(
+            "target.kind", f"{kind!r} is not the Incident's workload kind {expected.kind.value}"
+        )
     if namespace is not None and namespace != expected.namespace:
         raise RejectedAdvice(
             "target.namespace", f"{namespace!r} is not the Incident's namespace {expected.namespace!r}"

@@ -4,10 +4,10 @@ Policy (SPEC §2), applied by :func:`decide` in this order:
 
 1. **Rules first.** The rule catalogue always yields a decision; advisors can only
    replace it with a validated catalogue action on the Incident's own workload.
-2. **Advisors.** One advisor: its proposal is used if valid. P0/P1 with several
-   advisors: they vote; a strict majority wins with the agreeing share as
-   confidence; ties, timeouts and refusals fall back to the rules. Why an advisor
-   was not used is kept in ``error``.
+2. **Advisors.** P0/P1 with several advisors: they vote; a strict majority wins
+   with the agreeing share as confidence; ties, timeouts and refusals fall back to
+   the rules. Otherwise the first usable proposal, in advisor order, is used. Why
+   no advisor was used is kept in ``error``.
 3. **History.** An action that succeeded less than 20% of the time over at least
    two attempts for this anomaly is skipped for the next candidate (next matching
    rule in catalogue order, then the catch-all). If none is left, a person decides.
@@ -89,7 +89,8 @@ class DecisionInput:
             raise InvalidInputError("alert_names", "must be a sequence of names, not one string")
         if self.advisors_asked is not None and self.advisors_asked < len(self.advisor_results):
             raise InvalidInputError(
-                "advisors_asked", f"{self.advisors_asked} is fewer than the {len(self.advisor_results)} results"
+                "advisors_asked",
+                f"{self.advisors_asked} is fewer than the {len(self.advisor_results)} results",
             )
 
     @property
@@ -201,13 +202,16 @@ def _refusal(result: AdvisorResult, decision_input: DecisionInput, catalogue: Ru
         return f"proposed {advice.target}, not the Incident's own target {decision_input.target}"
     action = advice.action
     if (action.target_kind, action.target_name) != (decision_input.target.kind, decision_input.target.name):
-        return f"proposed an action on {action.target_kind.value}/{action.target_name}, not on the Incident's target"
+        workload = f"{action.target_kind.value}/{action.target_name}"
+        return f"proposed an action on {workload}, not on the Incident's target"
     if action.type not in catalogue.action_types:
         return f"proposed {action.type.value}, which the rule catalogue does not offer"
     return None
 
 
-def _screen(results: Sequence[AdvisorResult], decision_input: DecisionInput, catalogue: RuleCatalogue) -> list[AdvisorResult]:
+def _screen(
+    results: Sequence[AdvisorResult], decision_input: DecisionInput, catalogue: RuleCatalogue
+) -> list[AdvisorResult]:
     screened = []
     for result in results:
         refusal = _refusal(result, decision_input, catalogue)
@@ -256,7 +260,9 @@ def _consensus_choice(
     )
 
 
-def _single_choice(results: Sequence[AdvisorResult], history: _History) -> tuple[_AdvisorChoice | None, str | None]:
+def _single_choice(
+    results: Sequence[AdvisorResult], history: _History
+) -> tuple[_AdvisorChoice | None, str | None]:
     problems: list[str] = []
     for result in results:
         advice = result.advice
@@ -268,8 +274,11 @@ def _single_choice(results: Sequence[AdvisorResult], history: _History) -> tuple
                 f"{result.advisor}: proposed {advice.action.describe()}, which kept failing for this anomaly"
             )
             continue
-        explanation = f"Advisor {result.advisor} proposed {advice.action.describe()} (confidence {advice.confidence:.2f})"
-        explanation += f": {advice.reasoning}" if advice.reasoning else "."
+        explanation = (
+            f"Advisor {result.advisor} proposed {advice.action.describe()} "
+            f"(confidence {advice.confidence:.2f})"
+        )
+        explanation += f": {advice.reasoning.rstrip('.')}." if advice.reasoning else "."
         if problems:
             explanation += f" Not used: {'; '.join(problems)}."
         return (
@@ -394,16 +403,22 @@ def decide(
     elif level is EscalationLevel.PERMANENT_FIX:
         if decision_input.permanent_fix_declared:
             sentences.append("The anomaly reached PERMANENT_FIX although a permanent fix is declared.")
-            approval_reasons.append("the anomaly keeps recurring (PERMANENT_FIX) despite the declared permanent fix")
+            approval_reasons.append(
+                "the anomaly keeps recurring (PERMANENT_FIX) despite the declared permanent fix"
+            )
         else:
-            sentences.append("The anomaly reached PERMANENT_FIX and no permanent fix is declared: no automatic action.")
+            sentences.append(
+                "The anomaly reached PERMANENT_FIX and no permanent fix is declared: no automatic action."
+            )
             approval_reasons.append("the anomaly needs a permanent fix (PERMANENT_FIX); no automatic action")
             warnings.append(NEEDS_PERMANENT_FIX_WARNING)
 
     if decision_input.remediation_mode is RemediationMode.REQUIRE_APPROVAL:
         approval_reasons.append("remediation.mode is RequireApproval")
     if risk_rank(risk) > risk_rank(max_automatic_risk):
-        approval_reasons.append(f"risk {risk.value} is above the automatic limit ({max_automatic_risk.value})")
+        approval_reasons.append(
+            f"risk {risk.value} is above the automatic limit ({max_automatic_risk.value})"
+        )
 
     run_mode = _run_mode(decision_input.remediation_mode)
     if run_mode is None:

@@ -223,7 +223,8 @@ class _ActionParamsDocument(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     replicas: _PositiveInt | None = None
-    toRevision: _PositiveInt | None = None  # noqa: N815 - the Run's wire name
+    # camelCase on purpose: the field is spelled as in the Run's spec.action.params.
+    toRevision: _PositiveInt | None = None
 
 
 class _ActionDocument(BaseModel):
@@ -309,7 +310,9 @@ def load_catalogue_file(path: str | Path) -> RuleCatalogue:
     try:
         text = file_path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigurationError(f"rule catalogue {file_path}: cannot be read: {exc.strerror or exc}") from exc
+        raise ConfigurationError(
+            f"rule catalogue {file_path}: cannot be read: {exc.strerror or exc}"
+        ) from exc
     return load_catalogue(text, source=f"rule catalogue {file_path}")
 
 

@@ -15,7 +15,7 @@ import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -129,7 +129,7 @@ class AdvisorClient:
         self._owns_session = session is None
         self._max_tokens = max_tokens
 
-    async def __aenter__(self) -> AdvisorClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -198,8 +198,12 @@ class AdvisorClient:
 
         def failure(error: str, *, timed_out: bool = False) -> AdvisorResult:
             latency = loop.time() - started
-            log.warning("advisor_unusable", advisor=advisor.name, error=error, latency_seconds=round(latency, 3))
-            return AdvisorResult(advisor=advisor.name, error=error, timed_out=timed_out, latency_seconds=latency)
+            log.warning(
+                "advisor_unusable", advisor=advisor.name, error=error, latency_seconds=round(latency, 3)
+            )
+            return AdvisorResult(
+                advisor=advisor.name, error=error, timed_out=timed_out, latency_seconds=latency
+            )
 
         try:
             async with asyncio.timeout(deadline):
@@ -211,7 +215,8 @@ class AdvisorClient:
             return failure(str(exc))
         except aiohttp.ClientError as exc:
             return failure(f"request failed: {exc.__class__.__name__}: {exc}")
-        except Exception as exc:  # noqa: BLE001 - an advisor is optional; nothing it does may break a decision
+        except Exception as exc:
+            # An advisor is optional: nothing it does may break the decision.
             log.exception("advisor_call_crashed", advisor=advisor.name)
             return failure(f"unexpected error: {exc.__class__.__name__}: {exc}")
 
