@@ -24,13 +24,15 @@ kubectl get crds -o name | grep flywheel.dev
 
 step "Starting the operator (log: ${STATE}/operator.log, database: ${STATE}/flywheel.db)"
 export FLYWHEEL_DATABASE_URL="sqlite:///${STATE}/flywheel.db"
+export FLYWHEEL_METRICS_PORT="${FLYWHEEL_METRICS_PORT:-8080}"
 if [[ -f "${STATE}/operator.pid" ]] && kill -0 "$(cat "${STATE}/operator.pid")" 2>/dev/null; then
-  echo "operator already running (pid $(cat "${STATE}/operator.pid"))"
-else
-  nohup "${FLYWHEEL}" run --standalone --all-namespaces >"${STATE}/operator.log" 2>&1 &
-  echo $! >"${STATE}/operator.pid"
-  echo "operator started (pid $!)"
+  # A previous demo's operator may run older code: replace it.
+  kill "$(cat "${STATE}/operator.pid")" && sleep 2
 fi
+"${FLYWHEEL}" db upgrade >/dev/null
+nohup "${FLYWHEEL}" run --standalone --all-namespaces >"${STATE}/operator.log" 2>&1 &
+echo $! >"${STATE}/operator.pid"
+echo "operator started (pid $!)"
 
 step "Deploying the sample workload ${NS}/checkout"
 kubectl create namespace "${NS}" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
@@ -51,12 +53,30 @@ kubectl get flywheel -n "${NS}"
 step "What Flywheel made of it"
 kubectl describe incident -n "${NS}" checkout-oom | sed -n '/^Status:/,$p'
 
+step "The Run restarts checkout for real and verifies the rollout"
+for _ in $(seq 1 90); do
+  state="$(kubectl get run -n "${NS}" "${run}" -o jsonpath='{.status.state}' 2>/dev/null || true)"
+  case "${state}" in Succeeded|Failed|Cancelled|TimedOut) break ;; esac
+  sleep 1
+done
+kubectl get flywheel -n "${NS}"
+kubectl rollout status -n "${NS}" deployment/checkout --timeout=60s
+kubectl get deployment -n "${NS}" checkout -o jsonpath='{.spec.template.metadata.annotations}{"\n"}'
+
+step "Its timeline, from the history database"
+for _ in $(seq 1 15); do
+  "${FLYWHEEL}" timeline -n "${NS}" "${run}" 2>/dev/null | grep -q completed && break
+  sleep 1
+done
+"${FLYWHEEL}" timeline -n "${NS}" "${run}"
+"${FLYWHEEL}" history -n "${NS}"
+
 cat <<EOT
 
 The demo keeps running. Try:
   export KUBECONFIG=${KUBECONFIG}
   kubectl get flywheel -n ${NS}
-  sed s/checkout-oom/checkout-oom-2/ examples/incident-oom.yaml | kubectl apply -n ${NS} -f -   # same anomaly: Duplicate
+  sed s/checkout-oom/checkout-oom-2/ examples/incident-oom.yaml | kubectl apply -n ${NS} -f -   # the same anomaly again: counted, escalates, another Run
   tail -f ${STATE}/operator.log
 Stop everything with: make demo-down
 EOT

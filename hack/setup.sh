@@ -7,9 +7,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV="${VENV:-.venv}"
 log() { echo "[setup] $*" >&2; }
 
-# redis-server and postgresql for the real stores, promtool (prometheus) to lint metrics,
+# redis-server and postgresql for the real stores, prometheus (server and promtool) and
+# prometheus-alertmanager for the monitoring and intake tests,
 # runuser (util-linux) to run PostgreSQL as its own user, git and curl for the builds.
-DEBIAN_PACKAGES=(redis-server postgresql prometheus util-linux ca-certificates git python3-venv)
+DEBIAN_PACKAGES=(redis-server postgresql prometheus prometheus-alertmanager util-linux ca-certificates git python3-venv)
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "${pkg}" 2>/dev/null | grep -q "install ok installed" || missing+=("${pkg}")
@@ -20,7 +21,7 @@ if ((${#missing[@]})); then
   ${SUDO} apt-get update -qq
   DEBIAN_FRONTEND=noninteractive ${SUDO} apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Debian starts the packaged services; we start our own on free ports instead.
-  ${SUDO} systemctl disable --now redis-server postgresql prometheus >/dev/null 2>&1 || true
+  ${SUDO} systemctl disable --now redis-server postgresql prometheus prometheus-alertmanager >/dev/null 2>&1 || true
 fi
 
 if ! command -v go >/dev/null; then

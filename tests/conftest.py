@@ -108,6 +108,9 @@ def start_operator(
             "FLYWHEEL_REDIS_URL": redis_url,
             "FLYWHEEL_DATABASE_URL": database_url or f"sqlite:///{tmp_path / 'flywheel.db'}",
             "FLYWHEEL_LOG_LEVEL": "INFO",
+            # Several operators run at once (tests, developers): no fixed ports unless asked.
+            "FLYWHEEL_INTAKE_PORT": "0",
+            "FLYWHEEL_METRICS_PORT": "0",
             **{f"FLYWHEEL_{key.upper()}": value for key, value in env.items()},
         }
         process = OperatorProcess(test_cluster, namespace, environment, tmp_path / f"operator-{len(started)}.log")

@@ -164,6 +164,17 @@ def dev_status(name: str, output: str) -> None:
     click.echo(f"operator: {'pid ' + str(status['operatorPid']) if status['operatorPid'] else 'not running'}")
 
 
+def _register_reviewer_commands() -> None:
+    from flywheel.cli_history import db_group, history_command, timeline_command
+
+    cli.add_command(history_command)
+    cli.add_command(timeline_command)
+    cli.add_command(db_group)
+
+
+_register_reviewer_commands()
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

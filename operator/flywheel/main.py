@@ -54,6 +54,7 @@ def run_operator(
     configure_logging(settings.log_level, settings.log_format)
     # Importing the handler modules registers them with Kopf's default registry.
     import flywheel.handlers  # noqa: F401
+    from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
 
     log.info("starting operator", namespaces=namespaces or "all", standalone=standalone)
     # Kopf treats an explicit peering name as "peering is mandatory", so pass it only
@@ -67,6 +68,8 @@ def run_operator(
             namespaces=namespaces,
             clusterwide=not namespaces,
             liveness_endpoint=liveness_endpoint,
+            # The intake refuses alerts for namespaces this operator does not reconcile.
+            memo=kopf.Memo({MEMO_WATCHED_NAMESPACES: tuple(namespaces)}),
             **peering,
         )
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from flywheel.api.enums import RiskLevel
@@ -103,6 +103,63 @@ class FlywheelSettings(BaseSettings):
     circuit_breaker_window_seconds: int = Field(
         default=3600, ge=1, description="Window over which the circuit breaker counts a workload's remediations."
     )
+    intake_port: int = Field(
+        default=8081,
+        ge=0,
+        le=65535,
+        description=(
+            "Port of the Alertmanager webhook receiver (POST /intake/alertmanager, GET /healthz); 0 disables it."
+        ),
+    )
+    intake_token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Bearer token Alertmanager must send (http_config.authorization.credentials). "
+            "Unset: the receiver refuses every request with 401."
+        ),
+    )
+    intake_max_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Largest webhook payload accepted; larger ones are refused with 413.",
+    )
+    metrics_port: int = Field(
+        default=8080,
+        ge=0,
+        le=65535,
+        description="Port of the metrics server (/metrics, /stats/summary, /stats/flywheel, /healthz); 0 disables it.",
+    )
+    metrics_bind_address: str = Field(
+        default="0.0.0.0", description="Address the metrics server listens on."  # noqa: S104 - scraped from the pod network
+    )
+    metrics_interval_seconds: float = Field(
+        default=30.0,
+        ge=1.0,
+        description="How often the metrics snapshot is computed; scrapes read the latest snapshot and never query.",
+    )
+    funnel_period_minutes: int = Field(
+        default=10, ge=5, description="Period of the remediation funnel and its stall rules, in minutes (at least 5)."
+    )
+    internal_sources: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Incident sources (spec.source) that are synthetic probes, comma-separated; "
+            "left out of the funnel's source statistics."
+        ),
+    )
+    notify_webhook_url: str | None = Field(
+        default=None,
+        description="Webhook receiving notifications (funnel stalls), in addition to Kubernetes Events. Empty: Events only.",
+    )
+    notify_webhook_format: str = Field(
+        default="json", description="Webhook payload format: json (generic) or slack (Slack-compatible incoming webhook)."
+    )
+    notify_webhook_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Timeout of one webhook delivery attempt."
+    )
+    notify_webhook_retries: int = Field(
+        default=3, ge=0, le=10, description="Retries of a webhook delivery that failed transiently (5xx, 429, network)."
+    )
     log_level: str = Field(default="INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     log_format: str = Field(default="console", description="Log format: console or json.")
 
@@ -128,6 +185,24 @@ class FlywheelSettings(BaseSettings):
         if value not in ("console", "json"):
             raise ValueError("log_format must be 'console' or 'json'")
         return value
+
+    @field_validator("internal_sources", mode="before")
+    @classmethod
+    def _internal_sources_from_csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("notify_webhook_format")
+    @classmethod
+    def _known_webhook_format(cls, value: str) -> str:
+        if value not in ("json", "slack"):
+            raise ValueError("notify_webhook_format must be 'json' or 'slack'")
+        return value
+
+    @field_validator("notify_webhook_url", mode="before")
+    @classmethod
+    def _blank_webhook_is_none(cls, value: object) -> object:
+        # An empty FLYWHEEL_NOTIFY_WEBHOOK_URL (a blank ConfigMap entry) means "no webhook".
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from sqlalchemy import create_engine, make_url, text
 
 
 @dataclass(frozen=True)
@@ -116,3 +117,29 @@ def start_postgres() -> Iterator[PostgresServer]:
     factory = _debian_cluster if os.geteuid() == 0 else _pytest_postgresql_executor
     with factory() as server:
         yield server
+
+
+class PostgresSwitch:
+    """Makes one database refuse connections for real, and accept them again."""
+
+    def __init__(self, database_url: str) -> None:
+        url = make_url(database_url)
+        assert url.database is not None
+        self.database = url.database
+        self._admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+
+    def refuse_connections(self) -> None:
+        with self._admin.connect() as connection:
+            connection.execute(text(f'ALTER DATABASE "{self.database}" ALLOW_CONNECTIONS false'))
+            connection.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"),
+                {"name": self.database},
+            )
+
+    def accept_connections(self) -> None:
+        with self._admin.connect() as connection:
+            connection.execute(text(f'ALTER DATABASE "{self.database}" ALLOW_CONNECTIONS true'))
+
+    def close(self) -> None:
+        self.accept_connections()
+        self._admin.dispose()

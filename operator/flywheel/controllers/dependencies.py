@@ -6,12 +6,16 @@ from dataclasses import dataclass
 
 import redis.asyncio
 
+from flywheel.controllers.run import AttemptRecord, RunStores
 from flywheel.domain.escalation import EscalationThresholds
 from flywheel.domain.rules import RuleCatalogue, configured_catalogue
 from flywheel.settings import FlywheelSettings
 from flywheel.stores.advisor_client import AdvisorClient, AdvisorEndpoint, advisors_from_settings
 from flywheel.stores.anomaly_redis import AnomalyStore, connect_redis
+from flywheel.stores.history import HistoryKind, HistoryWriter, RepairExecution, build_history_writer
+from flywheel.stores.incidents import IncidentStatusStore
 from flywheel.stores.kube import FlywheelResources
+from flywheel.stores.workloads import WorkloadStore
 
 
 @dataclass
@@ -23,6 +27,34 @@ class AdvisorPanel:
 
 
 @dataclass
+class HistoryAttemptSink:
+    """Hands each decided Run attempt to the history database as a repair execution."""
+
+    history: HistoryWriter
+
+    def record_attempt(self, record: AttemptRecord) -> None:
+        self.history.submit(
+            HistoryKind.REPAIR_EXECUTION,
+            RepairExecution(
+                run_uid=record.run_uid,
+                attempt=record.attempt,
+                namespace=record.namespace,
+                incident_uid=record.incident_uid,
+                anomaly_key=record.anomaly_key or "",
+                action=record.action,
+                target_kind=record.target_kind,
+                target_name=record.target_name,
+                succeeded=record.succeeded,
+                started_at=record.started_at,
+                finished_at=record.finished_at,
+                error_code=record.error_code,
+                shadow=record.shadow,
+                latency_ms=record.latency_ms,
+            ),
+        )
+
+
+@dataclass
 class Dependencies:
     settings: FlywheelSettings
     redis: redis.asyncio.Redis
@@ -30,10 +62,13 @@ class Dependencies:
     catalogue: RuleCatalogue
     resources: FlywheelResources
     advisors: AdvisorPanel | None
+    history: HistoryWriter
+    run_stores: RunStores
 
     async def close(self) -> None:
         if self.advisors is not None:
             await self.advisors.client.close()
+        await self.history.close()
         await self.redis.aclose()
 
 
@@ -46,6 +81,10 @@ async def build_dependencies(settings: FlywheelSettings) -> Dependencies:
         permanent_fix=settings.permanent_fix_threshold,
     )
     endpoints = advisors_from_settings(settings)
+    # The writer migrates the schema before its first write and keeps retrying while the
+    # database is down: history is delayed, never lost, and start-up never waits for it.
+    history = build_history_writer(settings.database_url)
+    history.start()
     return Dependencies(
         settings=settings,
         redis=client,
@@ -53,4 +92,8 @@ async def build_dependencies(settings: FlywheelSettings) -> Dependencies:
         catalogue=configured_catalogue(settings.rules_file),
         resources=FlywheelResources(),
         advisors=AdvisorPanel(AdvisorClient(), endpoints) if endpoints else None,
+        history=history,
+        run_stores=RunStores(
+            workloads=WorkloadStore(), incidents=IncidentStatusStore(), attempts=HistoryAttemptSink(history)
+        ),
     )

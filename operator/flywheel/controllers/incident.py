@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flywheel.api.common import ObjectRef, new_condition, set_condition
 from flywheel.api.enums import (
@@ -22,7 +22,6 @@ from flywheel.api.enums import (
     IncidentPhase,
 )
 from flywheel.api.incident import AnomalyStatus, Decision, IncidentSpec, IncidentStatus
-from flywheel.controllers.dependencies import Dependencies
 from flywheel.domain.actions import IncidentTarget
 from flywheel.domain.advisor import IncidentFacts, advisors_to_consult, build_messages
 from flywheel.domain.decision import NEEDS_PERMANENT_FIX_WARNING, DecisionInput, DecisionOutcome, decide, decision_id
@@ -31,6 +30,9 @@ from flywheel.domain.signature import anomaly_key
 from flywheel.errors import RedisUnavailableError
 from flywheel.logs import get_logger
 from flywheel.stores.kube import API_VERSION
+
+if TYPE_CHECKING:  # the dependencies module builds the Run controller, which imports this one
+    from flywheel.controllers.dependencies import Dependencies
 
 log = get_logger(__name__)
 
@@ -123,11 +125,21 @@ class IncidentOutcome:
     """What one reconcile wants written: the new status and the Events to post."""
 
     status: IncidentStatus
+    original: IncidentStatus | None = None
     events: list[Event] = field(default_factory=list)
     retry_anomaly_later: bool = False
 
     def status_patch(self) -> dict[str, Any]:
-        return self.status.model_dump(by_alias=True, mode="json", exclude_none=False)
+        """Only the top-level status fields this reconcile changed.
+
+        The Run controller writes phase/decision/disposition when it resolves the Incident;
+        re-sending fields we did not touch could put back an older value.
+        """
+        new = self.status.model_dump(by_alias=True, mode="json", exclude_none=False)
+        if self.original is None:
+            return new
+        old = self.original.model_dump(by_alias=True, mode="json", exclude_none=False)
+        return {key: value for key, value in new.items() if old.get(key) != value}
 
 
 def find_primary(incident: IncidentObject, peers: Iterable[PeerIncident]) -> PeerIncident | None:
@@ -166,10 +178,13 @@ class IncidentReconciler:
     ) -> IncidentOutcome:
         now = now or datetime.now(UTC)
         status = incident.status.model_copy(deep=True)
-        outcome = IncidentOutcome(status=status)
+        outcome = IncidentOutcome(status=status, original=incident.status)
         status.observed_generation = incident.generation
 
         if status.phase in FINAL_PHASES:
+            # A Run may resolve the Incident while Redis is down: still count it once Redis is back.
+            if status.anomaly is not None and status.anomaly.degraded:
+                await self._record_anomaly(incident, outcome, now)
             return outcome
 
         await self._record_anomaly(incident, outcome, now)

@@ -7,9 +7,11 @@ thread (``asyncio.to_thread``) to keep Kopf's event loop free.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import json
+from typing import Any, cast
 
 import kubernetes
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from flywheel.errors import KubernetesApiError, StoreUnavailableError
@@ -37,6 +39,23 @@ def _translate(exc: ApiException, what: str) -> Exception:
     if exc.status in (None, 0, 429, 500, 502, 503, 504):
         return StoreUnavailableError(f"{what}: Kubernetes API unavailable ({exc.status} {exc.reason})")
     return KubernetesApiError(f"{what}: {exc.status} {exc.reason}: {exc.body}", status=exc.status)
+
+
+def _api_error(exc: ApiException, what: str) -> Exception:
+    """Like ``_translate``, with the API server's own message (Status.message) instead of the raw body."""
+    if exc.status in (None, 0, 429, 500, 502, 503, 504):
+        return StoreUnavailableError(f"{what}: Kubernetes API unavailable ({exc.status} {exc.reason})")
+    message = exc.reason or ""
+    try:
+        message = json.loads(exc.body or "{}").get("message") or message
+    except (ValueError, AttributeError):
+        pass
+    return KubernetesApiError(f"{what}: {exc.status} {message}", status=exc.status)
+
+
+def _unreachable(exc: urllib3.exceptions.HTTPError, what: str) -> StoreUnavailableError:
+    """A connection-level failure (refused, reset, timed out): the API server is out of reach."""
+    return StoreUnavailableError(f"{what}: Kubernetes API unreachable ({type(exc).__name__}: {exc})")
 
 
 class FlywheelResources:
@@ -71,3 +90,95 @@ class FlywheelResources:
             return found
         except ApiException as exc:
             raise _translate(exc, f"get {plural}/{name}") from exc
+
+    # -- guarded writes, for writers racing with others (the Alertmanager intake) -------
+    #
+    # These calls take an explicit request timeout, fail on conflicts instead of
+    # resolving them, and report connection-level failures as StoreUnavailableError, so
+    # that a caller with a deadline can retry what is transient and re-read on a conflict.
+
+    async def list_labelled(
+        self, plural: str, namespace: str, label_selector: str, *, request_timeout: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Objects of ``plural`` in ``namespace`` matching ``label_selector`` (a quorum read)."""
+        what = f"list {plural} -l {label_selector}"
+        try:
+            found = await asyncio.to_thread(
+                self._api.list_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                plural,
+                label_selector=label_selector,
+                _request_timeout=request_timeout,
+            )
+        except ApiException as exc:
+            raise _api_error(exc, what) from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise _unreachable(exc, what) from exc
+        return cast(list[dict[str, Any]], cast(dict[str, Any], found).get("items") or [])
+
+    async def create_new(
+        self,
+        plural: str,
+        namespace: str,
+        body: dict[str, Any],
+        *,
+        field_manager: str,
+        request_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Create the object; an existing one of that name is a :class:`KubernetesApiError` with status 409."""
+        what = f"create {plural}/{body['metadata']['name']}"
+        try:
+            created = await asyncio.to_thread(
+                self._api.create_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                plural,
+                body,
+                field_manager=field_manager,
+                _request_timeout=request_timeout,
+            )
+        except ApiException as exc:
+            raise _api_error(exc, what) from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise _unreachable(exc, what) from exc
+        return cast(dict[str, Any], created)
+
+    async def patch_spec_if_unchanged(
+        self,
+        plural: str,
+        namespace: str,
+        name: str,
+        *,
+        resource_version: str,
+        spec: dict[str, Any],
+        field_manager: str,
+        request_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Merge-patch ``spec`` only if the object is still at ``resource_version``.
+
+        The resourceVersion in the patch is a precondition: the API server answers 409
+        (a :class:`KubernetesApiError` with that status) when anyone wrote the object
+        since it was read, so a read-modify-write never overwrites a concurrent one.
+        """
+        what = f"patch {plural}/{name}"
+        patch = {"metadata": {"resourceVersion": resource_version}, "spec": spec}
+        try:
+            patched = await asyncio.to_thread(
+                self._api.patch_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                plural,
+                name,
+                patch,
+                field_manager=field_manager,
+                _request_timeout=request_timeout,
+            )
+        except ApiException as exc:
+            raise _api_error(exc, what) from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise _unreachable(exc, what) from exc
+        return cast(dict[str, Any], patched)

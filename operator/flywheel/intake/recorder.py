@@ -1,0 +1,220 @@
+"""Recording one planned alert on its Incident, safely against retries and concurrent writers.
+
+Each attempt reads the Incidents recorded for the alert's fingerprint, lets
+:func:`flywheel.domain.alerts.place_signal` decide, and writes with a precondition:
+creating a name that exists, or patching an Incident someone changed since it was
+read, fails with 409, and the attempt starts over from a fresh read. Transient API
+failures are retried with backoff until the request's deadline; past it the alert is
+reported as failed, so that the webhook answers 503 and Alertmanager re-sends the
+group. Every write is idempotent, so that re-sending never duplicates a signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol, assert_never
+
+from flywheel.api.incident import INCIDENT
+from flywheel.domain.alerts import (
+    LABEL_FINGERPRINT,
+    AlertIntake,
+    AlreadyRecorded,
+    AppendSignal,
+    CreateIncident,
+    NothingToRecordOn,
+    StoredIncident,
+    place_signal,
+)
+from flywheel.errors import InvalidInputError, KubernetesApiError, StoreUnavailableError
+from flywheel.logs import get_logger
+
+log = get_logger(__name__)
+
+FIELD_MANAGER = "flywheel-intake"
+
+# Status codes with which the API server refuses the *alert's* Incident (its content, its
+# namespace): retrying cannot help, the alert is refused. Any other refusal (401, 403:
+# the operator's credentials or RBAC) is the receiver's fault and must be retried by
+# Alertmanager once someone fixed it, so it fails the request instead.
+_REFUSED_BY_API = frozenset({400, 404, 413, 422})
+_CONFLICT = 409
+
+
+class RecordOutcome(StrEnum):
+    """What happened to one alert; the webhook's JSON report lists one per alert."""
+
+    CREATED = "created"
+    """A new Incident was created for the alert."""
+    UPDATED = "updated"
+    """The alert's signal was appended to its existing Incident."""
+    UNCHANGED = "unchanged"
+    """The signal was on record already (a repeated or re-sent notification)."""
+    IGNORED = "ignored"
+    """A resolved alert whose firing no Incident recorded: nothing to record it on."""
+    REFUSED = "refused"
+    """The alert cannot become an Incident (see ``field`` and ``reason``); re-sending will not help."""
+    FAILED = "failed"
+    """The Kubernetes API was unavailable past the deadline; Alertmanager should re-send."""
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    outcome: RecordOutcome
+    incident: str | None = None
+    field: str | None = None
+    reason: str | None = None
+    retryable: bool = False
+    """For FAILED: the API server was unavailable (503); otherwise the receiver is misconfigured (500)."""
+
+
+class IncidentWriter(Protocol):
+    """What the recorder needs from the Kubernetes store (``flywheel.stores.kube.FlywheelResources``)."""
+
+    async def list_labelled(
+        self, plural: str, namespace: str, label_selector: str, *, request_timeout: float | None = None
+    ) -> list[dict[str, Any]]: ...
+
+    async def create_new(
+        self,
+        plural: str,
+        namespace: str,
+        body: dict[str, Any],
+        *,
+        field_manager: str,
+        request_timeout: float | None = None,
+    ) -> dict[str, Any]: ...
+
+    async def patch_spec_if_unchanged(
+        self,
+        plural: str,
+        namespace: str,
+        name: str,
+        *,
+        resource_version: str,
+        spec: dict[str, Any],
+        field_manager: str,
+        request_timeout: float | None = None,
+    ) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard one request tries before answering 503."""
+
+    budget_seconds: float = 5.0
+    """Alertmanager waits at least 10 s for a webhook; answering 503 well before keeps its retry cheap."""
+    first_backoff_seconds: float = 0.1
+    max_backoff_seconds: float = 1.0
+    request_timeout_seconds: float = 3.0
+    max_conflicts: int = 25
+    """Re-reads after a 409. Each one means another writer made progress, so this only
+    runs out under pathological contention, which then counts as unavailability."""
+
+
+class _Retry(Exception):
+    """Start the attempt over from a fresh read (the object changed under us)."""
+
+
+class AlertRecorder:
+    def __init__(self, incidents: IncidentWriter, policy: RetryPolicy | None = None) -> None:
+        self._incidents = incidents
+        self._policy = policy or RetryPolicy()
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return self._policy
+
+    async def record(self, intake: AlertIntake, deadline: float) -> RecordResult:
+        """Record the alert's signal; ``deadline`` is on the event loop's clock."""
+        loop = asyncio.get_running_loop()
+        backoff = self._policy.first_backoff_seconds
+        conflicts = 0
+        while True:
+            try:
+                return await self._attempt(intake)
+            except _Retry:
+                conflicts += 1
+                if conflicts > self._policy.max_conflicts or loop.time() >= deadline:
+                    log.warning("alert not recorded, its Incident kept changing", namespace=intake.namespace,
+                                fingerprint=intake.signal.fingerprint, conflicts=conflicts)
+                    return RecordResult(RecordOutcome.FAILED, reason="too many concurrent updates", retryable=True)
+                log.debug("Incident changed since it was read, reading again", namespace=intake.namespace,
+                          fingerprint=intake.signal.fingerprint, conflicts=conflicts)
+                # A little jitter, so that writers colliding on one Incident do not collide again.
+                await asyncio.sleep(random.uniform(0, 0.05))
+            except StoreUnavailableError as exc:
+                remaining = deadline - loop.time()
+                if remaining <= backoff:
+                    log.warning("alert not recorded, Kubernetes API unavailable", namespace=intake.namespace,
+                                fingerprint=intake.signal.fingerprint, error=str(exc))
+                    return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=True)
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, self._policy.max_backoff_seconds)
+
+    async def _attempt(self, intake: AlertIntake) -> RecordResult:
+        timeout = self._policy.request_timeout_seconds
+        try:
+            bodies = await self._incidents.list_labelled(
+                INCIDENT.plural, intake.namespace, f"{LABEL_FINGERPRINT}={intake.fingerprint_key}",
+                request_timeout=timeout,
+            )
+            recorded = [StoredIncident.from_body(body) for body in bodies]
+        except InvalidInputError as exc:
+            return RecordResult(RecordOutcome.REFUSED, field=exc.field,
+                                reason=f"an Incident of this alert is unreadable: {exc.reason}")
+        except KubernetesApiError as exc:
+            # Nothing in a list request comes from the alert (the selector is a hex key): the
+            # operator cannot read Incidents at all (RBAC, CRD missing). Alertmanager should
+            # re-send once that is fixed.
+            return self._operator_failure(exc)
+
+        placement = place_signal(intake, recorded)
+        try:
+            match placement:
+                case AlreadyRecorded(incident=name):
+                    return RecordResult(RecordOutcome.UNCHANGED, incident=name)
+                case NothingToRecordOn(reason=reason):
+                    return RecordResult(RecordOutcome.IGNORED, reason=reason)
+                case CreateIncident(name=name):
+                    body = INCIDENT.manifest(
+                        name=name, namespace=intake.namespace, spec=intake.spec,
+                        labels=intake.labels, annotations=intake.annotations,
+                    )
+                    await self._incidents.create_new(
+                        INCIDENT.plural, intake.namespace, body, field_manager=FIELD_MANAGER, request_timeout=timeout
+                    )
+                    return RecordResult(RecordOutcome.CREATED, incident=name)
+                case AppendSignal(incident=stored, signals=signals):
+                    await self._incidents.patch_spec_if_unchanged(
+                        INCIDENT.plural, intake.namespace, stored.name,
+                        resource_version=stored.resource_version,
+                        spec={"signals": [s.model_dump(mode="json", by_alias=True, exclude_none=True) for s in signals]},
+                        field_manager=FIELD_MANAGER, request_timeout=timeout,
+                    )
+                    return RecordResult(RecordOutcome.UPDATED, incident=stored.name)
+                case _:
+                    assert_never(placement)
+        except KubernetesApiError as exc:
+            # 409: created or changed concurrently. 404 on a patch: deleted since the read.
+            # Either way the read is stale; the next attempt decides again.
+            if exc.status == _CONFLICT or (exc.status == 404 and isinstance(placement, AppendSignal)):
+                raise _Retry from exc
+            return self._refused_by_api(exc)
+
+    @classmethod
+    def _refused_by_api(cls, exc: KubernetesApiError) -> RecordResult:
+        if exc.status in _REFUSED_BY_API:
+            # The API server's message names the field (e.g. spec.summary) or the namespace.
+            return RecordResult(RecordOutcome.REFUSED, reason=f"refused by the Kubernetes API: {exc}")
+        return cls._operator_failure(exc)
+
+    @staticmethod
+    def _operator_failure(exc: KubernetesApiError) -> RecordResult:
+        log.error("Kubernetes API refused the intake's request", error=str(exc), status=exc.status)
+        return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=False)
+
+
+__all__ = ["FIELD_MANAGER", "AlertRecorder", "IncidentWriter", "RecordOutcome", "RecordResult", "RetryPolicy"]

@@ -1,0 +1,236 @@
+"""The Alertmanager webhook receiver: an aiohttp app served by the operator process.
+
+``POST /intake/alertmanager`` takes Alertmanager's webhook payload (version 4) and
+records every alert on its Incident (see :mod:`flywheel.domain.alerts` for the
+mapping). Answers, in the order they are checked:
+
+- 401 without the configured bearer token (or when none is configured at all);
+- 413 when the body exceeds ``intake_max_body_bytes``;
+- 400 when the body is not JSON, 422 when it is not an Alertmanager payload (the
+  message names the field);
+- 503 (with Retry-After) when the Kubernetes API stayed unavailable past the retry
+  budget, 500 when it refused the operator itself (RBAC): Alertmanager re-sends the
+  group on any 5xx, and recording is idempotent, so nothing is lost or duplicated;
+- otherwise 201 when an Incident was created, else 200.
+
+Every answer past the 4xx checks carries a JSON report with one entry per alert
+(created, updated, unchanged, ignored, refused or failed): a refused alert never
+keeps the others of its group from being recorded.
+
+``GET /healthz`` answers 200 without authentication, for probes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from flywheel.domain.alerts import (
+    AlertIntake,
+    AlertmanagerAlert,
+    AlertmanagerPayload,
+    AlertRefusal,
+    NamespaceScope,
+    PayloadContext,
+    parse_payload,
+    plan_alert,
+)
+from flywheel.errors import InvalidInputError
+from flywheel.intake.recorder import AlertRecorder, IncidentWriter, RecordOutcome, RecordResult
+from flywheel.logs import get_logger
+from flywheel.settings import FlywheelSettings
+
+log = get_logger(__name__)
+
+INTAKE_PATH = "/intake/alertmanager"
+HEALTH_PATH = "/healthz"
+RETRY_AFTER_SECONDS = 5
+MAX_CONCURRENT_ALERTS = 8
+"""Alerts recorded at once, over all requests: a large group finishes quickly, and the
+groups Alertmanager sends at the same time do not flood the API server (nor the
+event loop's thread pool, which the Kubernetes client's calls run in)."""
+
+
+@dataclass(frozen=True)
+class IntakeConfig:
+    token: str | None
+    """The bearer token; ``None`` (or empty) refuses every request."""
+    max_body_bytes: int
+    scope: NamespaceScope
+
+
+def _json_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _error(status: int, message: str, *, field: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": message}
+    if field is not None:
+        body["field"] = field
+    return _json_response(status, body, headers)
+
+
+class AlertmanagerReceiver:
+    """Request handling; one instance per app."""
+
+    def __init__(self, config: IntakeConfig, recorder: AlertRecorder) -> None:
+        self._config = config
+        self._recorder = recorder
+        self._token = config.token.encode("utf-8") if config.token else None
+        self._alerts_at_once = asyncio.Semaphore(MAX_CONCURRENT_ALERTS)
+
+    async def health(self, _: web.Request) -> web.Response:
+        return _json_response(200, {"status": "ok"})
+
+    async def receive(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            reason = "missing or wrong bearer token" if self._token else "no intake token is configured"
+            return _error(401, reason, headers={"WWW-Authenticate": 'Bearer realm="flywheel-intake"'})
+
+        limit = self._config.max_body_bytes
+        # Refuse on the declared length before reading anything; read() enforces the limit
+        # again for chunked or compressed bodies, which declare no (or another) length.
+        if request.content_length is not None and request.content_length > limit:
+            return _error(413, f"body larger than {limit} bytes")
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"body larger than {limit} bytes")
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return _error(400, f"body is not JSON: {exc}")
+        try:
+            payload = parse_payload(data)
+        except InvalidInputError as exc:
+            return _error(422, f"not an Alertmanager webhook payload: {exc}", field=exc.field)
+        return await self._record(payload)
+
+    def _authorized(self, request: web.Request) -> bool:
+        if self._token is None:
+            return False
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        # aiohttp decodes headers with surrogateescape; encoding back the same way gives the
+        # bytes that were sent. compare_digest takes the same time wherever the tokens differ.
+        presented = credentials.strip().encode("utf-8", "surrogateescape")
+        return hmac.compare_digest(presented, self._token)
+
+    async def _record(self, payload: AlertmanagerPayload) -> web.Response:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._recorder.policy.budget_seconds
+        context = PayloadContext.of(payload)
+        if payload.truncated_alerts:
+            log.warning("Alertmanager truncated the group: raise max_alerts of the webhook receiver",
+                        receiver=payload.receiver, truncated_alerts=payload.truncated_alerts)
+        plans = [plan_alert(alert, context, self._config.scope) for alert in payload.alerts]
+        results = await asyncio.gather(*(self._record_one(plan, deadline) for plan in plans))
+
+        entries = [_report_entry(index, alert, result)
+                   for index, (alert, result) in enumerate(zip(payload.alerts, results, strict=True))]
+        for entry in entries:
+            details = {key: value for key, value in entry.items() if value is not None}
+            if entry["outcome"] in (RecordOutcome.REFUSED, RecordOutcome.FAILED):
+                log.warning("alert not recorded", receiver=payload.receiver, **details)
+            else:
+                log.info("alert received", receiver=payload.receiver, **details)
+        counts = Counter(result.outcome for result in results)
+        report: dict[str, Any] = {
+            "received": len(results),
+            **{outcome.value: counts.get(outcome, 0) for outcome in RecordOutcome},
+            "truncatedAlerts": payload.truncated_alerts,
+            "alerts": entries,
+        }
+        failures = [result for result in results if result.outcome is RecordOutcome.FAILED]
+        if any(result.retryable for result in failures):
+            return _json_response(503, {"error": "Kubernetes API unavailable, re-send later", **report},
+                                  headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        if failures:
+            return _json_response(500, {"error": "the operator cannot write Incidents", **report})
+        return _json_response(201 if counts.get(RecordOutcome.CREATED) else 200, report)
+
+    async def _record_one(self, plan: AlertIntake | AlertRefusal, deadline: float) -> RecordResult:
+        if isinstance(plan, AlertRefusal):
+            return RecordResult(RecordOutcome.REFUSED, field=plan.field, reason=plan.reason)
+        async with self._alerts_at_once:
+            return await self._recorder.record(plan, deadline)
+
+
+def _report_entry(index: int, alert: AlertmanagerAlert, result: RecordResult) -> dict[str, Any]:
+    return {
+        "index": index,
+        "fingerprint": alert.fingerprint,
+        "alertname": alert.labels.get("alertname"),
+        "status": alert.status.value,
+        "namespace": alert.labels.get("namespace"),
+        "outcome": result.outcome.value,
+        "incident": result.incident,
+        # Field paths name the alert within the payload, as the 422 messages do.
+        "field": f"alerts[{index}].{result.field}" if result.field else None,
+        "reason": result.reason,
+    }
+
+
+def build_app(config: IntakeConfig, recorder: AlertRecorder) -> web.Application:
+    if not config.token:
+        # Once, here: logging on every refused request would let anyone flood the log.
+        log.warning("no intake token configured: the Alertmanager intake refuses every request "
+                    "(set FLYWHEEL_INTAKE_TOKEN)")
+    receiver = AlertmanagerReceiver(config, recorder)
+    # client_max_size makes aiohttp itself stop reading past the limit.
+    app = web.Application(client_max_size=config.max_body_bytes)
+    app.router.add_post(INTAKE_PATH, receiver.receive)
+    app.router.add_get(HEALTH_PATH, receiver.health)
+    return app
+
+
+class IntakeServer:
+    """The app on a TCP port, started and stopped with the operator."""
+
+    def __init__(self, app: web.Application, host: str, port: int) -> None:
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._host = host
+        self._port = port
+
+    @property
+    def port(self) -> int:
+        """The bound port: the configured one, or the one the system chose for port 0."""
+        addresses = self._runner.addresses
+        return int(addresses[0][1]) if addresses else self._port
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self._host, self._port).start()
+        log.info("Alertmanager intake listening", host=self._host, port=self.port, path=INTAKE_PATH)
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+
+def intake_server(
+    settings: FlywheelSettings, scope: NamespaceScope, incidents: IncidentWriter, host: str = "0.0.0.0"
+) -> IntakeServer | None:
+    """The intake configured by ``settings``, ready to start; ``None`` when ``intake_port`` is 0."""
+    if settings.intake_port == 0:
+        return None
+    token = settings.intake_token.get_secret_value() if settings.intake_token else None
+    config = IntakeConfig(token=token or None, max_body_bytes=settings.intake_max_body_bytes, scope=scope)
+    return IntakeServer(build_app(config, AlertRecorder(incidents)), host, settings.intake_port)
+
+
+__all__ = [
+    "HEALTH_PATH",
+    "INTAKE_PATH",
+    "AlertmanagerReceiver",
+    "IntakeConfig",
+    "IntakeServer",
+    "build_app",
+    "intake_server",
+]

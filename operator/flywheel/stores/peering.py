@@ -1,0 +1,175 @@
+"""Is this replica the active Kopf peer? Read from Kopf's own peering objects.
+
+Kopf pauses an operator when a live peer of higher priority (or a second one of the same
+priority) shares its peering object, and does not tell handlers. A paused replica's watched
+resources freeze, so its metrics would describe the past; the metrics loop asks this observer
+before publishing pipeline figures.
+
+Peering objects (``kopf.dev/v1``): ``ClusterKopfPeering`` for a cluster-wide operator,
+``KopfPeering`` in every served namespace otherwise. Their ``status`` maps each peer's id to
+``{priority, lifetime, lastseen}``; a peer is alive until ``lastseen + lifetime``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import kubernetes
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+from flywheel.logs import get_logger
+from flywheel.stores.kube import configure_client
+
+_log = get_logger(__name__)
+
+PEERING_GROUP: Final = "kopf.dev"
+PEERING_VERSION: Final = "v1"
+# Kopf assumes 60 s for peers that do not state their lifetime.
+DEFAULT_PEER_LIFETIME: Final = timedelta(seconds=60)
+REQUEST_TIMEOUT_SECONDS: Final = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Leadership:
+    active: bool
+    reason: str
+
+
+def leadership(peer_tables: Iterable[Mapping[str, Any]], own_priority: int, now: datetime) -> Leadership:
+    """Whether an operator of ``own_priority`` is active, given the ``status`` of its peering objects.
+
+    Mirrors Kopf's rule: paused when a live peer has a higher priority, or when another live
+    peer has the same priority (Kopf then pauses both). Our own record cannot be told apart
+    from a same-priority twin, so a tie needs two records of our priority. Paused in any
+    peering object means paused (Kopf pauses the whole operator).
+    """
+    for table in peer_tables:
+        same_priority = 0
+        for identity, record in table.items():
+            if not isinstance(record, Mapping):
+                continue
+            priority = int(record.get("priority", 0))
+            if not _alive(record, now):
+                continue
+            if priority > own_priority:
+                return Leadership(False, f"peer {identity} has priority {priority} > {own_priority}")
+            if priority == own_priority:
+                same_priority += 1
+        if same_priority > 1:
+            return Leadership(False, f"{same_priority} live peers share priority {own_priority}; Kopf pauses them all")
+    return Leadership(True, "no live peer outranks this operator")
+
+
+def _alive(record: Mapping[str, Any], now: datetime) -> bool:
+    lastseen = record.get("lastseen")
+    if not lastseen:
+        return True  # Kopf counts a peer without lastseen as just seen
+    try:
+        seen = datetime.fromisoformat(str(lastseen))
+    except ValueError:
+        return True
+    if seen.tzinfo is None:
+        seen = seen.replace(tzinfo=UTC)
+    lifetime = timedelta(seconds=int(record.get("lifetime") or DEFAULT_PEER_LIFETIME.total_seconds()))
+    return seen + lifetime > now
+
+
+class PeeringObserver:
+    """Answers "is this replica active?" from the peering objects, remembering the last answer.
+
+    Without peering (``--standalone``) the replica is always active. A peering object that
+    does not exist means no peers (Kopf then runs unpaused too). When the objects cannot be
+    read (no permission, API unreachable) the previous answer stands, with one warning.
+    """
+
+    def __init__(
+        self,
+        *,
+        standalone: bool,
+        name: str,
+        priority: int,
+        clusterwide: bool,
+        namespaces: Sequence[str] = (),
+        api: kubernetes.client.CustomObjectsApi | None = None,
+    ) -> None:
+        self._standalone = standalone
+        self._name = name
+        self._priority = priority
+        self._clusterwide = clusterwide
+        self._namespaces = tuple(namespaces)
+        self._api = api
+        self._last = Leadership(True, "not checked yet")
+        self._unreadable_logged = False
+
+    @property
+    def last(self) -> Leadership:
+        return self._last
+
+    async def check(self, now: datetime | None = None) -> Leadership:
+        if self._standalone:
+            self._last = Leadership(True, "standalone: no peering")
+            return self._last
+        moment = now or datetime.now(UTC)
+        try:
+            tables = await asyncio.to_thread(self._read_tables)
+        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+            if not self._unreadable_logged:
+                _log.warning(
+                    "peering objects unreadable; keeping the last leadership verdict",
+                    peering=self._name,
+                    active=self._last.active,
+                    error=f"{type(exc).__name__}: {getattr(exc, 'status', '')} {getattr(exc, 'reason', exc)}",
+                )
+                self._unreadable_logged = True
+            return self._last
+        self._unreadable_logged = False
+        verdict = leadership(tables, self._priority, moment)
+        if verdict.active != self._last.active:
+            _log.info("leadership changed", peering=self._name, active=verdict.active, reason=verdict.reason)
+        self._last = verdict
+        return verdict
+
+    def _read_tables(self) -> list[Mapping[str, Any]]:
+        if self._api is None:
+            configure_client()
+            self._api = kubernetes.client.CustomObjectsApi()
+        api = self._api
+        tables: list[Mapping[str, Any]] = []
+        if self._clusterwide:
+            found = _absent_as_none(
+                lambda: api.get_cluster_custom_object(
+                    PEERING_GROUP, PEERING_VERSION, "clusterkopfpeerings", self._name,
+                    _request_timeout=REQUEST_TIMEOUT_SECONDS,
+                )
+            )
+            if found is not None:
+                tables.append(found.get("status") or {})
+            return tables
+        for namespace in self._namespaces:
+            found = _absent_as_none(
+                lambda namespace=namespace: api.get_namespaced_custom_object(
+                    PEERING_GROUP, PEERING_VERSION, namespace, "kopfpeerings", self._name,
+                    _request_timeout=REQUEST_TIMEOUT_SECONDS,
+                )
+            )
+            if found is not None:
+                tables.append(found.get("status") or {})
+        return tables
+
+
+def _absent_as_none(read: Any) -> dict[str, Any] | None:
+    try:
+        found: dict[str, Any] = read()
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return found
+
+
+__all__ = ["Leadership", "PeeringObserver", "leadership"]
