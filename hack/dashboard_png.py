@@ -36,28 +36,28 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.gridspec import GridSpec  # noqa: E402
-from sqlalchemy import Engine, insert, update  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.gridspec import GridSpec
+from sqlalchemy import Engine, insert, update
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-import metrics_snapshot as bench  # noqa: E402
-from anomaly_record import private_redis_server  # noqa: E402
+import metrics_snapshot as bench
+from anomaly_record import private_redis_server
 
-from flywheel.api.enums import IncidentPhase, RunMode, RunState  # noqa: E402
-from flywheel.domain.escalation import EscalationThresholds  # noqa: E402
-from flywheel.domain.health import WatchedIncident, WatchedRun  # noqa: E402
-from flywheel.logs import configure_logging  # noqa: E402
-from flywheel.metrics.collector import OperatorCounters, build_registry  # noqa: E402
-from flywheel.metrics.runtime import MetricsRuntime  # noqa: E402
-from flywheel.metrics.server import MetricsApp, MetricsServer  # noqa: E402
-from flywheel.metrics.snapshot import LiveView, SnapshotComputer, SnapshotHolder  # noqa: E402
-from flywheel.stores.anomaly_redis import AnomalyStore, connect_redis  # noqa: E402
-from flywheel.stores.history import create_history_engine, upgrade  # noqa: E402
-from flywheel.stores.metrics_queries import AnomalyMetricsReader, HistoryMetricsQueries  # noqa: E402
-from tests.harness.prometheus import prometheus_server  # noqa: E402
+from flywheel.api.enums import IncidentPhase, RunMode, RunState
+from flywheel.domain.escalation import EscalationThresholds
+from flywheel.domain.health import WatchedIncident, WatchedRun
+from flywheel.logs import configure_logging
+from flywheel.metrics.collector import OperatorCounters, build_registry
+from flywheel.metrics.runtime import MetricsRuntime
+from flywheel.metrics.server import MetricsApp, MetricsServer
+from flywheel.metrics.snapshot import LiveView, SnapshotComputer, SnapshotHolder
+from flywheel.stores.anomaly_redis import AnomalyStore, connect_redis
+from flywheel.stores.history import create_history_engine, upgrade
+from flywheel.stores.metrics_queries import AnomalyMetricsReader, HistoryMetricsQueries
+from tests.harness.prometheus import prometheus_server
 
 DASHBOARD = ROOT / "manifests" / "monitoring" / "grafana-dashboard.json"
 TICK_SECONDS = 2.0

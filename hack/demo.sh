@@ -71,6 +71,14 @@ done
 "${FLYWHEEL}" timeline -n "${NS}" "${run}"
 "${FLYWHEEL}" history -n "${NS}"
 
+step "Metrics for Prometheus: http://127.0.0.1:${FLYWHEEL_METRICS_PORT}/metrics (JSON: /stats/summary, /stats/flywheel)"
+for _ in $(seq 1 40); do
+  curl -fsS "http://127.0.0.1:${FLYWHEEL_METRICS_PORT}/metrics" 2>/dev/null | grep -q '^flywheel_runs{' && break
+  sleep 1
+done
+curl -fsS "http://127.0.0.1:${FLYWHEEL_METRICS_PORT}/metrics" \
+  | grep -E '^flywheel_(runs|anomaly_occurrences|funnel_stage|playbooks|execution_success_rate|redis_up|database_up)' | head -20 || true
+
 cat <<EOT
 
 The demo keeps running. Try:

@@ -239,3 +239,21 @@ def test_redis_down_then_back_records_exactly_once(
     timelines = [k for k in client.scan_iter("*anomaly:timeline:*")]
     assert len(timelines) == 1 and client.zcard(timelines[0]) == 1, "recorded once, not twice"
     client.close()
+
+
+def test_a_burst_of_the_same_anomaly_starts_exactly_one_run(
+    test_cluster: TestCluster, namespace: str, workload: str, clean_redis_url: str, start_operator: OperatorFactory
+) -> None:
+    start_operator(redis_url=clean_redis_url)
+    # One kubectl call: the three Incidents reach the operator faster than its cache fills.
+    burst = "\n---\n".join(incident_manifest(f"burst-{n}", remediation={"mode": "RequireApproval"})
+                           for n in (1, 2, 3))
+    test_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=burst)
+    phases = wait_for(
+        lambda: (p := sorted(str(status_of(test_cluster, namespace, f"burst-{n}").get("phase")) for n in (1, 2, 3)))
+        and "None" not in p and p,
+        timeout=30, what="all three processed",
+    )
+    assert phases.count("Duplicate") == 2, phases
+    runs = test_cluster.kubectl_json("get", "runs", "-n", namespace)["items"]
+    assert len(runs) == 1

@@ -119,6 +119,10 @@ def test_prometheus_sees_incidents_anomalies_and_runs(
         wait_for_value(prometheus, 'flywheel_funnel_stage{stage="resolved"}', 1)
         wait_for_value(prometheus, 'flywheel_run_duration_seconds_count{state="Succeeded"}', 1)
         wait_for_value(prometheus, 'flywheel_node_activity{node="execution"}', 1)
+        # The attempt and the resolution reach the history: actions, learning, knowledge.
+        wait_for_value(prometheus, 'flywheel_actions_total{type="RolloutRestart",mode="Auto",result="succeeded"}', 1)
+        wait_for_value(prometheus, 'flywheel_node_activity{node="learning"}', 1)
+        wait_for_value(prometheus, "flywheel_knowledge_entries", 1)
         assert prometheus.value('flywheel_funnel_stall{rule="RESOLVE_STALL"}') == 0
         assert prometheus.value("sum(flywheel_runs)") == 2  # the Duplicates never got a Run
 

@@ -41,7 +41,7 @@ class PrometheusServer:
 
     def api(self, path: str, **params: str) -> Any:
         query = urllib.parse.urlencode(params)
-        with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=10) as response:  # noqa: S310 - loopback
+        with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=10) as response:
             body = json.loads(response.read())
         if body.get("status") != "success":
             raise AssertionError(f"Prometheus API {path} failed: {body}")
@@ -106,7 +106,7 @@ def prometheus_server(targets: Sequence[str], rule_files: Sequence[Path] = (), j
             if process.poll() is not None:
                 raise AssertionError(f"prometheus exited with {process.returncode}:\n{server.log()[-4000:]}")
             try:
-                with urllib.request.urlopen(f"{server.url}/-/ready", timeout=2) as response:  # noqa: S310
+                with urllib.request.urlopen(f"{server.url}/-/ready", timeout=2) as response:
                     if response.status == 200:
                         break
             except (urllib.error.URLError, ConnectionError, TimeoutError):

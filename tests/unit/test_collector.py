@@ -59,14 +59,17 @@ PERIOD = timedelta(minutes=10)
 
 # --------------------------------------------------------------------------- in-memory stores
 
+DAY = ExecutionTally(12, 9)
+WEEK = ExecutionTally(30, 20)
+
 
 def history_figures(
     *,
     opened: int = 4,
     runs_started: int = 0,
     failure_classes: Sequence[FailureClass] = (),
-    last_day: ExecutionTally = ExecutionTally(12, 9),
-    last_week: ExecutionTally = ExecutionTally(30, 20),
+    last_day: ExecutionTally = DAY,
+    last_week: ExecutionTally = WEEK,
 ) -> HistoryFigures:
     return HistoryFigures(
         funnel=FunnelHistory(

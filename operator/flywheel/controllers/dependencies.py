@@ -12,6 +12,7 @@ from flywheel.domain.rules import RuleCatalogue, configured_catalogue
 from flywheel.settings import FlywheelSettings
 from flywheel.stores.advisor_client import AdvisorClient, AdvisorEndpoint, advisors_from_settings
 from flywheel.stores.anomaly_redis import AnomalyStore, connect_redis
+from flywheel.stores.claims import AnomalyClaims
 from flywheel.stores.history import HistoryKind, HistoryWriter, RepairExecution, build_history_writer
 from flywheel.stores.incidents import IncidentStatusStore
 from flywheel.stores.kube import FlywheelResources
@@ -64,6 +65,7 @@ class Dependencies:
     advisors: AdvisorPanel | None
     history: HistoryWriter
     run_stores: RunStores
+    claims: AnomalyClaims
 
     async def close(self) -> None:
         if self.advisors is not None:
@@ -96,4 +98,5 @@ async def build_dependencies(settings: FlywheelSettings) -> Dependencies:
         run_stores=RunStores(
             workloads=WorkloadStore(), incidents=IncidentStatusStore(), attempts=HistoryAttemptSink(history)
         ),
+        claims=AnomalyClaims(),
     )

@@ -24,7 +24,13 @@ from flywheel.api.enums import (
 from flywheel.api.incident import AnomalyStatus, Decision, IncidentSpec, IncidentStatus
 from flywheel.domain.actions import IncidentTarget
 from flywheel.domain.advisor import IncidentFacts, advisors_to_consult, build_messages
-from flywheel.domain.decision import NEEDS_PERMANENT_FIX_WARNING, DecisionInput, DecisionOutcome, decide, decision_id
+from flywheel.domain.decision import (
+    NEEDS_PERMANENT_FIX_WARNING,
+    DecisionInput,
+    DecisionOutcome,
+    decide,
+    decision_id,
+)
 from flywheel.domain.escalation import AnomalySnapshot
 from flywheel.domain.signature import anomaly_key
 from flywheel.errors import RedisUnavailableError
@@ -94,7 +100,7 @@ class IncidentObject:
             namespace=meta["namespace"],
             uid=meta["uid"],
             generation=int(meta.get("generation", 1)),
-            created_at=datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00")),
+            created_at=datetime.fromisoformat(meta["creationTimestamp"]),
             spec=IncidentSpec.model_validate(dict(body.get("spec") or {})),
             status=IncidentStatus.model_validate(_own_status(body.get("status") or {})),
         )
@@ -142,20 +148,6 @@ class IncidentOutcome:
         return {key: value for key, value in new.items() if old.get(key) != value}
 
 
-def find_primary(incident: IncidentObject, peers: Iterable[PeerIncident]) -> PeerIncident | None:
-    """The active Incident with the same anomaly key that this one duplicates, if any.
-
-    The one that already holds a decision wins; between unclaimed ones the older wins
-    (creation time, then uid), so two Incidents created at once agree on who is primary.
-    """
-    candidates = [peer for peer in peers if peer.uid != incident.uid and peer.active]
-    claimed = [peer for peer in candidates if peer.claimed]
-    if claimed:
-        return min(claimed, key=lambda peer: (peer.created_at, peer.uid))
-    older = [peer for peer in candidates if (peer.created_at, peer.uid) < (incident.created_at, incident.uid)]
-    return min(older, key=lambda peer: (peer.created_at, peer.uid)) if older else None
-
-
 def trace_id(incident_uid: str, sequence: int) -> str:
     """A W3C trace id (32 hex) that stays the same when the reconcile is retried."""
     return hashlib.sha256(f"{incident_uid}:{sequence}:trace".encode()).hexdigest()[:32]
@@ -196,7 +188,7 @@ class IncidentReconciler:
         if status.phase == IncidentPhase.DUPLICATE or status.run_ref is not None:
             return outcome
 
-        primary = None if status.decision is not None else find_primary(incident, peers)
+        primary = None if status.decision is not None else await self._claim(incident, peers)
         if primary is not None:
             status.phase = IncidentPhase.DUPLICATE
             status.duplicate_of = primary.name
@@ -209,6 +201,14 @@ class IncidentReconciler:
         return outcome
 
     # -- steps ------------------------------------------------------------------------
+
+    async def _claim(self, incident: IncidentObject, peers: Iterable[PeerIncident]) -> PeerIncident | None:
+        """The active Incident that already owns this anomaly's remediation, or None if we do now."""
+        others = {peer.uid: peer for peer in peers if peer.uid != incident.uid and peer.active}
+        holder = await self._deps.claims.claim(
+            incident.namespace, incident.anomaly_key, incident.uid, lambda uid: uid in others
+        )
+        return others[holder] if holder is not None else None
 
     async def _record_anomaly(self, incident: IncidentObject, outcome: IncidentOutcome, now: datetime) -> None:
         status = outcome.status

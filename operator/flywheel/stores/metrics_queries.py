@@ -182,7 +182,8 @@ def _seconds_between(start: ColumnElement[Any], end: ColumnElement[Any], dialect
         # julianday() is a double of ~2.46e6 days: rounding to the millisecond removes the
         # float noise that would push a duration of exactly 60 s just past the 60 s bucket.
         return func.round((func.julianday(end) - func.julianday(start)) * 86400.0, 3)
-    return func.extract("epoch", end - start)
+    # date_part returns a double; EXTRACT returns numeric since PostgreSQL 14, several times slower.
+    return func.date_part("epoch", end - start)
 
 
 class HistoryMetricsQueries:
@@ -399,6 +400,7 @@ class HistoryMetricsQueries:
                 _RUNS.c.state.in_(FINISHED_RUN_STATES),
             ),
             RUN_DURATION_BUCKETS,
+            dialect,
         )
         return _histogram(connection.execute(statement).all(), RUN_DURATION_BUCKETS)
 
@@ -432,6 +434,7 @@ class HistoryMetricsQueries:
                 _APPROVALS.c.phase == ApprovalPhase.EXPIRED.value,
             ),
             APPROVAL_WAIT_BUCKETS,
+            dialect,
         )
         return _histogram(connection.execute(statement).all(), APPROVAL_WAIT_BUCKETS)
 
@@ -495,16 +498,18 @@ def _histogram_statement(
     seconds: ColumnElement[Any],
     condition: ColumnElement[bool],
     buckets: tuple[float, ...],
+    dialect: str,
 ) -> Select[Any]:
     """Cumulative bucket counts, sum and count of ``seconds`` per ``label``, in one pass.
 
-    The durations are a MATERIALIZED common table expression so that each row's duration is
-    computed once, not once per bucket (SQLite would otherwise inline the expression into
-    every FILTER clause).
+    On SQLite the durations are a MATERIALIZED common table expression, so that each row's
+    julianday() arithmetic runs once rather than once per bucket (SQLite inlines the
+    expression into every FILTER clause). PostgreSQL's double arithmetic is cheaper than
+    writing the rows to a tuplestore, so it reads them inline.
     """
-    durations = (
-        select(label.label("label"), seconds.label("seconds")).where(condition).cte(name).prefix_with("MATERIALIZED")
-    )
+    durations = select(label.label("label"), seconds.label("seconds")).where(condition).cte(name)
+    if dialect == "sqlite":
+        durations = durations.prefix_with("MATERIALIZED")
     return select(
         durations.c.label,
         *(func.count().filter(durations.c.seconds <= bound) for bound in buckets),
