@@ -25,6 +25,7 @@ kubectl get crds -o name | grep flywheel.dev
 step "Starting the operator (log: ${STATE}/operator.log, database: ${STATE}/flywheel.db)"
 export FLYWHEEL_DATABASE_URL="sqlite:///${STATE}/flywheel.db"
 export FLYWHEEL_METRICS_PORT="${FLYWHEEL_METRICS_PORT:-8080}"
+export FLYWHEEL_METRICS_INTERVAL_SECONDS="${FLYWHEEL_METRICS_INTERVAL_SECONDS:-5}"
 if [[ -f "${STATE}/operator.pid" ]] && kill -0 "$(cat "${STATE}/operator.pid")" 2>/dev/null; then
   # A previous demo's operator may run older code: replace it.
   kill "$(cat "${STATE}/operator.pid")" && sleep 2
@@ -41,6 +42,9 @@ kubectl rollout status -n "${NS}" deployment/checkout --timeout=120s
 kubectl get pods -n "${NS}" -o wide
 
 step "Filing an Incident: checkout was OOM-killed"
+# Each demo starts from zero recurrences (the demo's own Redis), so it shows the automatic
+# path; repeat the Incident by hand afterwards to watch it escalate towards approval.
+redis-cli -u "${FLYWHEEL_REDIS_URL}" FLUSHDB >/dev/null
 kubectl delete incident -n "${NS}" checkout-oom --ignore-not-found --wait=true >/dev/null
 kubectl apply -n "${NS}" -f examples/incident-oom.yaml
 for _ in $(seq 1 30); do
@@ -73,11 +77,13 @@ done
 
 step "Metrics for Prometheus: http://127.0.0.1:${FLYWHEEL_METRICS_PORT}/metrics (JSON: /stats/summary, /stats/flywheel)"
 for _ in $(seq 1 40); do
-  curl -fsS "http://127.0.0.1:${FLYWHEEL_METRICS_PORT}/metrics" 2>/dev/null | grep -q '^flywheel_runs{' && break
+  # Wait for a snapshot taken after the Run finished.
+  curl -fsS "http://127.0.0.1:${FLYWHEEL_METRICS_PORT}/metrics" 2>/dev/null \
+    | grep -qE '^flywheel_runs\{state="(Succeeded|Failed|TimedOut)"\} [1-9]' && break
   sleep 1
 done
 curl -fsS "http://127.0.0.1:${FLYWHEEL_METRICS_PORT}/metrics" \
-  | grep -E '^flywheel_(runs|anomaly_occurrences|funnel_stage|playbooks|execution_success_rate|redis_up|database_up)' | head -20 || true
+  | grep -E '^flywheel_(runs|anomaly_occurrences|funnel_stage|playbooks|execution_success_rate|redis_up|database_up)' | grep -v ' 0.0$' | head -20 || true
 
 cat <<EOT
 

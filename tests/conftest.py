@@ -6,15 +6,18 @@ reason; it never skips (in CI a skipped e2e test would hide a broken foundation)
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from pytest_redis import factories as redis_factories
+from pytest_redis.executor import RedisExecutor
 
 from tests.harness.cluster import TestCluster, ensure_test_cluster
 from tests.harness.operator import OperatorProcess
+from tests.harness.ports import free_port
 from tests.harness.postgres import PostgresServer, start_postgres
 
 redis_proc = redis_factories.redis_proc(host="127.0.0.1", port=None, timeout=30)
@@ -35,6 +38,18 @@ def clean_redis_url(redis_url: str) -> Iterator[str]:
     client.flushall()
     client.close()
     yield redis_url
+
+
+@pytest.fixture()
+def own_redis() -> Iterator[RedisExecutor]:
+    """A Redis this test may stop and start again on the same port (outage scenarios)."""
+    executor = RedisExecutor(
+        "/usr/bin/redis-server", databases=4, redis_timeout=5, loglevel="warning", host="127.0.0.1",
+        port=free_port(), datadir=Path(tempfile.mkdtemp(prefix="flywheel-redis-")),
+    )
+    executor.start()
+    yield executor
+    executor.stop()
 
 
 @pytest.fixture(scope="session")

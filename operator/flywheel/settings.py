@@ -130,7 +130,7 @@ class FlywheelSettings(BaseSettings):
         description="Port of the metrics server (/metrics, /stats/summary, /stats/flywheel, /healthz); 0 disables it.",
     )
     metrics_bind_address: str = Field(
-        default="0.0.0.0", description="Address the metrics server listens on."  # noqa: S104 - scraped from the pod network
+        default="0.0.0.0", description="Address the metrics server listens on."
     )
     metrics_interval_seconds: float = Field(
         default=30.0,

@@ -15,10 +15,6 @@ Scenario matrix:
 from __future__ import annotations
 
 import json
-import socket
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -196,22 +192,8 @@ def test_p0_advisors_that_disagree_or_time_out_fall_back_to_rules(
         assert "time" in late_decision["error"].lower()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
-@pytest.fixture()
-def own_redis() -> Iterator[RedisExecutor]:
-    """A Redis this test may stop and start again on the same port."""
-    executor = RedisExecutor(
-        "/usr/bin/redis-server", databases=4, redis_timeout=5, loglevel="warning", host="127.0.0.1",
-        port=_free_port(), datadir=Path(tempfile.mkdtemp(prefix="flywheel-redis-")),
-    )
-    executor.start()
-    yield executor
-    executor.stop()
 
 
 def test_redis_down_then_back_records_exactly_once(

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import urllib.error
@@ -49,6 +48,7 @@ from flywheel.intake import (
 from flywheel.stores.kube import FlywheelResources
 from tests.conftest import OperatorFactory
 from tests.harness.cluster import TestCluster
+from tests.harness.ports import free_port
 from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -58,10 +58,6 @@ T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 ALERTMANAGER_BINARY = "/usr/bin/prometheus-alertmanager"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def rfc3339(moment: datetime) -> str:

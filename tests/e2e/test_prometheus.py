@@ -123,6 +123,10 @@ def test_prometheus_sees_incidents_anomalies_and_runs(
         wait_for_value(prometheus, 'flywheel_actions_total{type="RolloutRestart",mode="Auto",result="succeeded"}', 1)
         wait_for_value(prometheus, 'flywheel_node_activity{node="learning"}', 1)
         wait_for_value(prometheus, "flywheel_knowledge_entries", 1)
+        # The success rate per action after one verified restart: 1 of 1.
+        wait_for_value(prometheus, 'flywheel_repair_attempts{action="RolloutRestart"}', 1)
+        assert prometheus.value('flywheel_repair_success_rate{action="RolloutRestart"}') == 1.0
+        assert is_nan(prometheus.value('flywheel_repair_success_rate{action="Scale"}')), "never executed: NaN"
         assert prometheus.value('flywheel_funnel_stall{rule="RESOLVE_STALL"}') == 0
         assert prometheus.value("sum(flywheel_runs)") == 2  # the Duplicates never got a Run
 

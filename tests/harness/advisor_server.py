@@ -29,7 +29,7 @@ class AdvisorBehaviour:
 
 def _handler_for(behaviour: AdvisorBehaviour) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             behaviour.requests.append(json.loads(self.rfile.read(length) or b"{}"))
             time.sleep(behaviour.delay_seconds)

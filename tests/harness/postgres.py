@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import psycopg
 from sqlalchemy import create_engine, make_url, text
+
+from tests.harness.ports import free_port
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,6 @@ class PostgresServer:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _debian_version() -> str:
@@ -64,7 +61,7 @@ def _debian_version() -> str:
 def _debian_cluster() -> Iterator[PostgresServer]:
     version = _debian_version()
     name = f"flywheeltest{uuid.uuid4().hex[:8]}"
-    port = _free_port()
+    port = free_port()
     password = uuid.uuid4().hex
     datadir = Path(tempfile.mkdtemp(prefix="flywheel-pg-"))
     shutil.chown(datadir, "postgres", "postgres")
@@ -96,7 +93,7 @@ def _pytest_postgresql_executor() -> Iterator[PostgresServer]:
     workdir = Path(tempfile.mkdtemp(prefix="flywheel-pg-"))
     executor = PostgreSQLExecutor(
         executable=f"/usr/lib/postgresql/{version}/bin/pg_ctl",
-        host="127.0.0.1", port=_free_port(), datadir=str(workdir / "data"), unixsocketdir=str(workdir),
+        host="127.0.0.1", port=free_port(), datadir=str(workdir / "data"), unixsocketdir=str(workdir),
         logfile=str(workdir / "pg.log"), startparams="-w", dbname="postgres", user="postgres", password=password,
     )
     with executor:

@@ -10,7 +10,6 @@ import contextlib
 import json
 import math
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,14 +23,12 @@ from typing import Any
 
 import yaml
 
+from tests.harness.ports import free_port
+
 PROMETHEUS = "/usr/bin/prometheus"
 START_DEADLINE_SECONDS = 60.0
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass(frozen=True)

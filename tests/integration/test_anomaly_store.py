@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis.asyncio
 import redis.exceptions
+
 from flywheel.api.enums import ActionType, Disposition, EscalationLevel
 from flywheel.domain.escalation import AnomalySnapshot, EscalationThresholds, should_skip_action
 from flywheel.errors import InvalidInputError, RedisUnavailableError

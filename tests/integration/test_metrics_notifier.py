@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -224,22 +222,8 @@ async def test_a_failing_event_poster_does_not_stop_the_webhook(
     assert len(target.bodies) == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
-@pytest.fixture()
-def own_redis() -> Iterator[RedisExecutor]:
-    """A Redis this test may stop and start again on the same port."""
-    executor = RedisExecutor(
-        "/usr/bin/redis-server", databases=4, redis_timeout=5, loglevel="warning", host="127.0.0.1",
-        port=_free_port(), datadir=Path(tempfile.mkdtemp(prefix="flywheel-redis-")),
-    )
-    executor.start()
-    yield executor
-    executor.stop()
 
 
 async def test_without_redis_every_firing_is_sent_with_one_warning_until_redis_is_back(

@@ -12,6 +12,9 @@ Scenarios:
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from flywheel.api.enums import EscalationLevel
 from flywheel.domain.escalation import (
     ActionStats,
@@ -20,8 +23,6 @@ from flywheel.domain.escalation import (
     should_skip_action,
 )
 from flywheel.errors import ConfigurationError, InvalidInputError
-from hypothesis import given
-from hypothesis import strategies as st
 
 pytestmark = pytest.mark.unit
 

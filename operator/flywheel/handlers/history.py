@@ -32,7 +32,7 @@ def knowledge_entry(incident: Mapping[str, Any]) -> KnowledgeEntry | None:
         namespace=meta["namespace"],
         incident_name=meta["name"],
         outcome=str(status.get("phase")),
-        resolved_at=datetime.fromisoformat(resolved_at.replace("Z", "+00:00")) if resolved_at else datetime.now(UTC),
+        resolved_at=datetime.fromisoformat(resolved_at) if resolved_at else datetime.now(UTC),
         anomaly_key=(status.get("anomaly") or {}).get("key"),
         action=ActionType(action) if action else None,
         disposition=status.get("disposition"),
