@@ -168,11 +168,14 @@ class DevCluster:
     def up(self, *, with_redis: bool = True) -> None:
         """Start the cluster (and Redis); harmless when it already runs."""
         self.paths.state_dir.mkdir(parents=True, exist_ok=True)
-        if self.exists():
-            if not self.apiserver_ready():
-                log.info("starting existing cluster", cluster=self.name)
-                self.kwokctl("start", "cluster", "--wait", "2m")
-        else:
+        if self.exists() and not self.apiserver_ready():
+            log.info("starting existing cluster", cluster=self.name)
+            if self.kwokctl("start", "cluster", "--wait", "2m", check=False).returncode != 0 or not self._ready_soon():
+                # Its processes were killed uncleanly (a session ended, the machine rebooted):
+                # a fresh cluster is quicker and safer than repairing it.
+                log.warning("existing cluster does not start; recreating it", cluster=self.name)
+                self.kwokctl("delete", "cluster", check=False)
+        if not self.exists():
             log.info("creating cluster", cluster=self.name)
             result = self.kwokctl(
                 "create", "cluster", "--runtime", "binary",
@@ -191,6 +194,14 @@ class DevCluster:
         self._mark_cluster()
         if with_redis:
             self.redis_up()
+
+    def _ready_soon(self, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.apiserver_ready():
+                return True
+            time.sleep(1)
+        return False
 
     def _write_kubeconfig(self) -> None:
         kubeconfig = self.kwokctl("get", "kubeconfig").stdout
