@@ -80,3 +80,21 @@ def test_harness_refuses_a_cluster_without_the_test_marker(test_cluster: TestClu
     with pytest.raises(ForeignClusterError, match="refusing to run e2e tests"):
         _guard_is_test_cluster(impostor)
     _guard_is_test_cluster(test_cluster)  # the real test cluster passes
+
+
+def test_dev_status_reports_the_running_components(test_cluster: TestCluster) -> None:
+    from click.testing import CliRunner
+
+    from flywheel.cli import cli
+    from flywheel.devcluster import TEST_CLUSTER_NAME
+
+    if test_cluster.bin_dir is None:
+        pytest.skip("FLYWHEEL_TEST_KUBECONFIG points at a cluster that `flywheel dev` did not start")
+    result = CliRunner().invoke(cli, ["dev", "status", "--name", TEST_CLUSTER_NAME, "-o", "json"])
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.output[result.output.index("{"):])
+    assert status["apiserverReady"] is True
+    assert set(status["components"]) >= {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
+                                          "kwok-controller"}
+    assert set(status["components"].values()) == {"running"}
+    assert len(status["nodes"]) >= 2

@@ -35,6 +35,10 @@ def cache_root() -> Path:
     return Path(os.environ.get("FLYWHEEL_CACHE_DIR", Path.home() / ".cache" / "flywheel"))
 
 
+def kwok_workdir() -> Path:
+    return Path(os.environ.get("KWOK_WORKDIR", Path.home() / ".kwok"))
+
+
 def repo_root() -> Path:
     """The source checkout holding ``hack/`` (dev commands run from a checkout)."""
     candidates = [Path(__file__).resolve().parents[3], Path.cwd(), *Path.cwd().parents]
@@ -287,11 +291,11 @@ class DevCluster:
     def status(self) -> dict[str, object]:
         components: dict[str, str] = {}
         if self.exists():
-            listing = self.kwokctl("get", "components", check=False).stdout
-            for line in listing.splitlines()[1:]:
-                fields = line.split()
-                if len(fields) >= 2:
-                    components[fields[0]] = fields[1]
+            # kwokctl lists names only; its binary runtime keeps one pid file per component.
+            pids = kwok_workdir() / "clusters" / self.name / "pids"
+            for component in self.kwokctl("get", "components", check=False).stdout.split():
+                alive = _pid_alive(pids / f"{component}.pid")
+                components[component] = "running" if alive else "stopped"
         nodes: list[str] = []
         if self.apiserver_ready():
             nodes = self.kubectl("get", "nodes", "-o", "name", check=False).stdout.split()
