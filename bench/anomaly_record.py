@@ -40,6 +40,7 @@ from pathlib import Path
 
 import redis
 import redis.asyncio
+
 from flywheel.domain.escalation import EscalationThresholds
 from flywheel.logs import configure_logging
 from flywheel.stores.anomaly_redis import COUNTING_WINDOWS, KEY_TTL, AnomalyKeys, AnomalyStore

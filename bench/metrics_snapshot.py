@@ -44,7 +44,13 @@ from flywheel.domain.funnel import FailureClass, ObjectSample, SourceActivity, n
 from flywheel.domain.health import ExecutionTally, FlywheelNode, HistoryHealthCounts, start_of_day
 from flywheel.logs import configure_logging
 from flywheel.stores.history import create_history_engine, upgrade
-from flywheel.stores.history.tables import ApprovalRow, IncidentRow, KnowledgeEntryRow, RepairExecutionRow, RunRow
+from flywheel.stores.history.tables import (
+    ApprovalRow,
+    IncidentRow,
+    KnowledgeEntryRow,
+    RepairExecutionRow,
+    RunRow,
+)
 from flywheel.stores.metrics_queries import (
     APPROVAL_WAIT_BUCKETS,
     RUN_DURATION_BUCKETS,
