@@ -33,8 +33,9 @@ from flywheel.domain.decision import (
 )
 from flywheel.domain.escalation import AnomalySnapshot
 from flywheel.domain.signature import anomaly_key
-from flywheel.errors import RedisUnavailableError
+from flywheel.errors import KubernetesApiError, RedisUnavailableError
 from flywheel.logs import get_logger
+from flywheel.stores.claims import Holder
 from flywheel.stores.kube import API_VERSION
 
 if TYPE_CHECKING:  # the dependencies module builds the Run controller, which imports this one
@@ -69,13 +70,11 @@ class Event:
 
 @dataclass(frozen=True)
 class PeerIncident:
-    """What the deduplication needs to know of another Incident (from Kopf's index)."""
+    """What the deduplication needs to know of an Incident with the same key (from Kopf's index)."""
 
     name: str
     uid: str
-    created_at: datetime
     phase: IncidentPhase | None
-    claimed: bool  # it already has a decision or a Run
 
     @property
     def active(self) -> bool:
@@ -133,7 +132,6 @@ class IncidentOutcome:
     status: IncidentStatus
     original: IncidentStatus | None = None
     events: list[Event] = field(default_factory=list)
-    retry_anomaly_later: bool = False
 
     def status_patch(self) -> dict[str, Any]:
         """Only the top-level status fields this reconcile changed.
@@ -174,9 +172,12 @@ class IncidentReconciler:
         status.observed_generation = incident.generation
 
         if status.phase in FINAL_PHASES:
-            # A Run may resolve the Incident while Redis is down: still count it once Redis is back.
+            # Resolved while Redis was down: count what could not be counted, once, now.
             if status.anomaly is not None and status.anomaly.degraded:
                 await self._record_anomaly(incident, outcome, now)
+                await self._apply_permanent_fix(incident, outcome, now)
+                if status.disposition == Disposition.MANUAL_RESOLVED:
+                    await self._count_manual_resolution(incident, outcome)
             return outcome
 
         await self._record_anomaly(incident, outcome, now)
@@ -202,13 +203,26 @@ class IncidentReconciler:
 
     # -- steps ------------------------------------------------------------------------
 
-    async def _claim(self, incident: IncidentObject, peers: Iterable[PeerIncident]) -> PeerIncident | None:
+    async def _claim(self, incident: IncidentObject, peers: Iterable[PeerIncident]) -> Holder | None:
         """The active Incident that already owns this anomaly's remediation, or None if we do now."""
-        others = {peer.uid: peer for peer in peers if peer.uid != incident.uid and peer.active}
-        holder = await self._deps.claims.claim(
-            incident.namespace, incident.anomaly_key, incident.uid, lambda uid: uid in others
+        known = {peer.uid: peer for peer in peers}
+
+        async def is_active(holder: Holder) -> bool:
+            peer = known.get(holder.uid)
+            if peer is not None:
+                return peer.active
+            # Not in Kopf's cache yet (a twin created the same instant): ask the API server.
+            try:
+                body = await self._deps.resources.get("incidents", incident.namespace, holder.name)
+            except KubernetesApiError as exc:
+                if exc.status == 404:
+                    return False
+                raise
+            return body["metadata"]["uid"] == holder.uid and (body.get("status") or {}).get("phase") in ACTIVE_PHASES
+
+        return await self._deps.claims.claim(
+            incident.namespace, incident.anomaly_key, Holder(incident.name, incident.uid), is_active
         )
-        return others[holder] if holder is not None else None
 
     async def _record_anomaly(self, incident: IncidentObject, outcome: IncidentOutcome, now: datetime) -> None:
         status = outcome.status
@@ -237,7 +251,6 @@ class IncidentReconciler:
                             f"recurrence counts will be recorded when Redis is back: {exc}", now)
             if previous is None or not previous.degraded:
                 outcome.events.append(Event("Warning", "RedisUnavailable", "anomaly counts degraded; recording later"))
-            outcome.retry_anomaly_later = True
             return
         status.anomaly = _anomaly_status(snapshot)
         level = snapshot.escalation_level.value if snapshot.escalation_level else "none"
@@ -256,23 +269,27 @@ class IncidentReconciler:
         try:
             await self._deps.anomalies.mark_permanent_fix(self.tenant(incident.namespace), anomaly.key)
         except RedisUnavailableError:
-            outcome.retry_anomaly_later = True
+            anomaly.degraded = True  # the degraded timer comes back for it
             return
         anomaly.permanent_fix_applied = True
         outcome.events.append(Event("Normal", "PermanentFixRecorded",
                                     f"permanent fix on record for anomaly {anomaly.key} (kept 90 days)"))
 
-    async def _resolve_manually(self, incident: IncidentObject, outcome: IncidentOutcome, now: datetime) -> None:
-        status = outcome.status
-        key = incident.anomaly_key
+    async def _count_manual_resolution(self, incident: IncidentObject, outcome: IncidentOutcome) -> None:
+        """Count the manual_resolved disposition (idempotent per Incident); degraded if Redis is down."""
         try:
             await self._deps.anomalies.record_disposition(
-                self.tenant(incident.namespace), key, Disposition.MANUAL_RESOLVED.value,
+                self.tenant(incident.namespace), incident.anomaly_key, Disposition.MANUAL_RESOLVED.value,
                 f"{incident.uid}:{Disposition.MANUAL_RESOLVED.value}",
             )
         except RedisUnavailableError:
-            # The Incident is resolved all the same; the disposition is counted on the next pass.
-            outcome.retry_anomaly_later = True
+            # The Incident is resolved all the same; the degraded timer counts it once Redis is back.
+            if outcome.status.anomaly is not None:
+                outcome.status.anomaly.degraded = True
+
+    async def _resolve_manually(self, incident: IncidentObject, outcome: IncidentOutcome, now: datetime) -> None:
+        status = outcome.status
+        await self._count_manual_resolution(incident, outcome)
         status.phase = IncidentPhase.RESOLVED
         status.disposition = Disposition.MANUAL_RESOLVED
         status.resolved_at = status.resolved_at or now

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
 import kopf
@@ -18,44 +16,14 @@ from flywheel.stores.kube import GROUP, VERSION
 DEGRADED_RETRY_SECONDS = 15.0
 
 
-def _peer_of(
-    namespace: str, name: str, uid: str, spec: Mapping[str, Any], status: Mapping[str, Any], meta: Mapping[str, Any]
-) -> tuple[tuple[str, str], PeerIncident]:
-    key = anomaly_key(spec.get("alertName"), spec.get("service"), namespace, spec.get("errorType"))
-    phase = status.get("phase")
-    return (namespace, key), PeerIncident(
-        name=name,
-        uid=uid,
-        created_at=datetime.fromisoformat(str(meta["creationTimestamp"])),
-        phase=IncidentPhase(phase) if phase else None,
-        claimed=bool(status.get("decision") or status.get("runRef")),
-    )
-
-
 @kopf.index(GROUP, VERSION, "incidents")
 def incidents_by_anomaly(
-    namespace: str, name: str, uid: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, **_: Any
+    namespace: str, name: str, uid: str, spec: kopf.Spec, status: kopf.Status, **_: Any
 ) -> dict[tuple[str, str], PeerIncident]:
-    """Incidents grouped by (namespace, anomaly key), for deduplication without API calls."""
-    index_key, peer = _peer_of(namespace, name, uid, spec, status, meta)
-    return {index_key: peer}
-
-
-async def _fresh_peers(memo: kopf.Memo, namespace: str, key: str) -> list[PeerIncident]:
-    """Same-key Incidents as the API server has them right now.
-
-    Kopf's index lags behind a burst of creations; a new Incident that trusted it alone
-    could miss an equally new twin and both would start a Run. Listed objects all exist,
-    so "the older unclaimed one wins" then picks exactly one primary.
-    """
-    peers = []
-    for item in await memo.deps.resources.list_labelled("incidents", namespace, ""):
-        meta = item["metadata"]
-        index_key, peer = _peer_of(namespace, meta["name"], meta["uid"], item.get("spec") or {},
-                                   item.get("status") or {}, meta)
-        if index_key == (namespace, key):
-            peers.append(peer)
-    return peers
+    """Incidents grouped by (namespace, anomaly key): deduplication asks the API only for new twins."""
+    key = anomaly_key(spec.get("alertName"), spec.get("service"), namespace, spec.get("errorType"))
+    phase = status.get("phase")
+    return {(namespace, key): PeerIncident(name=name, uid=uid, phase=IncidentPhase(phase) if phase else None)}
 
 
 def _is_degraded(status: kopf.Status, **_: Any) -> bool:
@@ -80,8 +48,6 @@ async def reconcile_incident(
         raise kopf.PermanentError(f"invalid Incident spec: {exc}") from exc
     peers = list(incidents_by_anomaly.get((incident.namespace, incident.anomaly_key), []))
     try:
-        if incident.status.decision is None and incident.status.phase != IncidentPhase.DUPLICATE:
-            peers += await _fresh_peers(memo, incident.namespace, incident.anomaly_key)
         outcome = await IncidentReconciler(memo.deps).reconcile(incident, list(peers))
     except StoreUnavailableError as exc:
         raise kopf.TemporaryError(str(exc), delay=10) from exc

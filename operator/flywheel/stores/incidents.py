@@ -20,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from flywheel.errors import KubernetesApiError, StoreUnavailableError
 from flywheel.logs import get_logger
-from flywheel.stores.kube import GROUP, VERSION, configure_client
+from flywheel.stores.kube import GROUP, VERSION, api_error, configure_client
 
 log = get_logger(__name__)
 
@@ -65,7 +65,7 @@ class IncidentStatusStore:
         except ApiException as exc:
             if exc.status == 404:
                 return None
-            raise _translate(exc, f"get incident {namespace}/{name}") from exc
+            raise api_error(exc, f"get incident {namespace}/{name}") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise StoreUnavailableError(
                 f"get incident {namespace}/{name}: Kubernetes API unreachable: {exc}"
@@ -98,17 +98,13 @@ class IncidentStatusStore:
                     continue
                 if exc.status == 404:
                     return StatusUpdate(UpdateResult.GONE, None)
-                raise _translate(exc, what) from exc
+                raise api_error(exc, what) from exc
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 raise StoreUnavailableError(f"{what}: Kubernetes API unreachable: {exc}") from exc
             return StatusUpdate(UpdateResult.UPDATED, cast(dict[str, Any], patched))
         raise KubernetesApiError(f"{what}: {CONFLICT_RETRIES} conflicts in a row", status=409)
 
 
-def _translate(exc: ApiException, what: str) -> Exception:
-    if exc.status in (None, 0, 429, 500, 502, 503, 504):
-        return StoreUnavailableError(f"{what}: Kubernetes API unavailable ({exc.status} {exc.reason})")
-    return KubernetesApiError(f"{what}: {exc.status} {exc.reason}: {exc.body}", status=exc.status)
 
 
 __all__ = ["IncidentStatusStore", "StatusMutation", "StatusUpdate", "UpdateResult"]

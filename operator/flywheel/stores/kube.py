@@ -35,14 +35,11 @@ def configure_client() -> None:
     _configured = True
 
 
-def _translate(exc: ApiException, what: str) -> Exception:
-    if exc.status in (None, 0, 429, 500, 502, 503, 504):
-        return StoreUnavailableError(f"{what}: Kubernetes API unavailable ({exc.status} {exc.reason})")
-    return KubernetesApiError(f"{what}: {exc.status} {exc.reason}: {exc.body}", status=exc.status)
 
 
-def _api_error(exc: ApiException, what: str) -> Exception:
-    """Like ``_translate``, with the API server's own message (Status.message) instead of the raw body."""
+def api_error(exc: ApiException, what: str) -> Exception:
+    """Our error for a refused API request: transient statuses become StoreUnavailableError,
+    the rest KubernetesApiError with the API server's own message (Status.message)."""
     if exc.status in (None, 0, 429, 500, 502, 503, 504):
         return StoreUnavailableError(f"{what}: Kubernetes API unavailable ({exc.status} {exc.reason})")
     message = exc.reason or ""
@@ -53,7 +50,7 @@ def _api_error(exc: ApiException, what: str) -> Exception:
     return KubernetesApiError(f"{what}: {exc.status} {message}", status=exc.status)
 
 
-def _unreachable(exc: urllib3.exceptions.HTTPError, what: str) -> StoreUnavailableError:
+def unreachable_error(exc: urllib3.exceptions.HTTPError, what: str) -> StoreUnavailableError:
     """A connection-level failure (refused, reset, timed out): the API server is out of reach."""
     return StoreUnavailableError(f"{what}: Kubernetes API unreachable ({type(exc).__name__}: {exc})")
 
@@ -62,7 +59,8 @@ class FlywheelResources:
     """Create and read Flywheel custom resources (Run, Approval) in a namespace."""
 
     def __init__(self, api: kubernetes.client.CustomObjectsApi | None = None) -> None:
-        configure_client()
+        if api is None:
+            configure_client()
         self._api = api or kubernetes.client.CustomObjectsApi()
 
     async def create_or_get(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +77,9 @@ class FlywheelResources:
             return created
         except ApiException as exc:
             if exc.status != 409:
-                raise _translate(exc, f"create {plural}/{name}") from exc
+                raise api_error(exc, f"create {plural}/{name}") from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise unreachable_error(exc, f"create {plural}/{name}") from exc
         return await self.get(plural, namespace, name)
 
     async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
@@ -89,7 +89,9 @@ class FlywheelResources:
             )
             return found
         except ApiException as exc:
-            raise _translate(exc, f"get {plural}/{name}") from exc
+            raise api_error(exc, f"get {plural}/{name}") from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise unreachable_error(exc, f"get {plural}/{name}") from exc
 
     # -- guarded writes, for writers racing with others (the Alertmanager intake) -------
     #
@@ -113,9 +115,9 @@ class FlywheelResources:
                 _request_timeout=request_timeout,
             )
         except ApiException as exc:
-            raise _api_error(exc, what) from exc
+            raise api_error(exc, what) from exc
         except urllib3.exceptions.HTTPError as exc:
-            raise _unreachable(exc, what) from exc
+            raise unreachable_error(exc, what) from exc
         return cast(list[dict[str, Any]], cast(dict[str, Any], found).get("items") or [])
 
     async def create_new(
@@ -141,9 +143,9 @@ class FlywheelResources:
                 _request_timeout=request_timeout,
             )
         except ApiException as exc:
-            raise _api_error(exc, what) from exc
+            raise api_error(exc, what) from exc
         except urllib3.exceptions.HTTPError as exc:
-            raise _unreachable(exc, what) from exc
+            raise unreachable_error(exc, what) from exc
         return cast(dict[str, Any], created)
 
     async def patch_spec_if_unchanged(
@@ -178,7 +180,7 @@ class FlywheelResources:
                 _request_timeout=request_timeout,
             )
         except ApiException as exc:
-            raise _api_error(exc, what) from exc
+            raise api_error(exc, what) from exc
         except urllib3.exceptions.HTTPError as exc:
-            raise _unreachable(exc, what) from exc
+            raise unreachable_error(exc, what) from exc
         return cast(dict[str, Any], patched)
