@@ -26,6 +26,9 @@ step "Starting the operator (log: ${STATE}/operator.log, database: ${STATE}/flyw
 export FLYWHEEL_DATABASE_URL="sqlite:///${STATE}/flywheel.db"
 export FLYWHEEL_METRICS_PORT="${FLYWHEEL_METRICS_PORT:-8080}"
 export FLYWHEEL_METRICS_INTERVAL_SECONDS="${FLYWHEEL_METRICS_INTERVAL_SECONDS:-5}"
+# Admission webhooks on loopback (generated CA): approvers' identities come from the API server.
+export FLYWHEEL_WEBHOOK_MODE=loopback FLYWHEEL_WEBHOOK_PORT="${FLYWHEEL_WEBHOOK_PORT:-0}"
+export FLYWHEEL_NAMESPACE="${NS}"
 if [[ -f "${STATE}/operator.pid" ]] && kill -0 "$(cat "${STATE}/operator.pid")" 2>/dev/null; then
   # A previous demo's operator may run older code: replace it.
   kill "$(cat "${STATE}/operator.pid")" && sleep 2
@@ -34,12 +37,18 @@ fi
 nohup "${FLYWHEEL}" run --standalone --all-namespaces >"${STATE}/operator.log" 2>&1 &
 echo $! >"${STATE}/operator.pid"
 echo "operator started (pid $!)"
+for _ in $(seq 1 60); do
+  kubectl get validatingwebhookconfiguration flywheel-loopback >/dev/null 2>&1 && break
+  sleep 1
+done
+kubectl get validatingwebhookconfiguration,mutatingwebhookconfiguration -l app.kubernetes.io/name=flywheel
 
 step "Deploying the sample workload ${NS}/checkout"
 kubectl create namespace "${NS}" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl apply -n "${NS}" -f examples/sample-workload.yaml
 kubectl rollout status -n "${NS}" deployment/checkout --timeout=120s
 kubectl get pods -n "${NS}" -o wide
+kubectl apply -n "${NS}" -f examples/people-rbac.yaml >/dev/null
 
 step "Filing an Incident: checkout was OOM-killed"
 # Each demo starts from zero recurrences (the demo's own Redis), so it shows the automatic
@@ -74,6 +83,34 @@ for _ in $(seq 1 15); do
 done
 "${FLYWHEEL}" timeline -n "${NS}" "${run}"
 "${FLYWHEEL}" history -n "${NS}"
+
+step "An approval round trip: sre-alice files an Incident that needs a person's approval"
+kubectl delete incident -n "${NS}" checkout-oom-again --ignore-not-found --wait=true >/dev/null
+kubectl --as sre-alice create -n "${NS}" -f examples/incident-approval.yaml
+approval=""
+for _ in $(seq 1 60); do
+  approval="$(kubectl get incident -n "${NS}" checkout-oom-again -o jsonpath='{.status.runRef.name}' 2>/dev/null || true)"
+  [[ -n "${approval}" ]] && kubectl get approval -n "${NS}" "${approval}" >/dev/null 2>&1 && break
+  sleep 1
+done
+echo '$ kubectl get approvals'
+kubectl get approvals -n "${NS}"
+echo "\$ kubectl describe approval ${approval}"
+kubectl describe approval -n "${NS}" "${approval}" | sed -n '/^Spec:/,/^Events:/p'
+echo "\$ kubectl --as sre-alice --as-group flywheel-approvers patch approval ${approval} ...   # approving her own Incident"
+kubectl --as sre-alice --as-group flywheel-approvers patch approval -n "${NS}" "${approval}" --type merge \
+  -p '{"spec":{"decision":"Approve","reason":"mine"}}' || echo "(refused: four eyes)"
+echo "\$ kubectl --as bob --as-group flywheel-approvers patch approval ${approval} --type merge -p '{\"spec\":{\"decision\":\"Approve\",...}}'"
+kubectl --as bob --as-group flywheel-approvers patch approval -n "${NS}" "${approval}" --type merge \
+  -p '{"spec":{"decision":"Approve","reason":"known OOM pattern, a restart is safe"}}'
+for _ in $(seq 1 90); do
+  state="$(kubectl get run -n "${NS}" "${approval}" -o jsonpath='{.status.state}' 2>/dev/null || true)"
+  case "${state}" in Succeeded|Failed|Cancelled|TimedOut) break ;; esac
+  sleep 1
+done
+kubectl get approvals,runs -n "${NS}"
+kubectl get run -n "${NS}" "${approval}" \
+  -o jsonpath='{range .status.steps[*]}{.seq}{"  "}{.name}{"  "}{.result}{"  "}{.message}{"\n"}{end}'
 
 step "Metrics for Prometheus: http://127.0.0.1:${FLYWHEEL_METRICS_PORT}/metrics (JSON: /stats/summary, /stats/flywheel)"
 for _ in $(seq 1 40); do

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -118,7 +118,14 @@ def start_operator(
     """
     started: list[OperatorProcess] = []
 
-    def factory(redis_url: str, database_url: str | None = None, **env: str) -> OperatorProcess:
+    def factory(
+        redis_url: str,
+        database_url: str | None = None,
+        *,
+        run_args: Sequence[str] = ("--standalone",),
+        kubeconfig: str | None = None,
+        **env: str,
+    ) -> OperatorProcess:
         environment = {
             "FLYWHEEL_REDIS_URL": redis_url,
             "FLYWHEEL_DATABASE_URL": database_url or f"sqlite:///{tmp_path / 'flywheel.db'}",
@@ -126,9 +133,18 @@ def start_operator(
             # Several operators run at once (tests, developers): no fixed ports unless asked.
             "FLYWHEEL_INTAKE_PORT": "0",
             "FLYWHEEL_METRICS_PORT": "0",
+            # Secrets the operator keeps (the approval signing key) live in the test's namespace.
+            "FLYWHEEL_NAMESPACE": namespace,
             **{f"FLYWHEEL_{key.upper()}": value for key, value in env.items()},
         }
-        process = OperatorProcess(test_cluster, namespace, environment, tmp_path / f"operator-{len(started)}.log")
+        process = OperatorProcess(
+            test_cluster,
+            namespace,
+            environment,
+            tmp_path / f"operator-{len(started)}.log",
+            run_args=run_args,
+            kubeconfig=kubeconfig,
+        )
         process.start()
         started.append(process)
         return process
@@ -136,6 +152,10 @@ def start_operator(
     yield factory
     for process in started:
         process.stop()
+    # A killed loopback-webhook operator leaves its configurations behind; with failurePolicy
+    # Fail they would refuse every later write in this namespace, its deletion included.
+    for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
+        test_cluster.kubectl("delete", kind, f"flywheel-{namespace}", "--ignore-not-found", check=False)
 
 
 @pytest.hookimpl(hookwrapper=True)

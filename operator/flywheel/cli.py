@@ -75,6 +75,25 @@ def crds(output_dir: Path, check: bool) -> None:
         click.echo(f"wrote {path}")
 
 
+@cli.command("webhook-cert")
+@click.option("--service", default="flywheel-operator", show_default=True, help="Name of the operator's Service.")
+@click.option("--namespace", default="flywheel-system", show_default=True, help="Namespace of that Service.")
+@click.option(
+    "--output-dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Where to write the files."
+)
+def webhook_cert(service: str, namespace: str, output_dir: Path) -> None:
+    """Write a CA (ca.crt) and a serving certificate (tls.crt, tls.key) for the admission webhooks.
+
+    For clusters without cert-manager: put tls.crt and tls.key into the Secret the Deployment
+    mounts, and ca.crt (base64) into the webhook configurations' caBundle (see docs/operations.md).
+    """
+    from flywheel.stores.webhooks import write_certificate
+
+    names = [f"{service}.{namespace}.svc", f"{service}.{namespace}.svc.cluster.local", service]
+    certificate = write_certificate(output_dir, names)
+    click.echo(f"wrote {certificate.directory}/ca.crt, tls.crt, tls.key for {names[0]}")
+
+
 @cli.command("config-reference")
 def config_reference() -> None:
     """Print the settings as a Markdown table (the README's configuration section)."""

@@ -9,14 +9,49 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import kopf
 
+from flywheel.controllers.approval import Announcer
+from flywheel.errors import ConfigurationError, FlywheelError
 from flywheel.logs import configure_logging, get_logger
-from flywheel.settings import get_settings
+from flywheel.settings import FlywheelSettings, WebhookMode, get_settings
 
 log = get_logger(__name__)
+
+# How long a replica's peering keep-alive stays valid. Kopf rewrites it every lifetime − 5…10 s
+# (randomised), so a standby sees a SIGKILLed leader's record expire — and takes over — at most
+# this long after the leader's last keep-alive. Kopf's default (60 s) would leave Incidents
+# unserved for a minute after a node failure.
+PEERING_LIFETIME_SECONDS = 15
+
+
+# Blocking clients (the kubernetes client, SQL) run in the event loop's default executor via
+# asyncio.to_thread. Its default size (cores + 4: six threads on two cores) queued an alert
+# storm's API calls behind each other (bench/e2e_throughput.py: ~6 Incidents/s with the operator
+# half idle); the calls wait on the network, not on the CPU. The kubernetes client's connection
+# pool is sized alike, or each extra thread would open (and drop) a TLS connection per call.
+BLOCKING_IO_THREADS = 32
+
+
+def size_blocking_io(threads: int = BLOCKING_IO_THREADS) -> None:
+    """Give to_thread callers ``threads`` workers and the kubernetes client as many connections."""
+    import concurrent.futures
+
+    import kubernetes
+
+    from flywheel.stores.kube import configure_client
+
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="flywheel-io")
+    )
+    configure_client()
+    client_configuration = kubernetes.client.Configuration.get_default_copy()
+    client_configuration.connection_pool_maxsize = threads
+    kubernetes.client.Configuration.set_default(client_configuration)
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
@@ -34,6 +69,7 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.batching.worker_limit = 64
     settings.execution.max_workers = 16
     settings.networking.request_timeout = 30
+    settings.peering.lifetime = PEERING_LIFETIME_SECONDS
 
 
 def default_priority() -> int:
@@ -75,16 +111,136 @@ def run_operator(
     )
 
 
+MEMO_LOOPBACK_WEBHOOKS = "loopback_webhooks"
+# How long a loopback operator waits for its own webhook server to listen before registering it.
+WEBHOOK_LISTEN_TIMEOUT_SECONDS = 30.0
+
+
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def _register_when_listening(port: int, name: str, ca_pem: bytes, namespaces: tuple[str, ...]) -> None:
+    """Register the loopback webhooks once the server answers: never point the API server at nothing."""
+    from flywheel.stores.kube import VERSION
+    from flywheel.stores.webhooks import WebhookConfigurations
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WEBHOOK_LISTEN_TIMEOUT_SECONDS
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            break
+        except OSError:
+            if loop.time() > deadline:
+                log.error("webhook_server_not_listening", port=port)
+                return
+            await asyncio.sleep(0.2)
+    await WebhookConfigurations().apply(
+        name, base_url=f"https://127.0.0.1:{port}", ca_pem=ca_pem, namespaces=namespaces, version=VERSION
+    )
+
+
+async def serve_admission(kopf_settings: kopf.OperatorSettings, settings: FlywheelSettings, memo: kopf.Memo) -> None:
+    """Serve the admission webhooks as FLYWHEEL_WEBHOOK_MODE says (see flywheel.stores.webhooks)."""
+    from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
+    from flywheel.stores.webhooks import loopback_configuration_name, write_certificate
+
+    if settings.webhook_mode is WebhookMode.OFF:
+        log.warning("admission webhooks are off: approval decisions will be refused (no identity can be stamped)")
+        return
+    if settings.webhook_mode is WebhookMode.SERVICE:
+        directory = Path(settings.webhook_cert_dir)
+        missing = [name for name in ("tls.crt", "tls.key") if not (directory / name).is_file()]
+        if missing:
+            raise ConfigurationError(
+                f"FLYWHEEL_WEBHOOK_CERT_DIR={directory}: {', '.join(missing)} not found "
+                "(mount the webhook certificate Secret there)"
+            )
+        kopf_settings.admission.server = kopf.WebhookServer(
+            addr="0.0.0.0", port=settings.webhook_port, certfile=directory / "tls.crt", pkeyfile=directory / "tls.key"
+        )
+        return
+    namespaces = tuple(memo.get(MEMO_WATCHED_NAMESPACES, ()))
+    port = settings.webhook_port or _free_loopback_port()
+    certificate = write_certificate(
+        Path(tempfile.mkdtemp(prefix="flywheel-webhook-")), ["localhost"], ["127.0.0.1"]
+    )
+    kopf_settings.admission.server = kopf.WebhookServer(
+        addr="127.0.0.1",
+        port=port,
+        host="127.0.0.1",
+        certfile=certificate.cert_file,
+        pkeyfile=certificate.key_file,
+    )
+    name = loopback_configuration_name(namespaces)
+    memo[MEMO_LOOPBACK_WEBHOOKS] = name
+    memo["loopback_webhook_task"] = asyncio.create_task(
+        _register_when_listening(port, name, certificate.ca_pem, namespaces)
+    )
+
+
 @kopf.on.startup()
 async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure_kopf(settings)
+    size_blocking_io()  # before the stores build their API clients
     from flywheel.controllers.dependencies import build_dependencies
 
-    memo.deps = await build_dependencies(get_settings())
+    flywheel_settings = get_settings()
+    memo.deps = await build_dependencies(flywheel_settings)
+    memo.deps.run_stores.approvals.announcer = approval_announcer(flywheel_settings, memo)
+    await serve_admission(settings, flywheel_settings, memo)
+
+
+def approval_announcer(settings: FlywheelSettings, memo: kopf.Memo) -> Announcer | None:
+    """Approval requests go to the notification webhook too, when one is configured."""
+    if not settings.notify_webhook_url:
+        return None
+    from datetime import UTC, datetime
+
+    from flywheel.metrics.notifier import Notification, WebhookSender
+
+    sender = WebhookSender(
+        settings.notify_webhook_url,
+        settings.notify_webhook_format,
+        timeout_seconds=settings.notify_webhook_timeout_seconds,
+        retries=settings.notify_webhook_retries,
+    )
+    memo["approval_webhook_sender"] = sender
+
+    async def announce(*, namespace: str, approval: str, run: str, message: str) -> bool:
+        return await sender.deliver(
+            Notification(
+                kind="approval",
+                reason="ApprovalRequested",
+                title=f"Flywheel: Approval {namespace}/{approval} waits for a decision",
+                message=message,
+                scope=namespace,
+                occurred_at=datetime.now(UTC),
+                details={"namespace": namespace, "approval": approval, "run": run},
+            )
+        )
+
+    return announce
 
 
 @kopf.on.cleanup()
 async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
+    name = memo.get(MEMO_LOOPBACK_WEBHOOKS)
+    if name is not None:
+        from flywheel.stores.webhooks import WebhookConfigurations
+
+        # Left behind, they would refuse every write in these namespaces (failurePolicy Fail).
+        try:
+            await WebhookConfigurations().delete(name)
+        except FlywheelError as exc:
+            log.error("webhook_configurations_not_deleted", name=name, error=str(exc))
+    sender = memo.get("approval_webhook_sender")
+    if sender is not None:
+        await sender.close()
     deps = getattr(memo, "deps", None)
     if deps is not None:
         await deps.close()

@@ -6,6 +6,7 @@ from this model (``flywheel config-reference``), so the two cannot drift apart.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from functools import lru_cache
 from typing import Annotated
 
@@ -13,6 +14,12 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from flywheel.api.enums import RiskLevel
+
+
+class WebhookMode(StrEnum):
+    OFF = "off"
+    LOOPBACK = "loopback"
+    SERVICE = "service"
 
 
 def _split_csv(value: object) -> object:
@@ -160,6 +167,49 @@ class FlywheelSettings(BaseSettings):
     notify_webhook_retries: int = Field(
         default=3, ge=0, le=10, description="Retries of a webhook delivery that failed transiently (5xx, 429, network)."
     )
+    namespace: str = Field(
+        default="flywheel-system",
+        min_length=1,
+        description="The operator's own namespace; the approval signing-key Secret lives there.",
+    )
+    approver_groups: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["flywheel-approvers"],
+        description="Groups whose members may decide Approvals, comma-separated.",
+    )
+    approver_users: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Users who may decide Approvals, comma-separated, in addition to the groups.",
+    )
+    approval_timeout_seconds: int = Field(
+        default=3600,
+        ge=5,
+        description="How long an Approval waits for a decision before it expires and its Run times out.",
+    )
+    approval_token_ttl_seconds: int = Field(
+        default=600,
+        ge=5,
+        description="Lifetime of the approval token handed to the executor once a Run is approved.",
+    )
+    approval_signing_secret: str = Field(
+        default="flywheel-approval-signing-key",
+        min_length=1,
+        description="Secret (in FLYWHEEL_NAMESPACE, key signing-key) holding the HS256 key of approval tokens; created on first start if absent.",
+    )
+    webhook_mode: WebhookMode = Field(
+        default=WebhookMode.OFF,
+        description=(
+            "Admission webhooks: off (approvals are refused: nobody's identity can be stamped), "
+            "loopback (local control plane: generated CA, 127.0.0.1, configurations managed by the operator) "
+            "or service (in a cluster: certificate from FLYWHEEL_WEBHOOK_CERT_DIR, configurations from manifests/)."
+        ),
+    )
+    webhook_port: int = Field(
+        default=9443, ge=0, le=65535, description="Port of the admission webhook server; 0 picks a free one (loopback only)."
+    )
+    webhook_cert_dir: str = Field(
+        default="/etc/flywheel/webhook-tls",
+        description="Directory with tls.crt and tls.key of the webhook server (service mode), e.g. a cert-manager Secret.",
+    )
     log_level: str = Field(default="INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     log_format: str = Field(default="console", description="Log format: console or json.")
 
@@ -186,9 +236,9 @@ class FlywheelSettings(BaseSettings):
             raise ValueError("log_format must be 'console' or 'json'")
         return value
 
-    @field_validator("internal_sources", mode="before")
+    @field_validator("internal_sources", "approver_groups", "approver_users", mode="before")
     @classmethod
-    def _internal_sources_from_csv(cls, value: object) -> object:
+    def _lists_from_csv(cls, value: object) -> object:
         return _split_csv(value)
 
     @field_validator("notify_webhook_format")

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.harness.cluster import TestCluster
@@ -17,15 +18,33 @@ READY_MARK = "Initial authentication has finished"
 class OperatorProcess:
     """One ``flywheel run --standalone -n NAMESPACE`` process, scoped to a test's namespace.
 
+    ``run_args`` replaces ``--standalone`` (peering tests pass ``--peering NAME --priority N``);
+    ``kubeconfig`` runs it as another identity (RBAC tests pass a ServiceAccount's kubeconfig).
+
     Scoping matters: several tests (and developers) share the test cluster, and an
     operator watching every namespace would act on the others' Incidents.
     """
 
-    def __init__(self, cluster: TestCluster, namespace: str, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self,
+        cluster: TestCluster,
+        namespace: str,
+        env: dict[str, str],
+        log_path: Path,
+        *,
+        run_args: Sequence[str] = ("--standalone",),
+        kubeconfig: str | None = None,
+    ) -> None:
         self.cluster = cluster
         self.namespace = namespace
-        self.env = {**cluster.env, **env, "KUBECONFIG": cluster.kubeconfig, "PYTHONUNBUFFERED": "1"}
+        self.env = {
+            **cluster.env,
+            **env,
+            "KUBECONFIG": kubeconfig or cluster.kubeconfig,
+            "PYTHONUNBUFFERED": "1",
+        }
         self.log_path = log_path
+        self.run_args = tuple(run_args)
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -35,7 +54,7 @@ class OperatorProcess:
             log.write(f"\n===== start #{self.starts} =====\n".encode())
             log.flush()
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "flywheel", "run", "--standalone", "--namespace", self.namespace],
+                [sys.executable, "-m", "flywheel", "run", *self.run_args, "--namespace", self.namespace],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + timeout

@@ -35,6 +35,7 @@ ERROR_CODE_PATTERN = r"^E-[A-Z0-9]+(-[A-Z0-9]+)*$"
 MAX_STEPS = 50
 STEP_MESSAGE_MAX_LENGTH = 128
 DETAIL_MAX_LENGTH = 4096
+APPROVAL_TOKEN_MAX_LENGTH = 2048
 
 _TRACE_ID_NOT_ZERO = CelRule(
     rule=f"self != '{INVALID_TRACE_ID}'",
@@ -139,6 +140,14 @@ class RunStatus(StatusModel):
     )
     approval_ref: ObjectRef | None = Field(
         default=None, description="The Approval this Run waits or waited for."
+    )
+    approval_token: str | None = Field(
+        default=None,
+        max_length=APPROVAL_TOKEN_MAX_LENGTH,
+        description=(
+            "Signed approval (HS256 JWT) bound to this Run's uid and the approved action; "
+            "verified and spent right before acting."
+        ),
     )
     steps: list[RunStep] = Field(
         default_factory=list,

@@ -6,12 +6,14 @@ from dataclasses import dataclass
 
 import redis.asyncio
 
+from flywheel.controllers.approval import ApprovalGate
 from flywheel.controllers.run import AttemptRecord, RunStores
 from flywheel.domain.escalation import EscalationThresholds
 from flywheel.domain.rules import RuleCatalogue, configured_catalogue
 from flywheel.settings import FlywheelSettings
 from flywheel.stores.advisor_client import AdvisorClient, AdvisorEndpoint, advisors_from_settings
 from flywheel.stores.anomaly_redis import AnomalyStore, connect_redis
+from flywheel.stores.approvals import ApprovalStore, SigningKeyStore, TokenLedger
 from flywheel.stores.claims import AnomalyClaims
 from flywheel.stores.history import HistoryKind, HistoryWriter, RepairExecution, build_history_writer
 from flywheel.stores.incidents import IncidentStatusStore
@@ -87,16 +89,30 @@ async def build_dependencies(settings: FlywheelSettings) -> Dependencies:
     # database is down: history is delayed, never lost, and start-up never waits for it.
     history = build_history_writer(settings.database_url)
     history.start()
+    anomalies = AnomalyStore(client, thresholds)
+    incidents = IncidentStatusStore()
+    approvals = ApprovalGate(
+        settings,
+        approvals=ApprovalStore(),
+        incidents=incidents,
+        signing_key=SigningKeyStore(settings.namespace, settings.approval_signing_secret),
+        spent_tokens=TokenLedger(client),
+        action_history=anomalies,
+        audit=history,
+    )
     return Dependencies(
         settings=settings,
         redis=client,
-        anomalies=AnomalyStore(client, thresholds),
+        anomalies=anomalies,
         catalogue=configured_catalogue(settings.rules_file),
         resources=FlywheelResources(),
         advisors=AdvisorPanel(AdvisorClient(), endpoints) if endpoints else None,
         history=history,
         run_stores=RunStores(
-            workloads=WorkloadStore(), incidents=IncidentStatusStore(), attempts=HistoryAttemptSink(history)
+            workloads=WorkloadStore(),
+            incidents=incidents,
+            attempts=HistoryAttemptSink(history),
+            approvals=approvals,
         ),
         claims=AnomalyClaims(),
     )

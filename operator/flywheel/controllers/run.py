@@ -40,8 +40,10 @@ from flywheel.api.enums import (
 )
 from flywheel.api.incident import IncidentStatus
 from flywheel.api.run import RunSpec, RunStatus, RunStep, append_step
+from flywheel.controllers.approval import ApprovalGate, GateRun, GateState
 from flywheel.controllers.incident import FINAL_PHASES, LABEL_ANOMALY_KEY, RESOLVED, Event
 from flywheel.domain.actions import ProposedAction
+from flywheel.domain.approval import TokenRefused
 from flywheel.domain.run_state import (
     ACTIVE_STATES,
     TERMINAL_STATES,
@@ -101,6 +103,10 @@ STEP_RETRY = "retry"
 STEP_CANCEL = "cancel"
 STEP_TIMEOUT = "timeout"
 STEP_REAP = "reap"
+STEP_APPROVE = "approve"
+STEP_REJECT = "reject"
+STEP_APPROVAL_EXPIRED = "approval-expired"
+STEP_AUTHORISE = "authorise"
 
 
 # --------------------------------------------------------------------------- views
@@ -343,6 +349,7 @@ class _Pass:
         self.now = now
         self.status = run.status.model_copy(deep=True)
         self.events: list[Event] = []
+        self.approval: Mapping[str, Any] | None = None
         # Attempts decided in this pass: (attempt, started, succeeded, error code).
         self.attempts: list[tuple[int, datetime, bool, RunErrorCode | None]] = []
 
@@ -470,11 +477,16 @@ class IncidentStatusWriter(Protocol):
 
 @dataclass(frozen=True)
 class RunStores:
-    """The stores the Run controller acts through, built once per operator."""
+    """The stores the Run controller acts through, built once per operator.
+
+    Without an approval gate (unit tests of the state machine) a Run that needs approval
+    simply keeps waiting.
+    """
 
     workloads: WorkloadActions
     incidents: IncidentStatusWriter
     attempts: AttemptSink | None = None
+    approvals: ApprovalGate | None = None
 
 
 def safety_limits(settings: FlywheelSettings) -> SafetyLimits:
@@ -493,6 +505,7 @@ class RunController:
         self._workloads = stores.workloads
         self._incidents = stores.incidents
         self._attempts = stores.attempts
+        self._approvals = stores.approvals
         self._limits = safety_limits(settings)
 
     def tenant(self, namespace: str) -> str:
@@ -504,9 +517,14 @@ class RunController:
         incident: IncidentView | None,
         peers: Iterable[ObservedRun],
         now: datetime | None = None,
+        approval: Mapping[str, Any] | None = None,
     ) -> RunOutcome:
-        """One pass over the Run: the status to write and the Events to post."""
+        """One pass over the Run: the status to write and the Events to post.
+
+        ``approval`` is the Run's Approval as the operator's index has it, if any.
+        """
         ctx = _Pass(run, now or datetime.now(UTC))
+        ctx.approval = approval
         ctx.status.observed_generation = run.generation
         ctx.status.state = ctx.state  # a new Run is Pending
         if find_condition(ctx.status.conditions, SUCCEEDED) is None:
@@ -524,8 +542,11 @@ class RunController:
     async def _advance(self, ctx: _Pass, incident: IncidentView | None, peers: list[ObservedRun]) -> None:
         cancellation = await self._cancellation(ctx.run, incident)
         if cancellation is not None:
+            waited = ctx.state is RunState.WAITING_APPROVAL
             ctx.move(RunState.CANCELLED, STEP_CANCEL, "Cancelled", cancellation, code=RunErrorCode.CANCELLED)
             ctx.event("Normal", "Cancelled", cancellation)
+            if waited and self._approvals is not None:
+                await self._approvals.withdraw(self._gate_run(ctx), cancellation, ctx.now)
             return
         for _ in range(MAX_HOPS):
             before = ctx.state
@@ -533,7 +554,7 @@ class RunController:
                 await self._pending(ctx, peers)
                 return  # a started Run acts on the next pass, once startedAt is stored
             if before is RunState.WAITING_APPROVAL:
-                self._waiting_approval(ctx)
+                await self._waiting_approval(ctx)
                 return
             if before is RunState.RUNNING:
                 await self._running(ctx)
@@ -635,16 +656,80 @@ class RunController:
             ctx.condition(AWAITING_APPROVAL, ConditionStatus.TRUE, reason, message)
             ctx.condition(SUCCEEDED, ConditionStatus.UNKNOWN, "AwaitingApproval", "waiting for an Approval")
 
-    def _waiting_approval(self, ctx: _Pass) -> None:
-        """Approvals are handled elsewhere; keep saying what the Run waits for."""
-        existing = find_condition(ctx.status.conditions, AWAITING_APPROVAL)
-        if existing is None or existing.status is not ConditionStatus.TRUE:
-            ctx.condition(
-                AWAITING_APPROVAL,
-                ConditionStatus.TRUE,
-                "ApprovalRequired",
-                "the Run waits for an Approval before acting",
+    async def _waiting_approval(self, ctx: _Pass) -> None:
+        """Ask for the Approval, and move on once it is decided or expired."""
+        if self._approvals is None:
+            existing = find_condition(ctx.status.conditions, AWAITING_APPROVAL)
+            if existing is None or existing.status is not ConditionStatus.TRUE:
+                ctx.condition(
+                    AWAITING_APPROVAL,
+                    ConditionStatus.TRUE,
+                    "ApprovalRequired",
+                    "the Run waits for an Approval before acting",
+                )
+            return
+        verdict = await self._approvals.review(self._gate_run(ctx), ctx.approval, ctx.now)
+        for event_type, reason, message in verdict.events:
+            ctx.event(event_type, reason, message)
+        if verdict.approval_ref is not None:
+            ctx.status.approval_ref = verdict.approval_ref
+        if verdict.state is GateState.APPROVED:
+            ctx.status.approval_token = verdict.token
+            ctx.move(RunState.RUNNING, STEP_APPROVE, "Approved", verdict.message)
+        elif verdict.state is GateState.REJECTED:
+            ctx.move(
+                RunState.CANCELLED, STEP_REJECT, "Rejected", verdict.message, code=RunErrorCode.APPROVAL_REJECTED
             )
+        elif verdict.state is GateState.EXPIRED:
+            ctx.move(
+                RunState.TIMED_OUT,
+                STEP_APPROVAL_EXPIRED,
+                "TimedOut",
+                verdict.message,
+                code=RunErrorCode.APPROVAL_EXPIRED,
+            )
+        else:
+            ctx.condition(AWAITING_APPROVAL, ConditionStatus.TRUE, "ApprovalRequired", verdict.message)
+
+    def _gate_run(self, ctx: _Pass) -> GateRun:
+        run = ctx.run
+        return GateRun(
+            name=run.name,
+            namespace=run.namespace,
+            uid=run.uid,
+            labels=run.labels,
+            incident_name=run.spec.incident_ref.name,
+            action=run.spec.action,
+            risk_level=run.spec.risk_level.value,
+            approval_ref=ctx.status.approval_ref,
+            approval_token=ctx.status.approval_token,
+            tenant=self.tenant(run.namespace),
+        )
+
+    def _needs_approval(self, ctx: _Pass) -> bool:
+        """Whether the Run may only act with an approval token: it asked for one at some point."""
+        return (
+            ctx.run.spec.requires_approval
+            or ctx.status.approval_ref is not None
+            or find_condition(ctx.status.conditions, AWAITING_APPROVAL) is not None
+        )
+
+    async def _authorised(self, ctx: _Pass) -> bool:
+        """Verify and spend the approval token before the first attempt starts; False if refused.
+
+        Later attempts of the same Run act under the approval the first one spent. A pass
+        killed after spending it spends it again: the same Run is not a replay.
+        """
+        if self._approvals is None or not self._needs_approval(ctx):
+            return True
+        try:
+            await self._approvals.authorise(self._gate_run(ctx), ctx.now)
+        except TokenRefused as refused:
+            message = f"not executed: {refused}"
+            ctx.move(RunState.FAILED, STEP_AUTHORISE, "Refused", message, code=refused.code)
+            ctx.event("Warning", "ApprovalTokenRefused", message)
+            return False
+        return True
 
     def _start_attempt(self, ctx: _Pass) -> None:
         """Begin the next attempt: count it, start the clock, set its verification deadline."""
@@ -666,7 +751,14 @@ class RunController:
     async def _running(self, ctx: _Pass) -> None:
         run = ctx.run
         if ctx.status.attempt == 0 or ctx.status.started_at is None:
-            # Moved to Running by someone else (an approval): the attempt starts now.
+            # Moved to Running by an approval: check its token, then the first attempt starts.
+            try:
+                if not await self._authorised(ctx):
+                    return
+            except StoreUnavailableError as exc:
+                log.warning("run_authorise_unavailable", run=run.name, namespace=run.namespace, error=str(exc))
+                ctx.condition(SUCCEEDED, ConditionStatus.UNKNOWN, "ActionRetrying", str(exc))
+                return
             self._start_attempt(ctx)
         if self._expire(ctx):
             return

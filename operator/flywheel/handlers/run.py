@@ -95,6 +95,7 @@ async def reconcile_run(
     memo: kopf.Memo,
     run_views: kopf.Index[str, ObservedRun],
     incident_views: kopf.Index[tuple[str, str], IncidentView],
+    approvals_by_run: kopf.Index[tuple[str, str], dict[str, Any]],
     **_: Any,
 ) -> None:
     try:
@@ -107,10 +108,14 @@ async def reconcile_run(
             log.debug("run_pass_skipped_stale_body", run=run.name, namespace=run.namespace)
             return
         incidents = list(incident_views.get((run.namespace, run.spec.incident_ref.name), []))
+        approvals = list(approvals_by_run.get((run.namespace, run.name), []))
         controller = RunController(memo.deps.settings, memo.deps.anomalies, memo.deps.run_stores)
         try:
             outcome = await controller.reconcile(
-                run, incidents[0] if incidents else None, list(run_views.get(run.namespace, []))
+                run,
+                incidents[0] if incidents else None,
+                list(run_views.get(run.namespace, [])),
+                approval=approvals[0] if approvals else None,
             )
         except StoreUnavailableError as exc:
             raise kopf.TemporaryError(str(exc), delay=UNAVAILABLE_RETRY_SECONDS) from exc

@@ -1,0 +1,533 @@
+"""The approval gate: the Approval a waiting Run asks for, the decision on it, and the token.
+
+The Run controller stays the only writer of a Run's status; this gate tells it what the
+Approval says (:meth:`ApprovalGate.review`) and checks the token right before the action
+(:meth:`ApprovalGate.authorise`). The Approval's own status is written here, always before
+the Run moves on: a pass killed in between finds the Approval decided and finishes the
+move, instead of marking the Approval Invalid for a Run that is no longer waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, Protocol
+
+from flywheel.api.approval import MAX_PREVIOUS_OUTCOMES
+from flywheel.api.common import Action, Condition, ObjectRef, new_condition, set_condition
+from flywheel.api.enums import ApprovalPhase, ConditionStatus
+from flywheel.api.incident import IncidentStatus
+from flywheel.domain.approval import (
+    APPROVE,
+    CREATED_BY,
+    DECIDED_AT,
+    DECIDED_BY,
+    DECIDED_GROUPS,
+    INCIDENT_CREATED_BY,
+    ApproverPolicy,
+    Refusal,
+    Requester,
+    TokenRefused,
+    decision_refusal,
+    issue_token,
+    new_grant,
+    verify_token,
+)
+from flywheel.domain.escalation import ActionStats
+from flywheel.domain.run_state import RunErrorCode
+from flywheel.errors import RedisUnavailableError
+from flywheel.logs import get_logger
+from flywheel.settings import FlywheelSettings
+from flywheel.stores.history import AuditEvent, HistoryKind
+from flywheel.stores.kube import API_VERSION
+
+log = get_logger(__name__)
+
+DECIDED = "Decided"  # the Approval's condition: True once Approved or Rejected
+LABEL_RUN = "flywheel.dev/run"
+# A spent token id is remembered at least this long after the token expired.
+SPENT_TOKEN_MEMORY = timedelta(days=1)
+
+
+class GateState(StrEnum):
+    WAITING = "Waiting"
+    APPROVED = "Approved"
+    REJECTED = "Rejected"
+    EXPIRED = "Expired"
+
+
+@dataclass
+class GateVerdict:
+    """What the Approval means for its Run in this pass."""
+
+    state: GateState
+    approval_ref: ObjectRef | None
+    message: str
+    decider: str | None = None
+    token: str | None = None
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+
+
+@dataclass(frozen=True)
+class GateRun:
+    """The parts of a Run the gate needs (kept apart from the Run controller's own view)."""
+
+    name: str
+    namespace: str
+    uid: str
+    labels: Mapping[str, str]
+    incident_name: str
+    action: Action
+    risk_level: str
+    approval_ref: ObjectRef | None
+    approval_token: str | None
+    tenant: str
+
+
+class ApprovalObjects(Protocol):
+    async def create_or_get(self, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]: ...
+    async def get(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
+class IncidentReader(Protocol):
+    async def get(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+
+class SigningKey(Protocol):
+    async def key(self) -> bytes: ...
+
+
+class SpentTokens(Protocol):
+    async def spend(self, token_id: str, run_uid: str, keep_for: timedelta) -> bool: ...
+
+
+class ActionHistory(Protocol):
+    async def action_stats(self, tenant: str, key: str) -> dict[str, ActionStats]: ...
+
+
+class AuditSink(Protocol):
+    def submit(self, kind: HistoryKind, payload: AuditEvent) -> None: ...
+
+
+class Announcer(Protocol):
+    """Tells people outside the cluster (the notification webhook) that an Approval waits."""
+
+    async def __call__(self, *, namespace: str, approval: str, run: str, message: str) -> object: ...
+
+
+def action_json(action: Action | Mapping[str, Any]) -> dict[str, Any]:
+    """An action in its canonical JSON form, whether read from a Run or from an Approval."""
+    model = action if isinstance(action, Action) else Action.model_validate(action)
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _parse(value: Any) -> datetime | None:
+    return datetime.fromisoformat(str(value)) if value else None
+
+
+@dataclass(frozen=True)
+class _Approval:
+    """An Approval as the gate reads it."""
+
+    name: str
+    uid: str
+    run_uid: str | None
+    phase: ApprovalPhase | None
+    decision: str | None
+    reason: str | None
+    expires_at: datetime
+    action: Mapping[str, Any]
+    annotations: Mapping[str, str]
+    status: Mapping[str, Any]
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> _Approval:
+        meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
+        phase = status.get("phase")
+        expires_at = _parse(spec.get("expiresAt"))
+        assert expires_at is not None  # required by the CRD schema
+        return cls(
+            name=meta["name"],
+            uid=meta["uid"],
+            run_uid=(spec.get("runRef") or {}).get("uid"),
+            phase=ApprovalPhase(phase) if phase else None,
+            decision=spec.get("decision"),
+            reason=spec.get("reason"),
+            expires_at=expires_at,
+            action=spec.get("action") or {},
+            annotations=dict(meta.get("annotations") or {}),
+            status=dict(status),
+        )
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef(name=self.name, uid=self.uid)
+
+    def decider(self) -> Requester | None:
+        username = self.annotations.get(DECIDED_BY)
+        if not username:
+            return None
+        try:
+            groups = tuple(json.loads(self.annotations.get(DECIDED_GROUPS) or "[]"))
+        except ValueError:
+            groups = ()
+        return Requester(username=username, groups=groups)
+
+
+class ApprovalGate:
+    def __init__(
+        self,
+        settings: FlywheelSettings,
+        approvals: ApprovalObjects,
+        incidents: IncidentReader,
+        signing_key: SigningKey,
+        spent_tokens: SpentTokens,
+        action_history: ActionHistory,
+        audit: AuditSink | None,
+    ) -> None:
+        self._settings = settings
+        self._approvals = approvals
+        self._incidents = incidents
+        self._signing_key = signing_key
+        self._spent = spent_tokens
+        self._history = action_history
+        self._audit = audit
+        self._policy = ApproverPolicy.of(settings.approver_users, settings.approver_groups)
+        self.announcer: Announcer | None = None
+        self._announcements: set[asyncio.Task[object]] = set()
+
+    # -- the waiting Run ------------------------------------------------------------------
+
+    async def review(self, run: GateRun, indexed: Mapping[str, Any] | None, now: datetime) -> GateVerdict:
+        """Make sure the Run's Approval exists and say what it decides (or that it is still open)."""
+        verdict_events: list[tuple[str, str, str]] = []
+        body = indexed
+        if body is None or (run.approval_ref is not None and body["metadata"].get("uid") != run.approval_ref.uid):
+            body = await self._approvals.get(run.namespace, run.name)
+        if body is None:
+            body, created = await self._approvals.create_or_get(run.namespace, await self._proposal(run, now))
+            if created:
+                approval = _Approval.from_body(body)
+                body = await self._write(run, approval, ApprovalPhase.PENDING, "waiting for a decision", now)
+                message = (
+                    f"Approval {approval.name} asks to approve {run.action.type.value} "
+                    f"{run.action.target.kind.value}/{run.action.target.name} (risk {run.risk_level}) "
+                    f"before {_iso(approval.expires_at)}"
+                )
+                verdict_events.append(("Normal", "ApprovalRequested", message))
+                self._record(run, approval, "approval.requested", message, now, outcome=ApprovalPhase.PENDING.value)
+                self._announce(run, approval.name, message)
+        approval = _Approval.from_body(body)
+        if approval.run_uid != run.uid:
+            message = f"Approval {approval.name} belongs to another Run (uid {approval.run_uid}); waiting"
+            return GateVerdict(GateState.WAITING, None, message, events=verdict_events)
+        verdict = await self._decide(run, approval, now)
+        verdict.events[:0] = verdict_events
+        return verdict
+
+    async def _decide(self, run: GateRun, approval: _Approval, now: datetime) -> GateVerdict:
+        ref = approval.ref
+        if approval.phase is ApprovalPhase.APPROVED:
+            decider = str(approval.status.get("decidedBy") or "")
+            return GateVerdict(
+                GateState.APPROVED,
+                ref,
+                self._decided_message("approved", decider, approval.reason),
+                decider=decider,
+                token=await self._token(run, approval, decider, now),
+            )
+        if approval.phase is ApprovalPhase.REJECTED:
+            decider = str(approval.status.get("decidedBy") or "")
+            return GateVerdict(
+                GateState.REJECTED, ref, self._decided_message("rejected", decider, approval.reason), decider=decider
+            )
+        if approval.phase is ApprovalPhase.EXPIRED:
+            return GateVerdict(GateState.EXPIRED, ref, str(approval.status.get("message") or "the Approval expired"))
+        if approval.decision is not None and approval.phase is not ApprovalPhase.INVALID:
+            return await self._take_decision(run, approval, now)
+        if now >= approval.expires_at:
+            message = f"no decision before {_iso(approval.expires_at)}"
+            phase = approval.phase if approval.phase is ApprovalPhase.INVALID else ApprovalPhase.EXPIRED
+            if phase is ApprovalPhase.EXPIRED:
+                await self._write(run, approval, ApprovalPhase.EXPIRED, message, now)
+            self._record(run, approval, "approval.expired", f"Approval {approval.name} expired: {message}", now,
+                         outcome=ApprovalPhase.EXPIRED.value)
+            return GateVerdict(GateState.EXPIRED, ref, f"Approval {approval.name} expired: {message}",
+                               events=[("Warning", "ApprovalExpired", f"Approval {approval.name} expired: {message}")])
+        if approval.phase is ApprovalPhase.INVALID:
+            message = f"Approval {approval.name} is Invalid ({approval.status.get('message')}); the Run waits until it expires"
+        else:
+            message = f"waiting for a decision on Approval {approval.name} until {_iso(approval.expires_at)}"
+        return GateVerdict(GateState.WAITING, ref, message)
+
+    async def _take_decision(self, run: GateRun, approval: _Approval, now: datetime) -> GateVerdict:
+        assert approval.decision is not None
+        decider = approval.decider()
+        refusal: Refusal | None
+        if decider is None:
+            refusal = Refusal(
+                "identity-required",
+                "the decision carries no identity stamped by Flywheel's admission webhook "
+                "(FLYWHEEL_WEBHOOK_MODE is off, or the webhook configuration is missing)",
+            )
+        else:
+            refusal = decision_refusal(
+                approval.decision, decider, self._policy, approval.annotations.get(INCIDENT_CREATED_BY)
+            )
+        if refusal is not None:
+            message = f"decision refused: {refusal}"
+            await self._write(run, approval, ApprovalPhase.INVALID, message, now)
+            self._record(run, approval, "approval.invalid", message, now, outcome=ApprovalPhase.INVALID.value,
+                         actor=decider.username if decider else None)
+            return GateVerdict(
+                GateState.WAITING,
+                approval.ref,
+                f"Approval {approval.name} is Invalid: {message}",
+                events=[("Warning", "ApprovalRefused", f"Approval {approval.name}: {message}")],
+            )
+        assert decider is not None
+        approved = approval.decision == APPROVE
+        phase = ApprovalPhase.APPROVED if approved else ApprovalPhase.REJECTED
+        word = "approved" if approved else "rejected"
+        message = self._decided_message(word, decider.username, approval.reason)
+        await self._write(run, approval, phase, message, now, decider=decider)
+        self._record(run, approval, "approval.decided", message, now, outcome=phase.value, actor=decider.username)
+        verdict = GateVerdict(
+            GateState.APPROVED if approved else GateState.REJECTED,
+            approval.ref,
+            message,
+            decider=decider.username,
+            events=[("Normal", "Approved" if approved else "Rejected", f"Approval {approval.name}: {message}")],
+        )
+        if approved:
+            verdict.token = await self._token(run, approval, decider.username, now)
+        return verdict
+
+    @staticmethod
+    def _decided_message(word: str, decider: str, reason: str | None) -> str:
+        return f"{word} by {decider}" + (f": {reason}" if reason else "")
+
+    async def _token(self, run: GateRun, approval: _Approval, decider: str, now: datetime) -> str:
+        grant = new_grant(
+            run_uid=run.uid,
+            approval_uid=approval.uid,
+            approver=decider,
+            # The action the approver saw, not the Run's current one: an edit in between is caught.
+            action=action_json(approval.action),
+            now=now,
+            ttl=timedelta(seconds=self._settings.approval_token_ttl_seconds),
+        )
+        return issue_token(grant, await self._signing_key.key())
+
+    # -- the executor ---------------------------------------------------------------------
+
+    async def authorise(self, run: GateRun, now: datetime) -> None:
+        """Raise :class:`TokenRefused` unless the Run's token allows its current action now (spends it)."""
+        try:
+            grant = verify_token(
+                run.approval_token,
+                await self._signing_key.key(),
+                run_uid=run.uid,
+                action=action_json(run.action),
+                now=now,
+            )
+            keep_for = grant.expires_at - now + SPENT_TOKEN_MEMORY
+            if not await self._spent.spend(grant.token_id, run.uid, keep_for):
+                raise TokenRefused(RunErrorCode.APPROVAL_REPLAYED, "the approval token was already spent by another Run")
+        except TokenRefused as refused:
+            self._audit_event(
+                AuditEvent(
+                    event_id=f"{run.uid}:approval-token-refused",
+                    kind="approval.token-refused",
+                    occurred_at=now,
+                    summary=str(refused),
+                    namespace=run.namespace,
+                    run_uid=run.uid,
+                    outcome=refused.code.value,
+                )
+            )
+            raise
+
+    async def withdraw(self, run: GateRun, why: str, now: datetime) -> None:
+        """The Run ended without a decision: its open Approval becomes Invalid."""
+        if run.approval_ref is None:
+            return
+        body = await self._approvals.get(run.namespace, run.approval_ref.name)
+        if body is None or body["metadata"].get("uid") != run.approval_ref.uid:
+            return
+        approval = _Approval.from_body(body)
+        if approval.phase in (None, ApprovalPhase.PENDING):
+            message = f"the Run ended before a decision: {why}"
+            await self._write(run, approval, ApprovalPhase.INVALID, message, now)
+            self._record(run, approval, "approval.invalid", message, now, outcome=ApprovalPhase.INVALID.value)
+
+    async def check_target(self, body: Mapping[str, Any], run: Mapping[str, Any] | None, now: datetime) -> str | None:
+        """A decided Approval whose Run cannot take the decision becomes Invalid; the reason, or None.
+
+        The waiting Run itself takes decisions (:meth:`review`); this covers the rest: the Run
+        is gone (the API's 404), or it is not waiting for this Approval (the API's 409).
+        """
+        approval = _Approval.from_body(body)
+        if approval.decision is None or approval.phase not in (None, ApprovalPhase.PENDING):
+            return None
+        namespace = body["metadata"]["namespace"]
+        run_name = ((body.get("spec") or {}).get("runRef") or {}).get("name") or ""
+        if run is None or run["metadata"].get("uid") != approval.run_uid:
+            message = f"Run {run_name} not found (uid {approval.run_uid})"
+        else:
+            state = (run.get("status") or {}).get("state") or "Pending"
+            waits_for = ((run.get("status") or {}).get("approvalRef") or {}).get("uid")
+            if state == "WaitingApproval" and waits_for in (None, approval.uid):
+                return None
+            if state == "WaitingApproval":
+                message = f"Run {run_name} waits for another Approval (uid {waits_for})"
+            else:
+                message = f"Run {run_name} is {state}, not waiting for approval"
+        gate_run = GateRun(
+            name=run_name,
+            namespace=namespace,
+            uid=approval.run_uid or "",
+            labels={},
+            incident_name="",
+            action=Action.model_validate(approval.action),
+            risk_level=str((body.get("spec") or {}).get("riskLevel")),
+            approval_ref=None,
+            approval_token=None,
+            tenant=namespace,
+        )
+        await self._write(gate_run, approval, ApprovalPhase.INVALID, message, now)
+        decider = approval.decider()
+        self._record(gate_run, approval, "approval.invalid", message, now, outcome=ApprovalPhase.INVALID.value,
+                     actor=decider.username if decider else None)
+        return message
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _announce(self, run: GateRun, approval: str, message: str) -> None:
+        # In the background: a slow or failing webhook never holds the Run's pass up.
+        if self.announcer is None:
+            return
+        task = asyncio.create_task(
+            self.announcer(namespace=run.namespace, approval=approval, run=run.name, message=message)
+        )
+        self._announcements.add(task)
+        task.add_done_callback(self._announcements.discard)
+
+    async def _proposal(self, run: GateRun, now: datetime) -> dict[str, Any]:
+        incident = await self._incidents.get(run.namespace, run.incident_name) or {}
+        status = IncidentStatus.model_validate(incident.get("status") or {})
+        annotations = (incident.get("metadata") or {}).get("annotations") or {}
+        spec: dict[str, Any] = {
+            "runRef": {"name": run.name, "uid": run.uid},
+            "action": action_json(run.action),
+            "riskLevel": run.risk_level,
+            "expiresAt": _iso(now + timedelta(seconds=self._settings.approval_timeout_seconds)),
+        }
+        if status.decision is not None and status.decision.reasoning:
+            spec["reasoning"] = status.decision.reasoning
+        anomaly = status.anomaly
+        if anomaly is not None:
+            if anomaly.escalation_level is not None:
+                spec["escalationLevel"] = anomaly.escalation_level.value
+            spec["anomaly"] = {"key": anomaly.key, "count24h": anomaly.count_24h, "count7d": anomaly.count_7d}
+            spec["previousOutcomes"] = await self._previous_outcomes(run.tenant, anomaly.key)
+        metadata: dict[str, Any] = {
+            "name": run.name,
+            "namespace": run.namespace,
+            "labels": {**{k: v for k, v in run.labels.items() if k.startswith("flywheel.dev/")}, LABEL_RUN: run.name},
+            "ownerReferences": [
+                {"apiVersion": API_VERSION, "kind": "Run", "name": run.name, "uid": run.uid, "controller": True}
+            ],
+        }
+        if annotations.get(CREATED_BY):
+            metadata["annotations"] = {INCIDENT_CREATED_BY: annotations[CREATED_BY]}
+        return {"apiVersion": API_VERSION, "kind": "Approval", "metadata": metadata, "spec": spec}
+
+    async def _previous_outcomes(self, tenant: str, key: str) -> list[dict[str, Any]]:
+        try:
+            stats = await self._history.action_stats(tenant, key)
+        except RedisUnavailableError as exc:
+            # The proposal is still useful without them; the approver sees the counts missing.
+            log.warning("approval_previous_outcomes_unavailable", anomaly_key=key, error=str(exc))
+            return []
+        return [
+            {"action": action, "attempts": outcome.attempts, "successes": outcome.successes}
+            for action, outcome in sorted(stats.items())
+            if outcome.attempts > 0
+        ][:MAX_PREVIOUS_OUTCOMES]
+
+    async def _write(
+        self,
+        run: GateRun,
+        approval: _Approval,
+        phase: ApprovalPhase,
+        message: str,
+        now: datetime,
+        decider: Requester | None = None,
+    ) -> dict[str, Any]:
+        conditions = [Condition.model_validate(c) for c in approval.status.get("conditions") or []]
+        decided = phase in (ApprovalPhase.APPROVED, ApprovalPhase.REJECTED)
+        conditions = set_condition(
+            conditions,
+            new_condition(
+                DECIDED,
+                ConditionStatus.TRUE if decided else ConditionStatus.FALSE,
+                phase.value,
+                message[:1024],
+                now=now,
+            ),
+        )
+        status: dict[str, Any] = {
+            "phase": phase.value,
+            "message": message[:4096],
+            "conditions": [c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in conditions],
+        }
+        if decider is not None:
+            decided_at = _parse(approval.annotations.get(DECIDED_AT)) or now
+            status.update(decidedBy=decider.username, decidedGroups=list(decider.groups)[:64], decidedAt=_iso(decided_at))
+        log.info("approval_status", approval=approval.name, namespace=run.namespace, run=run.name, phase=phase.value,
+                 message=message)
+        return await self._approvals.patch_status(run.namespace, approval.name, status)
+
+    def _record(
+        self,
+        run: GateRun,
+        approval: _Approval,
+        kind: str,
+        summary: str,
+        now: datetime,
+        *,
+        outcome: str,
+        actor: str | None = None,
+    ) -> None:
+        self._audit_event(
+            AuditEvent(
+                event_id=f"{approval.uid}:{kind}",
+                kind=kind,
+                occurred_at=now,
+                summary=summary,
+                payload={"approval": approval.name, "run": run.name, "decision": approval.decision,
+                         "reason": approval.reason},
+                namespace=run.namespace,
+                run_uid=run.uid,
+                actor=actor,
+                outcome=outcome,
+            )
+        )
+
+    def _audit_event(self, event: AuditEvent) -> None:
+        # The outbox stores it later if the database is down; a decision never waits for it.
+        if self._audit is not None:
+            self._audit.submit(HistoryKind.AUDIT_EVENT, event)
+
+
+__all__ = ["DECIDED", "ApprovalGate", "GateRun", "GateState", "GateVerdict", "action_json"]

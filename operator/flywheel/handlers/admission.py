@@ -1,0 +1,84 @@
+"""Admission webhooks: identities stamped from the API server, and the approval rules enforced.
+
+The handler ids are the URL paths the webhook configurations point at (``/stamp-approver``,
+``/approval-policy``, ...). They are only served when ``FLYWHEEL_WEBHOOK_MODE`` is not off.
+The rules themselves are pure (``flywheel.domain.approval``); a refusal names its rule.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import kopf
+
+from flywheel.domain.approval import (
+    CREATED_BY,
+    ApproverPolicy,
+    Refusal,
+    Requester,
+    review_approval_change,
+    review_incident_change,
+    stamp_decision,
+)
+from flywheel.logs import get_logger
+from flywheel.stores.kube import GROUP, VERSION
+
+log = get_logger(__name__)
+
+STAMP_APPROVER: Final = "stamp-approver"
+STAMP_INCIDENT_CREATOR: Final = "stamp-incident-creator"
+APPROVAL_POLICY: Final = "approval-policy"
+INCIDENT_CREATOR: Final = "incident-creator"
+
+# 403: the request is understood and refused (what kubectl prints as Forbidden).
+FORBIDDEN: Final = 403
+
+
+def _refuse(refusal: Refusal, kind: str, name: str | None, requester: Requester) -> None:
+    log.info("admission_refused", kind=kind, name=name, user=requester.username, rule=refusal.rule,
+             message=refusal.message)
+    raise kopf.AdmissionError(str(refusal), code=FORBIDDEN)
+
+
+@kopf.on.mutate(GROUP, VERSION, "approvals", id=STAMP_APPROVER, operations=["UPDATE"])
+def stamp_approver(
+    old: kopf.Body | None, body: kopf.Body, userinfo: kopf.UserInfo, patch: kopf.Patch, **_: Any
+) -> None:
+    """Whoever sets spec.decision is recorded as the API server authenticated them."""
+    requester = Requester.from_userinfo(userinfo)
+    for key, value in stamp_decision(old, body, requester, datetime.now(UTC)).items():
+        patch.metadata.annotations[key] = value
+
+
+@kopf.on.mutate(GROUP, VERSION, "incidents", id=STAMP_INCIDENT_CREATOR, operations=["CREATE"])
+def stamp_incident_creator(userinfo: kopf.UserInfo, patch: kopf.Patch, **_: Any) -> None:
+    """The Incident's creator, for the four-eyes rule on its Runs' Approvals."""
+    patch.metadata.annotations[CREATED_BY] = Requester.from_userinfo(userinfo).username
+
+
+@kopf.on.validate(GROUP, VERSION, "approvals", id=APPROVAL_POLICY, operations=["CREATE", "UPDATE"])
+def approval_policy(
+    operation: str,
+    old: kopf.Body | None,
+    body: kopf.Body,
+    userinfo: kopf.UserInfo,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    settings = memo.deps.settings
+    requester = Requester.from_userinfo(userinfo)
+    policy = ApproverPolicy.of(settings.approver_users, settings.approver_groups)
+    refusal = review_approval_change(operation, old, body, requester, policy)
+    if refusal is not None:
+        _refuse(refusal, "Approval", body.get("metadata", {}).get("name"), requester)
+
+
+@kopf.on.validate(GROUP, VERSION, "incidents", id=INCIDENT_CREATOR, operations=["CREATE", "UPDATE"])
+def incident_creator(
+    operation: str, old: kopf.Body | None, body: kopf.Body, userinfo: kopf.UserInfo, **_: Any
+) -> None:
+    requester = Requester.from_userinfo(userinfo)
+    refusal = review_incident_change(operation, old, body, requester)
+    if refusal is not None:
+        _refuse(refusal, "Incident", body.get("metadata", {}).get("name"), requester)

@@ -1,0 +1,187 @@
+"""Where approvals live: the Approval objects, the token signing key, and spent token ids.
+
+- :class:`ApprovalStore` creates Approvals (deterministic names, so a retried pass finds the
+  first pass's object) and writes their status.
+- :class:`SigningKeyStore` reads the HS256 key from a Secret and creates the Secret on
+  first use when it does not exist; two replicas racing to create it both end up with the
+  one that won. The key is never logged.
+- :class:`TokenLedger` spends a token id once (Redis ``SET NX``): a token presented by a
+  Run other than the first one to spend it is a replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any, Final, cast
+
+import kubernetes
+import redis.asyncio
+import redis.exceptions
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+from flywheel.errors import ConfigurationError, RedisUnavailableError
+from flywheel.logs import get_logger
+from flywheel.stores.kube import GROUP, VERSION, api_error, configure_client, unreachable_error
+
+log = get_logger(__name__)
+
+PLURAL: Final = "approvals"
+SIGNING_KEY_FIELD: Final = "signing-key"
+SIGNING_KEY_BYTES: Final = 32
+TOKEN_ID_PREFIX: Final = "flywheel:approval-token:"
+
+
+class ApprovalStore:
+    """Approval objects: create once, read, write status."""
+
+    def __init__(self, api: kubernetes.client.CustomObjectsApi | None = None) -> None:
+        if api is None:
+            configure_client()
+        self._api = api or kubernetes.client.CustomObjectsApi()
+
+    async def create_or_get(self, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """The Approval, and whether this call created it (False: it existed already)."""
+        return await asyncio.to_thread(self._create_or_get, namespace, body)
+
+    async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await asyncio.to_thread(self._get, namespace, name)
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
+        return await asyncio.to_thread(self._patch_status, namespace, name, dict(status))
+
+    def _create_or_get(self, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        name = body["metadata"]["name"]
+        what = f"create approval {namespace}/{name}"
+        try:
+            created = self._api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+            return cast(dict[str, Any], created), True
+        except ApiException as exc:
+            if exc.status != 409:
+                raise api_error(exc, what) from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise unreachable_error(exc, what) from exc
+        existing = self._get(namespace, name)
+        if existing is None:  # deleted in between: the next pass creates it again
+            raise api_error(ApiException(status=503, reason="approval vanished after a conflict"), what)
+        return existing, False
+
+    def _get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        what = f"get approval {namespace}/{name}"
+        try:
+            found = self._api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise api_error(exc, what) from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise unreachable_error(exc, what) from exc
+        return cast(dict[str, Any], found)
+
+    def _patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        what = f"update the status of approval {namespace}/{name}"
+        try:
+            patched = self._api.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+            )
+        except ApiException as exc:
+            raise api_error(exc, what) from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise unreachable_error(exc, what) from exc
+        return cast(dict[str, Any], patched)
+
+
+class SigningKeyStore:
+    """The HS256 key of approval tokens, kept in a Secret of the operator's namespace."""
+
+    def __init__(self, namespace: str, secret_name: str, api: kubernetes.client.CoreV1Api | None = None) -> None:
+        if api is None:
+            configure_client()
+        self._api = api or kubernetes.client.CoreV1Api()
+        self._namespace = namespace
+        self._name = secret_name
+        self._key: bytes | None = None
+        self._lock = asyncio.Lock()
+
+    async def key(self) -> bytes:
+        """The signing key; read (or created) once, then cached for the process's lifetime."""
+        async with self._lock:
+            if self._key is None:
+                self._key = await asyncio.to_thread(self._load_or_create)
+            return self._key
+
+    def _load_or_create(self) -> bytes:
+        where = f"secret {self._namespace}/{self._name}"
+        for _ in range(3):
+            try:
+                secret = self._api.read_namespaced_secret(self._name, self._namespace)
+                return self._decode(secret.data or {})
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise api_error(exc, f"read {where}") from exc
+            except urllib3.exceptions.HTTPError as exc:
+                raise unreachable_error(exc, f"read {where}") from exc
+            body = kubernetes.client.V1Secret(
+                metadata=kubernetes.client.V1ObjectMeta(
+                    name=self._name,
+                    namespace=self._namespace,
+                    labels={"app.kubernetes.io/name": "flywheel", "app.kubernetes.io/component": "approvals"},
+                ),
+                type="Opaque",
+                data={SIGNING_KEY_FIELD: base64.b64encode(secrets.token_bytes(SIGNING_KEY_BYTES)).decode()},
+            )
+            try:
+                created = self._api.create_namespaced_secret(self._namespace, body)
+                log.info("approval_signing_key_created", secret=self._name, namespace=self._namespace)
+                return self._decode(created.data or {})
+            except ApiException as exc:
+                if exc.status != 409:  # 409: another replica created it first; read theirs
+                    raise api_error(exc, f"create {where}") from exc
+            except urllib3.exceptions.HTTPError as exc:
+                raise unreachable_error(exc, f"create {where}") from exc
+        raise api_error(ApiException(status=503, reason="the signing-key Secret keeps vanishing"), f"read {where}")
+
+    def _decode(self, data: Mapping[str, str]) -> bytes:
+        encoded = data.get(SIGNING_KEY_FIELD)
+        if not encoded:
+            raise ConfigurationError(
+                f"secret {self._namespace}/{self._name} has no {SIGNING_KEY_FIELD!r} entry (FLYWHEEL_APPROVAL_SIGNING_SECRET)"
+            )
+        key = base64.b64decode(encoded)
+        if len(key) < SIGNING_KEY_BYTES:
+            raise ConfigurationError(
+                f"secret {self._namespace}/{self._name}: {SIGNING_KEY_FIELD!r} must hold at least "
+                f"{SIGNING_KEY_BYTES} bytes for HS256"
+            )
+        return key
+
+
+class TokenLedger:
+    """Approval token ids, each spent by exactly one Run."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self._redis = client
+
+    async def spend(self, token_id: str, run_uid: str, keep_for: timedelta) -> bool:
+        """Spend ``token_id`` for ``run_uid``; False if another Run spent it already.
+
+        The same Run spending it again (a pass retried after a crash) is not a replay.
+        """
+        key = TOKEN_ID_PREFIX + token_id
+        seconds = max(int(keep_for.total_seconds()), 1)
+        try:
+            if await self._redis.set(key, run_uid, nx=True, ex=seconds):
+                return True
+            holder = await self._redis.get(key)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            raise RedisUnavailableError(f"Redis unavailable while spending an approval token: {exc}") from exc
+        if holder is None:  # expired in between: it was this Run's or nobody's
+            return await self.spend(token_id, run_uid, keep_for)
+        return bytes(holder).decode() == run_uid if isinstance(holder, bytes) else str(holder) == run_uid
+
+
+__all__ = ["ApprovalStore", "SigningKeyStore", "TokenLedger"]

@@ -1,0 +1,258 @@
+"""The admission webhooks' certificates and configurations.
+
+In a cluster the webhook configurations ship with ``manifests/`` and the certificate comes
+from cert-manager or a Secret (``flywheel webhook-cert`` writes one). On a local control
+plane (``FLYWHEEL_WEBHOOK_MODE=loopback``) the operator makes a CA and a certificate for
+127.0.0.1 itself and registers configurations that cover only the namespaces it watches,
+so that several operators (developers, tests) share one API server without stepping on
+each other; it removes them again when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+
+import kubernetes
+import urllib3
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from kubernetes.client.exceptions import ApiException
+
+from flywheel.logs import get_logger
+from flywheel.stores.kube import GROUP, api_error, configure_client, unreachable_error
+
+log = get_logger(__name__)
+
+CA_FILE: Final = "ca.crt"
+CERT_FILE: Final = "tls.crt"
+KEY_FILE: Final = "tls.key"
+CERT_VALIDITY: Final = timedelta(days=365)
+
+
+@dataclass(frozen=True)
+class WebhookSpec:
+    """One webhook: the Kopf handler id (= URL path), the resource and the operations it sees."""
+
+    handler_id: str
+    plural: str
+    operations: tuple[str, ...]
+    mutating: bool
+
+
+# Must match the handler ids in flywheel.handlers.admission and manifests/base.
+WEBHOOKS: Final = (
+    WebhookSpec("stamp-approver", "approvals", ("UPDATE",), mutating=True),
+    WebhookSpec("stamp-incident-creator", "incidents", ("CREATE",), mutating=True),
+    WebhookSpec("approval-policy", "approvals", ("CREATE", "UPDATE"), mutating=False),
+    WebhookSpec("incident-creator", "incidents", ("CREATE", "UPDATE"), mutating=False),
+)
+
+
+# --------------------------------------------------------------------------- certificates
+
+
+@dataclass(frozen=True)
+class WebhookCertificate:
+    directory: Path
+    ca_pem: bytes
+
+    @property
+    def cert_file(self) -> Path:
+        return self.directory / CERT_FILE
+
+    @property
+    def key_file(self) -> Path:
+        return self.directory / KEY_FILE
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def write_certificate(directory: Path, dns_names: Sequence[str], ip_addresses: Sequence[str] = ()) -> WebhookCertificate:
+    """A new CA and a serving certificate signed by it, written as ca.crt, tls.crt, tls.key.
+
+    ECDSA P-256: small, fast, and accepted by every API server version we support.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name("flywheel-webhook-ca")
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + CERT_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                key_encipherment=False, data_encipherment=False, key_agreement=False,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    alternative_names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
+    alternative_names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name((list(dns_names) + list(ip_addresses))[0]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + CERT_VALIDITY)
+        .add_extension(x509.SubjectAlternativeName(alternative_names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
+    (directory / CA_FILE).write_bytes(ca_pem)
+    (directory / CERT_FILE).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path = directory / KEY_FILE
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return WebhookCertificate(directory=directory, ca_pem=ca_pem)
+
+
+# --------------------------------------------------------------------------- configurations
+
+
+def loopback_configuration_name(namespaces: Sequence[str]) -> str:
+    """One name per scope, so operators watching other namespaces keep their own."""
+    if not namespaces:
+        return "flywheel-loopback"
+    if len(namespaces) == 1 and len(namespaces[0]) <= 50:
+        return f"flywheel-{namespaces[0]}"
+    return "flywheel-" + hashlib.sha256(",".join(sorted(namespaces)).encode()).hexdigest()[:12]
+
+
+def webhook_entries(
+    *, base_url: str, ca_pem: bytes, namespaces: Sequence[str], mutating: bool, version: str
+) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = []
+    for spec in WEBHOOKS:
+        if spec.mutating is not mutating:
+            continue
+        entry: dict[str, Any] = {
+            "name": f"{spec.handler_id}.{GROUP}",
+            "clientConfig": {"url": f"{base_url}/{spec.handler_id}", "caBundle": base64.b64encode(ca_pem).decode()},
+            "rules": [
+                {
+                    "apiGroups": [GROUP],
+                    "apiVersions": [version],
+                    "resources": [spec.plural],
+                    "operations": list(spec.operations),
+                    "scope": "Namespaced",
+                }
+            ],
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "matchPolicy": "Equivalent",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 10,
+        }
+        if namespaces:
+            entry["namespaceSelector"] = {
+                "matchExpressions": [
+                    {"key": "kubernetes.io/metadata.name", "operator": "In", "values": sorted(namespaces)}
+                ]
+            }
+        entries.append(entry)
+    return entries
+
+
+class WebhookConfigurations:
+    """Create, replace and delete the loopback webhook configurations."""
+
+    def __init__(self, api: kubernetes.client.AdmissionregistrationV1Api | None = None) -> None:
+        if api is None:
+            configure_client()
+        self._api = api or kubernetes.client.AdmissionregistrationV1Api()
+
+    async def apply(self, name: str, *, base_url: str, ca_pem: bytes, namespaces: Sequence[str], version: str) -> None:
+        await asyncio.to_thread(self._apply, name, base_url, ca_pem, list(namespaces), version)
+
+    async def delete(self, name: str) -> None:
+        await asyncio.to_thread(self._delete, name)
+
+    def _apply(self, name: str, base_url: str, ca_pem: bytes, namespaces: list[str], version: str) -> None:
+        labels = {"app.kubernetes.io/name": "flywheel", "app.kubernetes.io/managed-by": "flywheel-loopback"}
+        for mutating in (True, False):
+            kind = "MutatingWebhookConfiguration" if mutating else "ValidatingWebhookConfiguration"
+            body = {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": kind,
+                "metadata": {"name": name, "labels": labels},
+                "webhooks": webhook_entries(
+                    base_url=base_url, ca_pem=ca_pem, namespaces=namespaces, mutating=mutating, version=version
+                ),
+            }
+            create, read, replace = (
+                (self._api.create_mutating_webhook_configuration, self._api.read_mutating_webhook_configuration,
+                 self._api.replace_mutating_webhook_configuration)
+                if mutating
+                else (self._api.create_validating_webhook_configuration,
+                      self._api.read_validating_webhook_configuration,
+                      self._api.replace_validating_webhook_configuration)
+            )
+            what = f"apply {kind} {name}"
+            try:
+                try:
+                    create(body)
+                except ApiException as exc:
+                    if exc.status != 409:
+                        raise
+                    existing = read(name)
+                    body["metadata"]["resourceVersion"] = existing.metadata.resource_version
+                    replace(name, body)
+            except ApiException as exc:
+                raise api_error(exc, what) from exc
+            except urllib3.exceptions.HTTPError as exc:
+                raise unreachable_error(exc, what) from exc
+        log.info("webhook_configurations_applied", name=name, url=base_url, namespaces=namespaces or "all")
+
+    def _delete(self, name: str) -> None:
+        for delete in (self._api.delete_mutating_webhook_configuration, self._api.delete_validating_webhook_configuration):
+            try:
+                delete(name)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise api_error(exc, f"delete webhook configuration {name}") from exc
+            except urllib3.exceptions.HTTPError as exc:
+                raise unreachable_error(exc, f"delete webhook configuration {name}") from exc
+        log.info("webhook_configurations_deleted", name=name)
+
+
+__all__ = [
+    "CA_FILE",
+    "CERT_FILE",
+    "KEY_FILE",
+    "WEBHOOKS",
+    "WebhookCertificate",
+    "WebhookConfigurations",
+    "loopback_configuration_name",
+    "webhook_entries",
+    "write_certificate",
+]
