@@ -307,6 +307,13 @@ def test_admission_refuses_whoever_may_not_decide_and_hand_written_identity(
     )
     assert refused.returncode != 0 and "proposal-immutable" in refused.stderr
 
+    planted = get(test_cluster, namespace, "approval", name)
+    planted["metadata"] = {"name": "planted", "annotations": {"flywheel.dev/incident-created-by": "nobody"}}
+    planted.pop("status")
+    refused = test_cluster.kubectl(*as_user(APPROVER, APPROVERS), "create", "-n", namespace, "-f", "-",
+                                   input=json.dumps(planted), check=False)
+    assert refused.returncode != 0 and "approvals-created-by-flywheel" in refused.stderr
+
     assert get(test_cluster, namespace, "approval", name)["status"]["phase"] == "Pending", "nothing was decided"
 
     # carol is allowed by name, without being in the group; her decision is a rejection.

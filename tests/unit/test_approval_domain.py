@@ -150,6 +150,9 @@ def test_approvals_are_created_undecided_and_unstamped() -> None:
     assert decided_at_birth is not None and decided_at_birth.rule == "decision-after-creation"
     stamped = review_approval_change("CREATE", None, approval(annotations={DECIDED_BY: "bob"}), operator, POLICY)
     assert stamped is not None and stamped.rule == "identity-stamped-by-flywheel"
+    assert review_approval_change("CREATE", None, approval(), operator, POLICY, operator.username) is None
+    planted = review_approval_change("CREATE", None, approval(), BOB, POLICY, operator.username)
+    assert planted is not None and planted.rule == "approvals-created-by-flywheel"
 
 
 def test_an_incident_keeps_its_creator() -> None:

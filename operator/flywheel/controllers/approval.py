@@ -130,6 +130,11 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def _controlled_by(body: Mapping[str, Any], uid: str) -> bool:
+    references = (body.get("metadata") or {}).get("ownerReferences") or []
+    return any(reference.get("uid") == uid and reference.get("controller") for reference in references)
+
+
 def _parse(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value)) if value else None
 
@@ -227,8 +232,13 @@ class ApprovalGate:
                 self._record(run, approval, "approval.requested", message, now, outcome=ApprovalPhase.PENDING.value)
                 self._announce(run, approval.name, message)
         approval = _Approval.from_body(body)
-        if approval.run_uid != run.uid:
-            message = f"Approval {approval.name} belongs to another Run (uid {approval.run_uid}); waiting"
+        if not _controlled_by(body, run.uid) or approval.run_uid != run.uid:
+            # Not one Flywheel made for this Run (the admission webhook lets only Flywheel
+            # create Approvals; without it, this keeps a planted one from being adopted).
+            message = (
+                f"an Approval named {approval.name} exists but was not created by Flywheel for this Run; "
+                "delete it and a new one is created"
+            )
             return GateVerdict(GateState.WAITING, None, message, events=verdict_events)
         verdict = await self._decide(run, approval, now)
         verdict.events[:0] = verdict_events

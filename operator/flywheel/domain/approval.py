@@ -169,9 +169,19 @@ def review_approval_change(
     new: Mapping[str, Any],
     requester: Requester,
     policy: ApproverPolicy,
+    operator_identity: str | None = None,
 ) -> Refusal | None:
-    """The validating webhook's verdict on creating or updating an Approval; None when allowed."""
+    """The validating webhook's verdict on creating or updating an Approval; None when allowed.
+
+    ``operator_identity`` is the user Flywheel itself authenticates as: only it creates Approvals.
+    """
     if operation == "CREATE":
+        if operator_identity is not None and requester.username != operator_identity:
+            return Refusal(
+                "approvals-created-by-flywheel",
+                f"Approvals are created by Flywheel ({operator_identity}) for the Runs that need one, "
+                f"not by {requester.username!r}",
+            )
         stamped = [key for key in DECISION_STAMP if key in _annotations(new)]
         if stamped:
             return Refusal(

@@ -1,5 +1,9 @@
-"""Kopf handlers, one resource per module. Importing this package registers them."""
+"""Kopf handlers, one resource per module. Importing this package registers them.
 
-from flywheel.handlers import admission, approval, history, incident, intake, metrics, run
+``flywheel.handlers.admission`` is imported only when admission webhooks are served
+(``FLYWHEEL_WEBHOOK_MODE`` not off): Kopf refuses to run with webhook handlers and no server.
+"""
 
-__all__ = ["admission", "approval", "history", "incident", "intake", "metrics", "run"]
+from flywheel.handlers import approval, history, incident, intake, metrics, run
+
+__all__ = ["approval", "history", "incident", "intake", "metrics", "run"]

@@ -33,6 +33,8 @@ INCIDENT_CREATOR: Final = "incident-creator"
 
 # 403: the request is understood and refused (what kubectl prints as Forbidden).
 FORBIDDEN: Final = 403
+# The user this operator authenticates as (a SelfSubjectReview at start-up).
+MEMO_OPERATOR_IDENTITY: Final = "operator_identity"
 
 
 def _refuse(refusal: Refusal, kind: str, name: str | None, requester: Requester) -> None:
@@ -69,7 +71,7 @@ def approval_policy(
     settings = memo.deps.settings
     requester = Requester.from_userinfo(userinfo)
     policy = ApproverPolicy.of(settings.approver_users, settings.approver_groups)
-    refusal = review_approval_change(operation, old, body, requester, policy)
+    refusal = review_approval_change(operation, old, body, requester, policy, memo.get(MEMO_OPERATOR_IDENTITY))
     if refusal is not None:
         _refuse(refusal, "Approval", body.get("metadata", {}).get("name"), requester)
 

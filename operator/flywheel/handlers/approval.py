@@ -33,6 +33,7 @@ def approvals_by_run(
             "namespace": namespace,
             "uid": meta["uid"],
             "annotations": dict(meta.get("annotations") or {}),
+            "ownerReferences": [dict(reference) for reference in meta.get("ownerReferences") or []],
         },
         "spec": dict(spec),
         "status": dict(status),

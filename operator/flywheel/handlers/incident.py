@@ -52,5 +52,5 @@ async def reconcile_incident(
     except StoreUnavailableError as exc:
         raise kopf.TemporaryError(str(exc), delay=10) from exc
     patch.status.update(outcome.status_patch())
-    for event in outcome.events:
+    for event in outcome.events_to_post():
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)

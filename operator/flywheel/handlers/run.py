@@ -115,7 +115,8 @@ async def reconcile_run(
                 run,
                 incidents[0] if incidents else None,
                 list(run_views.get(run.namespace, [])),
-                approval=approvals[0] if approvals else None,
+                # Only the Approval named after the Run is its own; others are for the approvals handler.
+                approval=next((a for a in approvals if a["metadata"]["name"] == run.name), None),
             )
         except StoreUnavailableError as exc:
             raise kopf.TemporaryError(str(exc), delay=UNAVAILABLE_RETRY_SECONDS) from exc

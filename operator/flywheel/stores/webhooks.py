@@ -183,6 +183,20 @@ def webhook_entries(
     return entries
 
 
+async def own_identity() -> str:
+    """The username this process authenticates as (a SelfSubjectReview: no permission needed)."""
+    configure_client()
+    api = kubernetes.client.AuthenticationV1Api()
+    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    try:
+        review = await asyncio.to_thread(api.create_self_subject_review, body)
+    except ApiException as exc:
+        raise api_error(exc, "who am I (SelfSubjectReview)") from exc
+    except urllib3.exceptions.HTTPError as exc:
+        raise unreachable_error(exc, "who am I (SelfSubjectReview)") from exc
+    return str(review.status.user_info.username)
+
+
 class WebhookConfigurations:
     """Create, replace and delete the loopback webhook configurations."""
 
@@ -253,6 +267,7 @@ __all__ = [
     "WebhookCertificate",
     "WebhookConfigurations",
     "loopback_configuration_name",
+    "own_identity",
     "webhook_entries",
     "write_certificate",
 ]
