@@ -76,7 +76,7 @@ def crds(output_dir: Path, check: bool) -> None:
 
 
 @cli.command("webhook-cert")
-@click.option("--service", default="flywheel-operator", show_default=True, help="Name of the operator's Service.")
+@click.option("--service", default="flywheel", show_default=True, help="Name of the operator's Service.")
 @click.option("--namespace", default="flywheel-system", show_default=True, help="Namespace of that Service.")
 @click.option(
     "--output-dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Where to write the files."

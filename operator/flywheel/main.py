@@ -89,7 +89,10 @@ def run_operator(
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     # Importing the handler modules registers them with Kopf's default registry.
-    import flywheel.handlers  # noqa: F401
+    import flywheel.handlers
+
+    if settings.webhook_mode is not WebhookMode.OFF:
+        import flywheel.handlers.admission  # noqa: F401
     from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
 
     log.info("starting operator", namespaces=namespaces or "all", standalone=standalone)
@@ -97,6 +100,9 @@ def run_operator(
     # when peering is wanted: a standalone operator must not wait for the peering CRDs.
     peering: dict[str, Any] = {}
     if not standalone:
+        from flywheel.stores.peering import ensure_peering_objects
+
+        ensure_peering_objects(peering_name, namespaces)
         peering = {"peering_name": peering_name, "priority": priority if priority is not None else default_priority()}
     asyncio.run(
         kopf.operator(
@@ -146,12 +152,15 @@ async def _register_when_listening(port: int, name: str, ca_pem: bytes, namespac
 
 async def serve_admission(kopf_settings: kopf.OperatorSettings, settings: FlywheelSettings, memo: kopf.Memo) -> None:
     """Serve the admission webhooks as FLYWHEEL_WEBHOOK_MODE says (see flywheel.stores.webhooks)."""
+    from flywheel.handlers.admission import MEMO_OPERATOR_IDENTITY
     from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
-    from flywheel.stores.webhooks import loopback_configuration_name, write_certificate
+    from flywheel.stores.webhooks import loopback_configuration_name, own_identity, write_certificate
 
     if settings.webhook_mode is WebhookMode.OFF:
         log.warning("admission webhooks are off: approval decisions will be refused (no identity can be stamped)")
         return
+    memo[MEMO_OPERATOR_IDENTITY] = await own_identity()
+    log.info("admission webhooks on", mode=settings.webhook_mode.value, identity=memo[MEMO_OPERATOR_IDENTITY])
     if settings.webhook_mode is WebhookMode.SERVICE:
         directory = Path(settings.webhook_cert_dir)
         missing = [name for name in ("tls.crt", "tls.key") if not (directory / name).is_file()]

@@ -173,3 +173,34 @@ def _absent_as_none(read: Any) -> dict[str, Any] | None:
 
 
 __all__ = ["Leadership", "PeeringObserver", "leadership"]
+
+
+def ensure_peering_objects(name: str, namespaces: Sequence[str]) -> None:
+    """Create the peering object(s) Kopf needs before it lets a replica act; existing ones are kept.
+
+    Kopf waits, paused, for a peering object named by ``--peering`` and never creates one; an
+    install would otherwise need the object applied after its CRD (two ``kubectl apply`` runs).
+    A ``ClusterKopfPeering`` for a cluster-wide operator, a ``KopfPeering`` per namespace
+    otherwise (globs cannot be created by name, so they are skipped). Failures are logged, not
+    raised: the object may have been created by an administrator, and Kopf says what it waits for.
+    """
+    configure_client()
+    api = kubernetes.client.CustomObjectsApi()
+    labels = {"app.kubernetes.io/name": "flywheel", "app.kubernetes.io/managed-by": "flywheel"}
+    targets: list[str | None] = [ns for ns in namespaces if not set("*?[") & set(ns)] if namespaces else [None]
+    for namespace in targets:
+        kind = "KopfPeering" if namespace else "ClusterKopfPeering"
+        body = {"apiVersion": f"{PEERING_GROUP}/{PEERING_VERSION}", "kind": kind,
+                "metadata": {"name": name, "labels": labels}}
+        try:
+            if namespace is None:
+                api.create_cluster_custom_object(PEERING_GROUP, PEERING_VERSION, "clusterkopfpeerings", body)
+            else:
+                api.create_namespaced_custom_object(PEERING_GROUP, PEERING_VERSION, namespace, "kopfpeerings", body)
+            _log.info("peering_object_created", kind=kind, name=name, namespace=namespace)
+        except ApiException as exc:
+            if exc.status != 409:
+                _log.warning("peering_object_not_created", kind=kind, name=name, namespace=namespace,
+                             status=exc.status, reason=exc.reason)
+        except urllib3.exceptions.HTTPError as exc:
+            _log.warning("peering_object_not_created", kind=kind, name=name, namespace=namespace, error=str(exc))
