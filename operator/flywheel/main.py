@@ -7,7 +7,9 @@ and the logic they call lives in ``flywheel.domain`` and ``flywheel.controllers`
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
 import socket
 import tempfile
 from pathlib import Path
@@ -54,6 +56,27 @@ def size_blocking_io(threads: int = BLOCKING_IO_THREADS) -> None:
     kubernetes.client.Configuration.set_default(client_configuration)
 
 
+class RoutineSuccessFilter(logging.Filter):
+    """Drops Kopf's per-object success lines ("Handler 'x' succeeded.", "Creation is processed: …").
+
+    Kopf logs one at INFO for every handler call — for the history projection that is every
+    watch event — and formatting them was a tenth of the operator's CPU in an alert storm
+    (bench/e2e_throughput.py). Our own logs (run_transition, anomaly_occurrence_recorded, …) say
+    what happened; failures, retries and warnings still pass.
+    """
+
+    _ROUTINE = re.compile(r"^(?:(?:Handler|Timer|Daemon) '[^']*' succeeded\.|\w+ is processed: \d+ succeeded; 0 failed\.)$")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or not self._ROUTINE.match(record.getMessage())
+
+
+def quiet_routine_kopf_successes() -> None:
+    kopf_objects = logging.getLogger("kopf.objects")
+    if not any(isinstance(existing, RoutineSuccessFilter) for existing in kopf_objects.filters):
+        kopf_objects.addFilter(RoutineSuccessFilter())
+
+
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
     """Kopf behaviour shared by ``flywheel run`` and the tests."""
     # Progress and diff-base in annotations: our status schemas stay strict and
@@ -69,6 +92,7 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.batching.worker_limit = 64
     settings.execution.max_workers = 16
     settings.networking.request_timeout = 30
+    quiet_routine_kopf_successes()
     settings.peering.lifetime = PEERING_LIFETIME_SECONDS
 
 
@@ -152,13 +176,14 @@ async def _register_when_listening(port: int, name: str, ca_pem: bytes, namespac
 
 async def serve_admission(kopf_settings: kopf.OperatorSettings, settings: FlywheelSettings, memo: kopf.Memo) -> None:
     """Serve the admission webhooks as FLYWHEEL_WEBHOOK_MODE says (see flywheel.stores.webhooks)."""
+    if settings.webhook_mode is WebhookMode.OFF:
+        log.warning("admission webhooks are off: approval decisions will be refused (no identity can be stamped)")
+        return
+    # Importing the admission handlers registers them; Kopf refuses to run them without a server.
     from flywheel.handlers.admission import MEMO_OPERATOR_IDENTITY
     from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
     from flywheel.stores.webhooks import loopback_configuration_name, own_identity, write_certificate
 
-    if settings.webhook_mode is WebhookMode.OFF:
-        log.warning("admission webhooks are off: approval decisions will be refused (no identity can be stamped)")
-        return
     memo[MEMO_OPERATOR_IDENTITY] = await own_identity()
     log.info("admission webhooks on", mode=settings.webhook_mode.value, identity=memo[MEMO_OPERATOR_IDENTITY])
     if settings.webhook_mode is WebhookMode.SERVICE:

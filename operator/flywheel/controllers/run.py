@@ -800,7 +800,9 @@ class RunController:
             step, outcome = STEP_EXECUTE, "AlreadyApplied"
         else:
             step, outcome = STEP_EXECUTE, "Succeeded"
-        message = result.summary if result.dry_run else f"{result.summary} (attempt {ctx.status.attempt})"
+        # An already-applied summary names its attempt itself.
+        plain = result.dry_run or result.already_applied
+        message = result.summary if plain else f"{result.summary} (attempt {ctx.status.attempt})"
         if ctx.move(RunState.VERIFYING, step, outcome, message):
             ctx.condition(SUCCEEDED, ConditionStatus.UNKNOWN, "Verifying", message)
             if not result.already_applied:

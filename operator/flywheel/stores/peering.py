@@ -83,7 +83,8 @@ class PeeringObserver:
     """Answers "is this replica active?" from the peering objects, remembering the last answer.
 
     Without peering (``--standalone``) the replica is always active. A peering object that
-    does not exist means no peers (Kopf then runs unpaused too). When the objects cannot be
+    does not exist yet counts as no peers: the operator creates it at start
+    (:func:`ensure_peering_objects`), and Kopf stays paused until it exists. When the objects cannot be
     read (no permission, API unreachable) the previous answer stands, with one warning.
     """
 
@@ -172,9 +173,6 @@ def _absent_as_none(read: Any) -> dict[str, Any] | None:
     return found
 
 
-__all__ = ["Leadership", "PeeringObserver", "leadership"]
-
-
 def ensure_peering_objects(name: str, namespaces: Sequence[str]) -> None:
     """Create the peering object(s) Kopf needs before it lets a replica act; existing ones are kept.
 
@@ -204,3 +202,6 @@ def ensure_peering_objects(name: str, namespaces: Sequence[str]) -> None:
                              status=exc.status, reason=exc.reason)
         except urllib3.exceptions.HTTPError as exc:
             _log.warning("peering_object_not_created", kind=kind, name=name, namespace=namespace, error=str(exc))
+
+
+__all__ = ["Leadership", "PeeringObserver", "ensure_peering_objects", "leadership"]
