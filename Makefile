@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-down test test-unit crds lint clean
+.PHONY: setup demo demo-down test test-unit bench crds lint clean
 
 setup:
 	@bash hack/setup.sh
@@ -20,6 +20,10 @@ test: setup
 
 test-unit: setup
 	@$(VENV)/bin/python -m pytest -m unit $(PYTEST_ARGS)
+
+# An alert storm end to end on a local control plane of its own (docs/benchmarks.md).
+bench: setup
+	@$(VENV)/bin/python bench/e2e_throughput.py $(BENCH_ARGS)
 
 crds: setup
 	@$(VENV)/bin/flywheel crds --output-dir crds

@@ -31,3 +31,21 @@ def test_run_names_fit_kubernetes_limits(incident_name: str, sequence: int) -> N
     name = run_name(incident_name, sequence)
     assert len(name) <= 253
     assert name.endswith(f"-{sequence}")
+
+
+def test_the_anomaly_counts_ride_on_the_next_normal_event_and_never_on_a_warning() -> None:
+    from flywheel.api.incident import IncidentStatus
+    from flywheel.controllers.incident import ANOMALY_EVENT_REASON, Event, IncidentOutcome
+
+    counts = Event("Normal", ANOMALY_EVENT_REASON, "anomaly k seen 2x/1h")
+    warning = Event("Warning", "AdvisorUnavailable", "advisor timed out")
+    ready = Event("Normal", "DecisionReady", "RolloutRestart chosen")
+    outcome = IncidentOutcome(status=IncidentStatus(), events=[counts, warning, ready])
+    posted = outcome.events_to_post()
+    assert [(event.type, event.reason) for event in posted] == [
+        ("Warning", "AdvisorUnavailable"),
+        ("Normal", "DecisionReady"),
+    ]
+    assert posted[1].message == "anomaly k seen 2x/1h; RolloutRestart chosen"
+    alone = IncidentOutcome(status=IncidentStatus(), events=[counts]).events_to_post()
+    assert alone == [counts], "with nothing else to say the counts still get their Event"

@@ -53,6 +53,11 @@ DECIDED = "Decided"
 REMEDIATION_STARTED = "RemediationStarted"
 RESOLVED = "Resolved"
 
+# The Event carrying the recurrence counts (merged into the pass's next Normal Event, see
+# IncidentOutcome.events_to_post), and the longest Event message the API server accepts.
+ANOMALY_EVENT_REASON = "AnomalyRecorded"
+EVENT_MESSAGE_LIMIT = 1024
+
 LABEL_INCIDENT = "flywheel.dev/incident"
 LABEL_ANOMALY_KEY = "flywheel.dev/anomaly-key"
 # The first decision of an Incident; later decisions (after a failed Run) count up.
@@ -144,6 +149,28 @@ class IncidentOutcome:
             return new
         old = self.original.model_dump(by_alias=True, mode="json", exclude_none=False)
         return {key: value for key, value in new.items() if old.get(key) != value}
+
+    def events_to_post(self) -> list[Event]:
+        """The Events to post, the anomaly counts riding along at the head of the next Normal Event.
+
+        Every Event is an API write, and in an alert storm writes are what the API server runs
+        out of: the counts read as well at the head of the DecisionReady or Duplicate Event (and
+        stay in ``status.anomaly``) as in an Event of their own. Warnings are never merged.
+        """
+        posted: list[Event] = []
+        pending_counts: Event | None = None
+        for event in self.events:
+            if event.type == "Normal" and event.reason == ANOMALY_EVENT_REASON:
+                pending_counts = event
+                continue
+            if pending_counts is not None and event.type == "Normal":
+                message = f"{pending_counts.message}; {event.message}"  # in the order it happened
+                event = Event(event.type, event.reason, message[:EVENT_MESSAGE_LIMIT])
+                pending_counts = None
+            posted.append(event)
+        if pending_counts is not None:
+            posted.append(pending_counts)  # nothing else to say this pass: the counts on their own
+        return posted
 
 
 def trace_id(incident_uid: str, sequence: int) -> str:
@@ -257,7 +284,7 @@ class IncidentReconciler:
         self._condition(outcome, incident, ANOMALY_RECORDED, ConditionStatus.TRUE, "Recorded",
                         f"anomaly {key}: {snapshot.count_24h} in 24h, escalation {level}", now)
         outcome.events.append(Event(
-            "Normal", "AnomalyRecorded",
+            "Normal", ANOMALY_EVENT_REASON,
             f"anomaly {key} seen {snapshot.count_1h}x/1h {snapshot.count_24h}x/24h "
             f"{snapshot.count_7d}x/7d {snapshot.count_30d}x/30d; escalation {level}",
         ))
