@@ -552,7 +552,12 @@ class RunController:
             before = ctx.state
             if before is RunState.PENDING:
                 await self._pending(ctx, peers)
-                return  # a started Run acts on the next pass, once startedAt is stored
+                if not (ctx.run.shadow and ctx.state is RunState.RUNNING):
+                    # A started Run acts on the next pass, once startedAt is stored. A Shadow
+                    # Run only dry-runs, which changes nothing: it goes on in this pass (one
+                    # status write instead of three in an alert storm).
+                    return
+                continue
             if before is RunState.WAITING_APPROVAL:
                 await self._waiting_approval(ctx)
                 return
