@@ -229,6 +229,13 @@ def test_an_approver_approves_and_the_action_runs_once(
         what="ApprovalRequested event",
     )
     assert restart_count(test_cluster, namespace, "checkout") == 1, "nothing happens before the decision"
+    on_approval = wait_for(
+        lambda: [e for e in events_for(test_cluster, namespace, "checkout-oom-1")
+                 if e["reason"] == "ApprovalRequested" and e["involvedObject"]["kind"] == "Approval"],
+        timeout=15,
+        what="ApprovalRequested event on the Approval",
+    )
+    assert on_approval[0]["involvedObject"]["uid"] == proposal["metadata"]["uid"]
     announced = wait_for(lambda: receiver.received, timeout=15, what="approval notification")
     receiver.close()
     assert announced[0]["reason"] == "ApprovalRequested"

@@ -133,8 +133,10 @@ def test_kustomize_renders_the_whole_installation(rendered: list[dict[str, Any]]
     assert only(rendered, "CustomResourceDefinition", "incidents.flywheel.dev")["spec"] == incidents_crd["spec"]
     # Its CRD comes in the same apply; the operator creates the object at start (one apply installs).
     assert "ClusterKopfPeering" not in names
-    for kind in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Deployment"):
+    for kind in ("ServiceAccount", "ClusterRoleBinding", "Role", "RoleBinding", "Deployment"):
         assert names[kind] == ["flywheel-operator"], kind
+    # The operator's own, and two for people (unbound: teams bind them in their namespaces).
+    assert names["ClusterRole"] == ["flywheel-approver", "flywheel-operator", "flywheel-sre"]
     assert [name.rsplit("-", 1)[0] for name in names["ConfigMap"]] == ["flywheel-rules", "flywheel-settings"]
     assert [name.rsplit("-", 1)[0] for name in names["Secret"]] == ["flywheel-webhook-tls"]
     assert names["Service"] == [SERVICE]

@@ -24,12 +24,16 @@ from flywheel.controllers.run import (
 from flywheel.domain.run_state import TERMINAL_STATES, ObservedRun
 from flywheel.errors import StoreUnavailableError
 from flywheel.logs import get_logger
-from flywheel.stores.kube import GROUP, VERSION
+from flywheel.stores.kube import API_VERSION, GROUP, VERSION
 
 log = get_logger(__name__)
 
 # How often a Run that is not finished is looked at (rollout polling, deadlines, heartbeats).
 POLL_SECONDS = 2.0
+# Events about an Approval, posted on the Approval as well as on its Run.
+APPROVAL_EVENT_REASONS = frozenset(
+    {"ApprovalRequested", "Approved", "Rejected", "ApprovalRefused", "ApprovalExpired"}
+)
 # Back-off when the Kubernetes API or Redis is unavailable.
 UNAVAILABLE_RETRY_SECONDS = 5.0
 
@@ -124,5 +128,14 @@ async def reconcile_run(
         if status_patch:
             patch.status.update(status_patch)
             guard.wrote(outcome.status, time.monotonic())
+    approval = outcome.status.approval_ref
     for event in outcome.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        if approval is not None and event.reason in APPROVAL_EVENT_REASONS:
+            # Also on the Approval, where `kubectl describe approval` shows it to the approver.
+            regarding = {
+                "apiVersion": API_VERSION,
+                "kind": "Approval",
+                "metadata": {"name": approval.name, "namespace": run.namespace, "uid": approval.uid},
+            }
+            kopf.event(regarding, type=event.type, reason=event.reason, message=event.message)
