@@ -169,9 +169,13 @@ async def _register_when_listening(port: int, name: str, ca_pem: bytes, namespac
                 log.error("webhook_server_not_listening", port=port)
                 return
             await asyncio.sleep(0.2)
-    await WebhookConfigurations().apply(
-        name, base_url=f"https://127.0.0.1:{port}", ca_pem=ca_pem, namespaces=namespaces, version=VERSION
-    )
+    try:
+        await WebhookConfigurations().apply(
+            name, base_url=f"https://127.0.0.1:{port}", ca_pem=ca_pem, namespaces=namespaces, version=VERSION
+        )
+    except FlywheelError as exc:
+        # Without them no decision can be taken (none is stamped): say so loudly, keep running.
+        log.error("webhook_configurations_not_applied", name=name, error=str(exc))
 
 
 async def serve_admission(kopf_settings: kopf.OperatorSettings, settings: FlywheelSettings, memo: kopf.Memo) -> None:
