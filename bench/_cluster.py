@@ -38,6 +38,7 @@ from flywheel.devcluster import DevCluster
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CLUSTER = "flywheel-bench"
+SERVER_START_DEADLINE_SECONDS = 10.0
 READY_MARK = "Initial authentication has finished"
 GROUP_VERSION = "flywheel.dev/v1alpha1"
 TERMINAL_RUN_STATES = frozenset({"Succeeded", "Failed", "Cancelled", "TimedOut"})
@@ -65,24 +66,20 @@ def private_redis_server() -> Iterator[str]:
         raise SystemExit("redis-server not found on PATH (apt-get install redis-server)")
     with tempfile.TemporaryDirectory(prefix="flywheel-bench-redis-") as workdir:
         port = free_loopback_port()
+        log_path = Path(workdir) / "redis.log"
         command = [
-            executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", workdir, "--logfile", str(Path(workdir) / "redis.log"),
+            executable,
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", workdir,
+            "--logfile", str(log_path),
         ]  # fmt: skip
         server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"redis://127.0.0.1:{port}/0"
         try:
-            deadline = time.monotonic() + 10
-            probe = redis.Redis.from_url(url, socket_connect_timeout=0.5)
-            while True:
-                try:
-                    probe.ping()
-                    break
-                except redis.exceptions.ConnectionError:
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        raise SystemExit("redis-server did not start") from None
-                    time.sleep(0.05)
-            probe.close()
+            url = f"redis://127.0.0.1:{port}/0"
+            wait_until_answering(url, server, log_path)
             yield url
         finally:
             server.terminate()
@@ -91,6 +88,27 @@ def private_redis_server() -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
+
+
+def wait_until_answering(url: str, server: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_DEADLINE_SECONDS
+    probe = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+    try:
+        while True:
+            if server.poll() is not None:
+                log = log_path.read_text() if log_path.exists() else ""
+                raise SystemExit(f"redis-server exited with {server.returncode}:\n{log}")
+            try:
+                probe.ping()
+                return
+            except redis.exceptions.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(
+                        f"redis-server did not answer within {SERVER_START_DEADLINE_SECONDS:.0f} s"
+                    )
+                time.sleep(0.05)
+    finally:
+        probe.close()
 
 
 @dataclass(frozen=True)

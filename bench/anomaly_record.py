@@ -25,21 +25,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import redis
 import redis.asyncio
+from _cluster import private_redis_server
 
 from flywheel.domain.escalation import EscalationThresholds
 from flywheel.logs import configure_logging
@@ -52,7 +47,6 @@ SIGNATURE = {
     "error_type": "OOMKilled",
 }
 WARM_UP_RECORDS = 50
-SERVER_START_DEADLINE_SECONDS = 10.0
 
 RecordFunction = Callable[[str, str, str], Awaitable[None]]
 
@@ -66,65 +60,6 @@ class Measurement:
     @property
     def records_per_second(self) -> float:
         return self.records / self.seconds
-
-
-def free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextmanager
-def private_redis_server() -> Iterator[str]:
-    """A throw-away redis-server (no persistence) on a free loopback port; yields its URL."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        raise SystemExit("redis-server not found on PATH; install it or pass --redis-url")
-    with tempfile.TemporaryDirectory(prefix="flywheel-bench-redis-") as workdir:
-        port = free_loopback_port()
-        log_path = Path(workdir) / "redis.log"
-        command = [
-            executable,
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", workdir,
-            "--logfile", str(log_path),
-        ]  # fmt: skip
-        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            url = f"redis://127.0.0.1:{port}/0"
-            wait_until_answering(url, server, log_path)
-            yield url
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-
-
-def wait_until_answering(url: str, server: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_DEADLINE_SECONDS
-    probe = redis.Redis.from_url(url, socket_connect_timeout=0.5)
-    try:
-        while True:
-            if server.poll() is not None:
-                log = log_path.read_text() if log_path.exists() else ""
-                raise SystemExit(f"redis-server exited with {server.returncode}:\n{log}")
-            try:
-                probe.ping()
-                return
-            except redis.exceptions.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise SystemExit(
-                        f"redis-server did not answer within {SERVER_START_DEADLINE_SECONDS:.0f} s"
-                    )
-                time.sleep(0.05)
-    finally:
-        probe.close()
 
 
 def single_round_trip_recorder(store: AnomalyStore) -> RecordFunction:

@@ -204,8 +204,8 @@ async def serve_admission(kopf_settings: kopf.OperatorSettings, settings: Flywhe
         return
     namespaces = tuple(memo.get(MEMO_WATCHED_NAMESPACES, ()))
     port = settings.webhook_port or _free_loopback_port()
-    certificate = write_certificate(
-        Path(tempfile.mkdtemp(prefix="flywheel-webhook-")), ["localhost"], ["127.0.0.1"]
+    certificate = await asyncio.to_thread(
+        write_certificate, Path(tempfile.mkdtemp(prefix="flywheel-webhook-")), ["localhost"], ["127.0.0.1"]
     )
     kopf_settings.admission.server = kopf.WebhookServer(
         addr="127.0.0.1",

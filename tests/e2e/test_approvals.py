@@ -178,7 +178,7 @@ class NotificationReceiver:
                 self.end_headers()
 
             def log_message(self, *args: Any) -> None:
-                pass
+                """Quiet: the stdlib would print every request to stderr."""
 
         self.received = received
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)

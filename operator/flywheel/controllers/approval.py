@@ -49,6 +49,7 @@ log = get_logger(__name__)
 
 DECIDED = "Decided"  # the Approval's condition: True once Approved or Rejected
 LABEL_RUN = "flywheel.dev/run"
+APPROVALS = "approvals"  # the plural of the resource
 # A spent token id is remembered at least this long after the token expired.
 SPENT_TOKEN_MEMORY = timedelta(days=1)
 
@@ -88,10 +89,16 @@ class GateRun:
     tenant: str
 
 
-class ApprovalObjects(Protocol):
-    async def create_or_get(self, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]: ...
-    async def get(self, namespace: str, name: str) -> dict[str, Any] | None: ...
-    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]: ...
+class FlywheelObjects(Protocol):
+    """Flywheel's custom resources (``flywheel.stores.kube.FlywheelResources``)."""
+
+    async def create_or_find(
+        self, plural: str, namespace: str, body: dict[str, Any]
+    ) -> tuple[dict[str, Any], bool]: ...
+    async def find(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]: ...
 
 
 class IncidentReader(Protocol):
@@ -144,7 +151,9 @@ class _Approval:
     """An Approval as the gate reads it."""
 
     name: str
+    namespace: str
     uid: str
+    run_name: str
     run_uid: str | None
     phase: ApprovalPhase | None
     decision: str | None
@@ -160,10 +169,13 @@ class _Approval:
         phase = status.get("phase")
         expires_at = _parse(spec.get("expiresAt"))
         assert expires_at is not None  # required by the CRD schema
+        run_ref = spec.get("runRef") or {}
         return cls(
             name=meta["name"],
+            namespace=meta["namespace"],
             uid=meta["uid"],
-            run_uid=(spec.get("runRef") or {}).get("uid"),
+            run_name=str(run_ref.get("name") or ""),
+            run_uid=run_ref.get("uid"),
             phase=ApprovalPhase(phase) if phase else None,
             decision=spec.get("decision"),
             reason=spec.get("reason"),
@@ -192,7 +204,7 @@ class ApprovalGate:
     def __init__(
         self,
         settings: FlywheelSettings,
-        approvals: ApprovalObjects,
+        resources: FlywheelObjects,
         incidents: IncidentReader,
         signing_key: SigningKey,
         spent_tokens: SpentTokens,
@@ -200,7 +212,7 @@ class ApprovalGate:
         audit: AuditSink | None,
     ) -> None:
         self._settings = settings
-        self._approvals = approvals
+        self._resources = resources
         self._incidents = incidents
         self._signing_key = signing_key
         self._spent = spent_tokens
@@ -217,19 +229,20 @@ class ApprovalGate:
         verdict_events: list[tuple[str, str, str]] = []
         body = indexed
         if body is None or (run.approval_ref is not None and body["metadata"].get("uid") != run.approval_ref.uid):
-            body = await self._approvals.get(run.namespace, run.name)
+            body = await self._resources.find(APPROVALS, run.namespace, run.name)
         if body is None:
-            body, created = await self._approvals.create_or_get(run.namespace, await self._proposal(run, now))
+            proposal = await self._proposal(run, now)
+            body, created = await self._resources.create_or_find(APPROVALS, run.namespace, proposal)
             if created:
                 approval = _Approval.from_body(body)
-                body = await self._write(run, approval, ApprovalPhase.PENDING, "waiting for a decision", now)
+                body = await self._write(approval, ApprovalPhase.PENDING, "waiting for a decision", now)
                 message = (
                     f"Approval {approval.name} asks to approve {run.action.type.value} "
                     f"{run.action.target.kind.value}/{run.action.target.name} (risk {run.risk_level}) "
                     f"before {_iso(approval.expires_at)}"
                 )
                 verdict_events.append(("Normal", "ApprovalRequested", message))
-                self._record(run, approval, "approval.requested", message, now, outcome=ApprovalPhase.PENDING.value)
+                self._record(approval, "approval.requested", message, now, outcome=ApprovalPhase.PENDING.value)
                 self._announce(run, approval.name, message)
         approval = _Approval.from_body(body)
         if not _controlled_by(body, run.uid) or approval.run_uid != run.uid:
@@ -268,8 +281,8 @@ class ApprovalGate:
             message = f"no decision before {_iso(approval.expires_at)}"
             phase = approval.phase if approval.phase is ApprovalPhase.INVALID else ApprovalPhase.EXPIRED
             if phase is ApprovalPhase.EXPIRED:
-                await self._write(run, approval, ApprovalPhase.EXPIRED, message, now)
-            self._record(run, approval, "approval.expired", f"Approval {approval.name} expired: {message}", now,
+                await self._write(approval, ApprovalPhase.EXPIRED, message, now)
+            self._record(approval, "approval.expired", f"Approval {approval.name} expired: {message}", now,
                          outcome=ApprovalPhase.EXPIRED.value)
             return GateVerdict(GateState.EXPIRED, ref, f"Approval {approval.name} expired: {message}",
                                events=[("Warning", "ApprovalExpired", f"Approval {approval.name} expired: {message}")])
@@ -295,8 +308,8 @@ class ApprovalGate:
             )
         if refusal is not None:
             message = f"decision refused: {refusal}"
-            await self._write(run, approval, ApprovalPhase.INVALID, message, now)
-            self._record(run, approval, "approval.invalid", message, now, outcome=ApprovalPhase.INVALID.value,
+            await self._write(approval, ApprovalPhase.INVALID, message, now)
+            self._record(approval, "approval.invalid", message, now, outcome=ApprovalPhase.INVALID.value,
                          actor=decider.username if decider else None)
             return GateVerdict(
                 GateState.WAITING,
@@ -309,8 +322,8 @@ class ApprovalGate:
         phase = ApprovalPhase.APPROVED if approved else ApprovalPhase.REJECTED
         word = "approved" if approved else "rejected"
         message = self._decided_message(word, decider.username, approval.reason)
-        await self._write(run, approval, phase, message, now, decider=decider)
-        self._record(run, approval, "approval.decided", message, now, outcome=phase.value, actor=decider.username)
+        await self._write(approval, phase, message, now, decider=decider)
+        self._record(approval, "approval.decided", message, now, outcome=phase.value, actor=decider.username)
         verdict = GateVerdict(
             GateState.APPROVED if approved else GateState.REJECTED,
             approval.ref,
@@ -371,14 +384,14 @@ class ApprovalGate:
         """The Run ended without a decision: its open Approval becomes Invalid."""
         if run.approval_ref is None:
             return
-        body = await self._approvals.get(run.namespace, run.approval_ref.name)
+        body = await self._resources.find(APPROVALS, run.namespace, run.approval_ref.name)
         if body is None or body["metadata"].get("uid") != run.approval_ref.uid:
             return
         approval = _Approval.from_body(body)
         if approval.phase in (None, ApprovalPhase.PENDING):
             message = f"the Run ended before a decision: {why}"
-            await self._write(run, approval, ApprovalPhase.INVALID, message, now)
-            self._record(run, approval, "approval.invalid", message, now, outcome=ApprovalPhase.INVALID.value)
+            await self._write(approval, ApprovalPhase.INVALID, message, now)
+            self._record(approval, "approval.invalid", message, now, outcome=ApprovalPhase.INVALID.value)
 
     async def check_target(self, body: Mapping[str, Any], run: Mapping[str, Any] | None, now: datetime) -> str | None:
         """A decided Approval whose Run cannot take the decision becomes Invalid; the reason, or None.
@@ -389,8 +402,7 @@ class ApprovalGate:
         approval = _Approval.from_body(body)
         if approval.decision is None or approval.phase not in (None, ApprovalPhase.PENDING):
             return None
-        namespace = body["metadata"]["namespace"]
-        run_name = ((body.get("spec") or {}).get("runRef") or {}).get("name") or ""
+        run_name = approval.run_name
         if run is None or run["metadata"].get("uid") != approval.run_uid:
             message = f"Run {run_name} not found (uid {approval.run_uid})"
         else:
@@ -402,21 +414,9 @@ class ApprovalGate:
                 message = f"Run {run_name} waits for another Approval (uid {waits_for})"
             else:
                 message = f"Run {run_name} is {state}, not waiting for approval"
-        gate_run = GateRun(
-            name=run_name,
-            namespace=namespace,
-            uid=approval.run_uid or "",
-            labels={},
-            incident_name="",
-            action=Action.model_validate(approval.action),
-            risk_level=str((body.get("spec") or {}).get("riskLevel")),
-            approval_ref=None,
-            approval_token=None,
-            tenant=namespace,
-        )
-        await self._write(gate_run, approval, ApprovalPhase.INVALID, message, now)
+        await self._write(approval, ApprovalPhase.INVALID, message, now)
         decider = approval.decider()
-        self._record(gate_run, approval, "approval.invalid", message, now, outcome=ApprovalPhase.INVALID.value,
+        self._record(approval, "approval.invalid", message, now, outcome=ApprovalPhase.INVALID.value,
                      actor=decider.username if decider else None)
         return message
 
@@ -477,7 +477,6 @@ class ApprovalGate:
 
     async def _write(
         self,
-        run: GateRun,
         approval: _Approval,
         phase: ApprovalPhase,
         message: str,
@@ -504,13 +503,13 @@ class ApprovalGate:
         if decider is not None:
             decided_at = _parse(approval.annotations.get(DECIDED_AT)) or now
             status.update(decidedBy=decider.username, decidedGroups=list(decider.groups)[:64], decidedAt=_iso(decided_at))
-        log.info("approval_status", approval=approval.name, namespace=run.namespace, run=run.name, phase=phase.value,
+        log.info("approval_status", approval=approval.name, namespace=approval.namespace, run=approval.run_name,
+                 phase=phase.value,
                  message=message)
-        return await self._approvals.patch_status(run.namespace, approval.name, status)
+        return await self._resources.patch_status(APPROVALS, approval.namespace, approval.name, status)
 
     def _record(
         self,
-        run: GateRun,
         approval: _Approval,
         kind: str,
         summary: str,
@@ -525,10 +524,10 @@ class ApprovalGate:
                 kind=kind,
                 occurred_at=now,
                 summary=summary,
-                payload={"approval": approval.name, "run": run.name, "decision": approval.decision,
+                payload={"approval": approval.name, "run": approval.run_name, "decision": approval.decision,
                          "reason": approval.reason},
-                namespace=run.namespace,
-                run_uid=run.uid,
+                namespace=approval.namespace,
+                run_uid=approval.run_uid,
                 actor=actor,
                 outcome=outcome,
             )

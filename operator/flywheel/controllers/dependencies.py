@@ -13,7 +13,7 @@ from flywheel.domain.rules import RuleCatalogue, configured_catalogue
 from flywheel.settings import FlywheelSettings
 from flywheel.stores.advisor_client import AdvisorClient, AdvisorEndpoint, advisors_from_settings
 from flywheel.stores.anomaly_redis import AnomalyStore, connect_redis
-from flywheel.stores.approvals import ApprovalStore, SigningKeyStore, TokenLedger
+from flywheel.stores.approvals import SigningKeyStore, TokenLedger
 from flywheel.stores.claims import AnomalyClaims
 from flywheel.stores.history import HistoryKind, HistoryWriter, RepairExecution, build_history_writer
 from flywheel.stores.incidents import IncidentStatusStore
@@ -91,9 +91,10 @@ async def build_dependencies(settings: FlywheelSettings) -> Dependencies:
     history.start()
     anomalies = AnomalyStore(client, thresholds)
     incidents = IncidentStatusStore()
+    resources = FlywheelResources()
     approvals = ApprovalGate(
         settings,
-        approvals=ApprovalStore(),
+        resources=resources,
         incidents=incidents,
         signing_key=SigningKeyStore(settings.namespace, settings.approval_signing_secret),
         spent_tokens=TokenLedger(client),
@@ -105,7 +106,7 @@ async def build_dependencies(settings: FlywheelSettings) -> Dependencies:
         redis=client,
         anomalies=anomalies,
         catalogue=configured_catalogue(settings.rules_file),
-        resources=FlywheelResources(),
+        resources=resources,
         advisors=AdvisorPanel(AdvisorClient(), endpoints) if endpoints else None,
         history=history,
         run_stores=RunStores(

@@ -51,16 +51,9 @@ def _decided(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
 async def check_decision_target(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     run_name = (body.get("spec") or {}).get("runRef", {}).get("name")
     try:
-        run = await memo.deps.resources.get("runs", body["metadata"]["namespace"], run_name)
-    except KubernetesApiError as exc:
-        if exc.status != 404:
-            raise kopf.TemporaryError(str(exc), delay=10) from exc
-        run = None
-    except StoreUnavailableError as exc:
-        raise kopf.TemporaryError(str(exc), delay=10) from exc
-    try:
+        run = await memo.deps.resources.find("runs", body["metadata"]["namespace"], run_name)
         message = await memo.deps.run_stores.approvals.check_target(body, run, datetime.now(UTC))
-    except StoreUnavailableError as exc:
+    except (StoreUnavailableError, KubernetesApiError) as exc:
         raise kopf.TemporaryError(str(exc), delay=10) from exc
     if message is not None:
         kopf.warn(body, reason="ApprovalInvalid", message=message)

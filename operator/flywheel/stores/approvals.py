@@ -1,7 +1,7 @@
-"""Where approvals live: the Approval objects, the token signing key, and spent token ids.
+"""What approvals keep besides the Approval objects: the token signing key and spent token ids.
 
-- :class:`ApprovalStore` creates Approvals (deterministic names, so a retried pass finds the
-  first pass's object) and writes their status.
+(Approvals themselves are read and written through ``flywheel.stores.kube.FlywheelResources``.)
+
 - :class:`SigningKeyStore` reads the HS256 key from a Secret and creates the Secret on
   first use when it does not exist; two replicas racing to create it both end up with the
   one that won. The key is never logged.
@@ -16,7 +16,7 @@ import base64
 import secrets
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any, Final, cast
+from typing import Final
 
 import kubernetes
 import redis.asyncio
@@ -26,73 +26,13 @@ from kubernetes.client.exceptions import ApiException
 
 from flywheel.errors import ConfigurationError, RedisUnavailableError
 from flywheel.logs import get_logger
-from flywheel.stores.kube import GROUP, VERSION, api_error, configure_client, unreachable_error
+from flywheel.stores.kube import api_error, configure_client, unreachable_error
 
 log = get_logger(__name__)
 
-PLURAL: Final = "approvals"
 SIGNING_KEY_FIELD: Final = "signing-key"
 SIGNING_KEY_BYTES: Final = 32
 TOKEN_ID_PREFIX: Final = "flywheel:approval-token:"
-
-
-class ApprovalStore:
-    """Approval objects: create once, read, write status."""
-
-    def __init__(self, api: kubernetes.client.CustomObjectsApi | None = None) -> None:
-        if api is None:
-            configure_client()
-        self._api = api or kubernetes.client.CustomObjectsApi()
-
-    async def create_or_get(self, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """The Approval, and whether this call created it (False: it existed already)."""
-        return await asyncio.to_thread(self._create_or_get, namespace, body)
-
-    async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await asyncio.to_thread(self._get, namespace, name)
-
-    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
-        return await asyncio.to_thread(self._patch_status, namespace, name, dict(status))
-
-    def _create_or_get(self, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        name = body["metadata"]["name"]
-        what = f"create approval {namespace}/{name}"
-        try:
-            created = self._api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-            return cast(dict[str, Any], created), True
-        except ApiException as exc:
-            if exc.status != 409:
-                raise api_error(exc, what) from exc
-        except urllib3.exceptions.HTTPError as exc:
-            raise unreachable_error(exc, what) from exc
-        existing = self._get(namespace, name)
-        if existing is None:  # deleted in between: the next pass creates it again
-            raise api_error(ApiException(status=503, reason="approval vanished after a conflict"), what)
-        return existing, False
-
-    def _get(self, namespace: str, name: str) -> dict[str, Any] | None:
-        what = f"get approval {namespace}/{name}"
-        try:
-            found = self._api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise api_error(exc, what) from exc
-        except urllib3.exceptions.HTTPError as exc:
-            raise unreachable_error(exc, what) from exc
-        return cast(dict[str, Any], found)
-
-    def _patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-        what = f"update the status of approval {namespace}/{name}"
-        try:
-            patched = self._api.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, {"status": status}
-            )
-        except ApiException as exc:
-            raise api_error(exc, what) from exc
-        except urllib3.exceptions.HTTPError as exc:
-            raise unreachable_error(exc, what) from exc
-        return cast(dict[str, Any], patched)
 
 
 class SigningKeyStore:
@@ -184,4 +124,4 @@ class TokenLedger:
         return bytes(holder).decode() == run_uid if isinstance(holder, bytes) else str(holder) == run_uid
 
 
-__all__ = ["ApprovalStore", "SigningKeyStore", "TokenLedger"]
+__all__ = ["SigningKeyStore", "TokenLedger"]

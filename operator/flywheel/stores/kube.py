@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from typing import Any, cast
 
 import kubernetes
@@ -69,18 +70,25 @@ class FlywheelResources:
         Names are deterministic, so a second attempt finds the first one's object instead of
         creating a twin.
         """
+        found, _ = await self.create_or_find(plural, namespace, body)
+        return found
+
+    async def create_or_find(
+        self, plural: str, namespace: str, body: dict[str, Any]
+    ) -> tuple[dict[str, Any], bool]:
+        """Like :meth:`create_or_get`, also saying whether this call created the object."""
         name = body["metadata"]["name"]
         try:
             created: dict[str, Any] = await asyncio.to_thread(
                 self._api.create_namespaced_custom_object, GROUP, VERSION, namespace, plural, body
             )
-            return created
+            return created, True
         except ApiException as exc:
             if exc.status != 409:
                 raise api_error(exc, f"create {plural}/{name}") from exc
         except urllib3.exceptions.HTTPError as exc:
             raise unreachable_error(exc, f"create {plural}/{name}") from exc
-        return await self.get(plural, namespace, name)
+        return await self.get(plural, namespace, name), False
 
     async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
         try:
@@ -92,6 +100,36 @@ class FlywheelResources:
             raise api_error(exc, f"get {plural}/{name}") from exc
         except urllib3.exceptions.HTTPError as exc:
             raise unreachable_error(exc, f"get {plural}/{name}") from exc
+
+    async def find(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
+        try:
+            return await self.get(plural, namespace, name)
+        except KubernetesApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Merge-patch the status subresource."""
+        what = f"update the status of {plural}/{name}"
+        try:
+            patched = await asyncio.to_thread(
+                self._api.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                namespace,
+                plural,
+                name,
+                {"status": dict(status)},
+            )
+        except ApiException as exc:
+            raise api_error(exc, what) from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise unreachable_error(exc, what) from exc
+        return cast(dict[str, Any], patched)
 
     # -- guarded writes, for writers racing with others (the Alertmanager intake) -------
     #
