@@ -13,7 +13,7 @@ import re
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 
@@ -21,6 +21,9 @@ from flywheel.controllers.approval import Announcer
 from flywheel.errors import ConfigurationError, FlywheelError
 from flywheel.logs import configure_logging, get_logger
 from flywheel.settings import FlywheelSettings, WebhookMode, get_settings
+
+if TYPE_CHECKING:
+    from flywheel.stores.peering import PeeringObserver
 
 log = get_logger(__name__)
 
@@ -226,11 +229,28 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     configure_kopf(settings)
     size_blocking_io()  # before the stores build their API clients
     from flywheel.controllers.dependencies import build_dependencies
+    from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
 
     flywheel_settings = get_settings()
+    memo.peering = peering_observer(settings, tuple(memo.get(MEMO_WATCHED_NAMESPACES) or ()))
     memo.deps = await build_dependencies(flywheel_settings)
     memo.deps.run_stores.approvals.announcer = approval_announcer(flywheel_settings, memo)
     await serve_admission(settings, flywheel_settings, memo)
+
+
+def peering_observer(settings: kopf.OperatorSettings, namespaces: tuple[str, ...]) -> PeeringObserver:
+    """Tells the loops Kopf does not pause themselves (metrics, the Run driver) whether to act."""
+    from flywheel.stores.peering import PeeringObserver
+
+    return PeeringObserver(
+        standalone=settings.peering.standalone,
+        name=settings.peering.name,
+        priority=settings.peering.priority,
+        clusterwide=settings.peering.clusterwide,
+        # Globs cannot be read by name; Kopf pauses the whole operator anyway, so the
+        # literal namespaces are enough to notice a higher-priority peer.
+        namespaces=[namespace for namespace in namespaces if not set("*?[") & set(namespace)],
+    )
 
 
 def approval_announcer(settings: FlywheelSettings, memo: kopf.Memo) -> Announcer | None:

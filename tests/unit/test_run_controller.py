@@ -32,6 +32,7 @@ import pytest
 from flywheel.api.common import ObjectRef
 from flywheel.api.enums import ActionType, Disposition, RunMode, RunState, TargetKind
 from flywheel.api.run import RunStatus
+from flywheel.controllers.incident import Event
 from flywheel.controllers.run import (
     GUARD_PATIENCE_SECONDS,
     HEARTBEAT_INTERVAL,
@@ -499,6 +500,33 @@ async def test_shadow_runs_dry_run_and_record_nothing() -> None:
     assert h.workloads.applied == [] and h.repairs.attempts == {} and h.repairs.dispositions == {}
     assert h.incidents.body is not None and h.incidents.body["status"]["phase"] == "Mitigating"
     assert [r.shadow for r in h.attempts.records] == [True]
+    posted = h.outcomes[0].events_to_post()
+    assert [(e.type, e.reason) for e in posted] == [("Normal", "Succeeded")], "one Event write for the whole pass"
+    assert "would " in posted[0].message and posted[0].message.index("attempt 1") < posted[0].message.index("would ")
+
+
+def test_warnings_and_approval_events_are_never_merged() -> None:
+    outcome = RunOutcome(
+        status=RunStatus(),
+        events=[
+            Event("Normal", "Started", "restart (attempt 1)"),
+            Event("Warning", "CircuitBreakerOpen", "too many"),
+            Event("Normal", "ApprovalRequested", "Approval x waits"),
+            Event("Normal", "Throttled", "no slot"),
+        ],
+    )
+    assert [(e.reason, e.message) for e in outcome.events_to_post()] == [
+        ("CircuitBreakerOpen", "too many"),
+        ("ApprovalRequested", "Approval x waits"),
+        ("Throttled", "restart (attempt 1); no slot"),
+    ]
+    finishing = RunOutcome(
+        status=RunStatus(),
+        events=[Event("Normal", "Succeeded", "rolled out"), Event("Normal", "IncidentResolved", "auto_repair")],
+    )
+    assert [(e.reason, e.message) for e in finishing.events_to_post()] == [
+        ("Succeeded", "rolled out; auto_repair")
+    ], "the merged Event is named after the state the Run ended in"
 
 
 async def test_approval_required_and_the_circuit_breaker_wait_in_waiting_approval() -> None:

@@ -233,6 +233,12 @@ class IncidentReconciler:
     async def _claim(self, incident: IncidentObject, peers: Iterable[PeerIncident]) -> Holder | None:
         """The active Incident that already owns this anomaly's remediation, or None if we do now."""
         known = {peer.uid: peer for peer in peers}
+        # An active twin already won the claim (an Incident only turns active after winning
+        # it): the Lease would only say so again, at the price of two API calls in a storm.
+        holding = next((peer for peer in known.values() if peer.uid != incident.uid and peer.active
+                        and peer.phase is not None), None)
+        if holding is not None:
+            return Holder(holding.name, holding.uid)
 
         async def is_active(holder: Holder) -> bool:
             peer = known.get(holder.uid)

@@ -10,16 +10,15 @@ as one merge patch. Any pass may run twice or die half-way:
 - ``startedAt`` is stored (state Running) before the first action is attempted;
 - repair attempts and dispositions carry idempotency ids in Redis, and the Incident is
   only resolved if it is not already, so finishing twice counts once;
-- within one process, :class:`RunGuard` serialises the passes of a Run and skips a pass
-  that sees a status older than one this process already wrote (Kopf applies patches
-  after the handler returns, and timers and change handlers run side by side).
+- within one process, passes over a Run never overlap (``flywheel.controllers.driver``), and
+  :class:`RunGuard` skips a pass that sees a status older than one this process already
+  wrote (the watch event that brings the write back may lag behind the next pass).
 
 The decisions themselves are pure, in :mod:`flywheel.domain.run_state`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +40,13 @@ from flywheel.api.enums import (
 from flywheel.api.incident import IncidentStatus
 from flywheel.api.run import RunSpec, RunStatus, RunStep, append_step
 from flywheel.controllers.approval import ApprovalGate, GateRun, GateState
-from flywheel.controllers.incident import FINAL_PHASES, LABEL_ANOMALY_KEY, RESOLVED, Event
+from flywheel.controllers.incident import (
+    EVENT_MESSAGE_LIMIT,
+    FINAL_PHASES,
+    LABEL_ANOMALY_KEY,
+    RESOLVED,
+    Event,
+)
 from flywheel.domain.actions import ProposedAction
 from flywheel.domain.approval import TokenRefused
 from flywheel.domain.run_state import (
@@ -107,6 +112,12 @@ STEP_APPROVE = "approve"
 STEP_REJECT = "reject"
 STEP_APPROVAL_EXPIRED = "approval-expired"
 STEP_AUTHORISE = "authorise"
+
+_STATE_NAMES = frozenset(state.value for state in RunState)
+# Events about an Approval: posted on the Approval as well as on its Run, never merged.
+APPROVAL_EVENT_REASONS = frozenset(
+    {"ApprovalRequested", "Approved", "Rejected", "ApprovalRefused", "ApprovalExpired"}
+)
 
 
 # --------------------------------------------------------------------------- views
@@ -294,17 +305,16 @@ class AttemptSink(Protocol):
 
 
 class RunGuard:
-    """Per-Run serialisation and read-your-writes within one operator process.
+    """Read-your-writes for one Run within one operator process.
 
     Every state change appends a journal step, so the journal's last ``seq`` orders the
     statuses of a Run. A pass that reads an older status than the last one written here
-    (the patch is applied after the handler returns; the watch event may lag) is skipped.
+    (the watch event bringing the write back may lag) is skipped.
     If the written status never shows up (the patch failed), the guard gives up waiting
     after :data:`GUARD_PATIENCE_SECONDS` and trusts what is stored.
     """
 
     def __init__(self) -> None:
-        self.lock = asyncio.Lock()
         self._written_seq = 0
         self._written_at = -math.inf
 
@@ -339,6 +349,24 @@ class RunOutcome:
         patch: dict[str, Any] = {key: value for key, value in new.items() if old.get(key) != value}
         patch.update({key: None for key in old if key not in new})
         return patch
+
+    def events_to_post(self) -> list[Event]:
+        """The pass's Events, its routine Normal ones merged into one.
+
+        A Shadow Run goes from Pending to Succeeded in one pass (Started, DryRun, Succeeded);
+        each Event is an API write, which an alert storm cannot spare. The merged message keeps
+        every step in order; its reason is the state the pass ended in when it announced one
+        (Succeeded, Cancelled…), else the last one. Warnings and the Events about an Approval
+        stay on their own.
+        """
+        routine = [e for e in self.events if e.type == "Normal" and e.reason not in APPROVAL_EVENT_REASONS]
+        posted = [e for e in self.events if e.type != "Normal" or e.reason in APPROVAL_EVENT_REASONS]
+        if routine:
+            states = [e.reason for e in routine if e.reason in _STATE_NAMES]
+            reason = states[-1] if states else routine[-1].reason
+            message = "; ".join(e.message for e in routine)[:EVENT_MESSAGE_LIMIT]
+            posted.append(Event("Normal", reason, message))
+        return posted
 
 
 class _Pass:
@@ -384,7 +412,7 @@ class _Pass:
         )
 
     def event(self, event_type: str, reason: str, message: str) -> None:
-        self.events.append(Event(event_type, reason, message[:1024]))
+        self.events.append(Event(event_type, reason, message[:EVENT_MESSAGE_LIMIT]))
 
     def move(
         self,
@@ -530,7 +558,7 @@ class RunController:
         if find_condition(ctx.status.conditions, SUCCEEDED) is None:
             ctx.condition(SUCCEEDED, ConditionStatus.UNKNOWN, "Pending", "the Run has not started yet")
         if ctx.state not in TERMINAL_STATES:
-            await self._advance(ctx, incident, list(peers))
+            await self._advance(ctx, incident, peers)
         if ctx.state in TERMINAL_STATES:
             await self._finish(ctx, incident)
         self._heartbeat(ctx)
@@ -539,7 +567,7 @@ class RunController:
 
     # -- state by state ------------------------------------------------------------------
 
-    async def _advance(self, ctx: _Pass, incident: IncidentView | None, peers: list[ObservedRun]) -> None:
+    async def _advance(self, ctx: _Pass, incident: IncidentView | None, peers: Iterable[ObservedRun]) -> None:
         cancellation = await self._cancellation(ctx.run, incident)
         if cancellation is not None:
             waited = ctx.state is RunState.WAITING_APPROVAL
@@ -624,7 +652,7 @@ class RunController:
         ctx.event("Warning", "TimedOut", message)
         return True
 
-    async def _pending(self, ctx: _Pass, peers: list[ObservedRun]) -> None:
+    async def _pending(self, ctx: _Pass, peers: Iterable[ObservedRun]) -> None:
         run = ctx.run
         if self._expire(ctx):
             return
@@ -1071,6 +1099,7 @@ def resolution_patch(
 
 
 __all__ = [
+    "APPROVAL_EVENT_REASONS",
     "AWAITING_APPROVAL",
     "OUTCOME_RECORDED",
     "SUCCEEDED",

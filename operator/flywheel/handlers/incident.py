@@ -1,19 +1,37 @@
-"""Kopf handlers for Incident: thin glue between Kopf and the IncidentReconciler."""
+"""Kopf handlers for Incident: thin glue between Kopf's watch events and the IncidentReconciler.
+
+A pass runs when an Incident appears (created, or listed at operator start) or its spec
+changes (``metadata.generation`` ahead of ``status.observedGeneration``); status changes —
+ours, or the Run controller resolving the Incident — start none. An Incident whose pass
+could not finish (the API server or Redis was down) is brought back by one loop
+(:class:`~flywheel.controllers.driver.ObjectDriver`). Watching raw events instead of Kopf's
+change handlers spares a write per Incident (Kopf's last-handled-configuration annotation)
+and the watch event it echoes back.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
 from flywheel.api.enums import IncidentPhase
+from flywheel.controllers.driver import ObjectDriver
 from flywheel.controllers.incident import IncidentObject, IncidentReconciler, PeerIncident
 from flywheel.domain.signature import anomaly_key
-from flywheel.errors import StoreUnavailableError
+from flywheel.errors import KubernetesApiError, StoreUnavailableError
+from flywheel.handlers.driving import build_driver, stop_driver
+from flywheel.logs import get_logger
 from flywheel.stores.kube import GROUP, VERSION
+
+log = get_logger(__name__)
 
 # Incidents whose Redis recording is pending are revisited at this pace.
 DEGRADED_RETRY_SECONDS = 15.0
+# Back-off when the Kubernetes API is unavailable.
+UNAVAILABLE_RETRY_SECONDS = 10.0
+MEMO_INCIDENT_DRIVER = "incident_driver"
 
 
 @kopf.index(GROUP, VERSION, "incidents")
@@ -26,31 +44,85 @@ def incidents_by_anomaly(
     return {(namespace, key): PeerIncident(name=name, uid=uid, phase=IncidentPhase(phase) if phase else None)}
 
 
-def _is_degraded(status: kopf.Status, **_: Any) -> bool:
-    return bool((status.get("anomaly") or {}).get("degraded"))
+def _spec_unseen(body: Mapping[str, Any]) -> bool:
+    """The spec has changed since the last pass that wrote the status (or no pass has yet)."""
+    status = body.get("status") or {}
+    return bool(status.get("observedGeneration") != (body.get("metadata") or {}).get("generation"))
 
 
-@kopf.on.resume(GROUP, VERSION, "incidents")
-@kopf.on.create(GROUP, VERSION, "incidents")
-@kopf.on.update(GROUP, VERSION, "incidents", field="spec")
-@kopf.timer(GROUP, VERSION, "incidents", interval=DEGRADED_RETRY_SECONDS, when=_is_degraded)
-async def reconcile_incident(
-    body: kopf.Body,
-    patch: kopf.Patch,
-    memo: kopf.Memo,
-    incidents_by_anomaly: kopf.Index[tuple[str, str], PeerIncident],
-    **_: Any,
+def _degraded(body: Mapping[str, Any]) -> bool:
+    return bool(((body.get("status") or {}).get("anomaly") or {}).get("degraded"))
+
+
+class IncidentPasses:
+    """One pass over an Incident: reconcile, write the status patch, post the Events."""
+
+    def __init__(self, deps: Any, incidents_by_anomaly: kopf.Index[tuple[str, str], PeerIncident]) -> None:
+        self._deps = deps
+        self._incidents_by_anomaly = incidents_by_anomaly
+
+    async def __call__(self, body: Mapping[str, Any], slot: dict[str, Any]) -> float | None:
+        try:
+            incident = IncidentObject.from_body(body)
+        except ValueError as exc:
+            # The CRD schema refuses almost everything; what slips through cannot be retried into shape.
+            kopf.warn(dict(body), reason="InvalidIncident", message=f"invalid Incident spec: {exc}")
+            return None
+        peers = list(self._incidents_by_anomaly.get((incident.namespace, incident.anomaly_key), []))
+        try:
+            outcome = await IncidentReconciler(self._deps).reconcile(incident, peers)
+            status_patch = outcome.status_patch()
+            if status_patch:
+                await self._deps.resources.patch_status(
+                    "incidents", incident.namespace, incident.name, status_patch
+                )
+        except KubernetesApiError as exc:
+            if exc.status == 404:
+                return None  # deleted meanwhile
+            log.warning(
+                "incident_pass_failed", incident=incident.name, namespace=incident.namespace, error=str(exc)
+            )
+            return UNAVAILABLE_RETRY_SECONDS
+        except StoreUnavailableError as exc:
+            log.warning(
+                "incident_pass_unavailable",
+                incident=incident.name,
+                namespace=incident.namespace,
+                error=str(exc),
+            )
+            return UNAVAILABLE_RETRY_SECONDS
+        regarding = dict(body)
+        for event in outcome.events_to_post():
+            kopf.event(regarding, type=event.type, reason=event.reason, message=event.message)
+        anomaly = outcome.status.anomaly
+        return DEGRADED_RETRY_SECONDS if anomaly is not None and anomaly.degraded else None
+
+
+@kopf.on.startup()
+async def start_incident_driver(
+    memo: kopf.Memo, incidents_by_anomaly: kopf.Index[tuple[str, str], PeerIncident], **_: Any
 ) -> None:
-    try:
-        incident = IncidentObject.from_body(body)
-    except ValueError as exc:
-        # The CRD schema refuses almost everything; what slips through cannot be retried into shape.
-        raise kopf.PermanentError(f"invalid Incident spec: {exc}") from exc
-    peers = list(incidents_by_anomaly.get((incident.namespace, incident.anomaly_key), []))
-    try:
-        outcome = await IncidentReconciler(memo.deps).reconcile(incident, list(peers))
-    except StoreUnavailableError as exc:
-        raise kopf.TemporaryError(str(exc), delay=10) from exc
-    patch.status.update(outcome.status_patch())
-    for event in outcome.events_to_post():
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    deps = getattr(memo, "deps", None)
+    if deps is None:
+        raise kopf.TemporaryError("shared dependencies are not built yet", delay=1)
+    memo[MEMO_INCIDENT_DRIVER] = build_driver(memo, "incidents", IncidentPasses(deps, incidents_by_anomaly))
+
+
+@kopf.on.cleanup()
+async def stop_incident_driver(memo: kopf.Memo, **_: Any) -> None:
+    await stop_driver(memo, MEMO_INCIDENT_DRIVER)
+
+
+@kopf.on.event(GROUP, VERSION, "incidents", id="reconcile-incidents")
+async def incident_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    driver: ObjectDriver = memo[MEMO_INCIDENT_DRIVER]
+    body = event["object"]
+    if event["type"] == "DELETED":
+        driver.forget(body["metadata"]["uid"])
+        return
+    driver.start()  # from a handler, so that the loop's passes can post Events through Kopf
+    tracked = driver.observe(body)
+    if event["type"] in (None, "ADDED") or _spec_unseen(body):
+        await driver.drive(body)
+    elif tracked and not _degraded(body):
+        driver.forget(body["metadata"]["uid"])  # done; a degraded one stays for the driver's retry

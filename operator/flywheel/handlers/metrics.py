@@ -38,7 +38,6 @@ log = get_logger(__name__)
 
 MEMO_METRICS: Final = "metrics"
 KOPF_OBJECT_LOGGER: Final = "kopf.objects"
-_GLOB_CHARACTERS: Final = frozenset("*?[")
 
 
 def _created_at(meta: kopf.Meta) -> datetime:
@@ -132,7 +131,8 @@ async def start_metrics(
     **_: Any,
 ) -> None:
     deps = getattr(memo, "deps", None)
-    if deps is None:
+    peering: PeeringObserver | None = getattr(memo, "peering", None)
+    if deps is None or peering is None:
         raise kopf.TemporaryError("shared dependencies are not built yet", delay=1)
     config = get_settings()
     namespaces = tuple(memo.get(MEMO_WATCHED_NAMESPACES) or ())
@@ -166,15 +166,6 @@ async def start_metrics(
         playbook_count=lambda: deps.catalogue.playbook_count,
         period=period,
         internal_sources=config.internal_sources,
-    )
-    peering = PeeringObserver(
-        standalone=settings.peering.standalone,
-        name=settings.peering.name,
-        priority=settings.peering.priority,
-        clusterwide=settings.peering.clusterwide,
-        # Globs cannot be read by name; Kopf pauses the whole operator anyway, so the
-        # literal namespaces are enough to notice a higher-priority peer.
-        namespaces=[namespace for namespace in namespaces if not _GLOB_CHARACTERS & set(namespace)],
     )
 
     async def is_active() -> bool:

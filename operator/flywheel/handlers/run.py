@@ -1,28 +1,37 @@
-"""Kopf handlers for Run: thin glue between Kopf and the RunController.
+"""Kopf handlers for Run: thin glue between Kopf's watch events and the RunController.
 
-The same reconcile runs on create, resume (operator start), spec update and on a timer
-that keeps polling non-final Runs (rollouts, deadlines, heartbeats) and finished Runs
-whose outcome is not recorded yet. Nothing here blocks: a Run that has to wait simply
-returns and is looked at again on the next tick.
+A pass starts at once when a Run appears (created, or listed at operator start) or its spec
+changes. A Run that is not finished — a rollout to poll, a deadline or an approval to wait
+for — or whose outcome is not recorded yet is brought back by one loop for every Run
+(:class:`~flywheel.controllers.driver.ObjectDriver`), not by a Kopf timer per Run: a timer is
+a task and a finalizer per Run, which cost an alert storm more than the passes themselves.
+Nothing here blocks: a Run that has to wait simply asks to be looked at again.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
+from flywheel.api.common import find_condition
+from flywheel.api.enums import ConditionStatus
+from flywheel.controllers.driver import ObjectDriver
 from flywheel.controllers.run import (
+    APPROVAL_EVENT_REASONS,
     OUTCOME_RECORDED,
     IncidentView,
     RunController,
     RunGuard,
     RunObject,
+    RunOutcome,
     observed_run,
 )
 from flywheel.domain.run_state import TERMINAL_STATES, ObservedRun
-from flywheel.errors import StoreUnavailableError
+from flywheel.errors import KubernetesApiError, StoreUnavailableError
+from flywheel.handlers.driving import build_driver, stop_driver
 from flywheel.logs import get_logger
 from flywheel.stores.kube import API_VERSION, GROUP, VERSION
 
@@ -30,12 +39,9 @@ log = get_logger(__name__)
 
 # How often a Run that is not finished is looked at (rollout polling, deadlines, heartbeats).
 POLL_SECONDS = 2.0
-# Events about an Approval, posted on the Approval as well as on its Run.
-APPROVAL_EVENT_REASONS = frozenset(
-    {"ApprovalRequested", "Approved", "Rejected", "ApprovalRefused", "ApprovalExpired"}
-)
 # Back-off when the Kubernetes API or Redis is unavailable.
 UNAVAILABLE_RETRY_SECONDS = 5.0
+MEMO_RUN_DRIVER = "run_driver"
 
 
 @kopf.index(GROUP, VERSION, "runs")
@@ -73,69 +79,124 @@ def incident_views(
 _FINAL_STATE_NAMES = frozenset(state.value for state in TERMINAL_STATES)
 
 
-def _needs_driving(status: kopf.Status, **_: Any) -> bool:
-    """Not final yet, or final with an outcome still to record."""
+def needs_driving(body: Mapping[str, Any]) -> bool:
+    """Not final yet, final with an outcome still to record, or a spec this operator has not seen."""
+    status = body.get("status") or {}
+    if status.get("observedGeneration") != (body.get("metadata") or {}).get("generation"):
+        return True
     if status.get("state") not in _FINAL_STATE_NAMES:
         return True
     recorded = next((c for c in status.get("conditions") or [] if c.get("type") == OUTCOME_RECORDED), None)
     return recorded is None or recorded.get("status") != "True"
 
 
-def _guard(memo: kopf.Memo) -> RunGuard:
-    # Kopf gives every object its own memo, shared by that object's handlers and timers.
-    if "run_guard" not in memo:
-        memo["run_guard"] = RunGuard()
-    guard: RunGuard = memo["run_guard"]
-    return guard
+class RunPasses:
+    """One pass over a Run: reconcile, write the status patch, post the Events."""
+
+    def __init__(
+        self,
+        deps: Any,
+        run_views: kopf.Index[str, ObservedRun],
+        incident_views: kopf.Index[tuple[str, str], IncidentView],
+        approvals_by_run: kopf.Index[tuple[str, str], dict[str, Any]],
+    ) -> None:
+        self._deps = deps
+        self._run_views = run_views
+        self._incident_views = incident_views
+        self._approvals_by_run = approvals_by_run
+
+    async def __call__(self, body: Mapping[str, Any], slot: dict[str, Any]) -> float | None:
+        try:
+            run = RunObject.from_body(body)
+        except ValueError as exc:
+            kopf.warn(dict(body), reason="InvalidRun", message=f"invalid Run, not driven: {exc}")
+            return None
+        guard: RunGuard = slot.setdefault("guard", RunGuard())
+        if guard.is_stale(run.status, time.monotonic()):
+            # Our last write has not come back on the watch yet: wait for it, not act twice.
+            return POLL_SECONDS
+        incidents = self._incident_views.get((run.namespace, run.spec.incident_ref.name), [])
+        approvals = self._approvals_by_run.get((run.namespace, run.name), [])
+        deps = self._deps
+        controller = RunController(deps.settings, deps.anomalies, deps.run_stores)
+        try:
+            outcome = await controller.reconcile(
+                run,
+                next(iter(incidents), None),
+                # Read in place: admission looks at the peers only for Runs that act.
+                self._run_views.get(run.namespace, ()),
+                # Only the Approval named after the Run is its own; others are for the approvals handler.
+                approval=next((a for a in approvals if a["metadata"]["name"] == run.name), None),
+            )
+            status_patch = outcome.status_patch(run.status)
+            if status_patch:
+                await deps.resources.patch_status("runs", run.namespace, run.name, status_patch)
+                guard.wrote(outcome.status, time.monotonic())
+        except KubernetesApiError as exc:
+            if exc.status == 404:
+                return None  # deleted meanwhile: its DELETED event forgets it
+            log.warning("run_pass_failed", run=run.name, namespace=run.namespace, error=str(exc))
+            return UNAVAILABLE_RETRY_SECONDS
+        except StoreUnavailableError as exc:
+            log.warning("run_pass_unavailable", run=run.name, namespace=run.namespace, error=str(exc))
+            return UNAVAILABLE_RETRY_SECONDS
+        self._post(body, run.namespace, outcome)
+        recorded = find_condition(outcome.status.conditions, OUTCOME_RECORDED)
+        if (
+            outcome.status.state in TERMINAL_STATES
+            and recorded is not None
+            and recorded.status is ConditionStatus.TRUE
+        ):
+            return None
+        return POLL_SECONDS
+
+    @staticmethod
+    def _post(body: Mapping[str, Any], namespace: str, outcome: RunOutcome) -> None:
+        approval = outcome.status.approval_ref
+        regarding_run = dict(body)
+        for event in outcome.events_to_post():
+            kopf.event(regarding_run, type=event.type, reason=event.reason, message=event.message)
+            if approval is not None and event.reason in APPROVAL_EVENT_REASONS:
+                # Also on the Approval, where `kubectl describe approval` shows it to the approver.
+                regarding = {
+                    "apiVersion": API_VERSION,
+                    "kind": "Approval",
+                    "metadata": {"name": approval.name, "namespace": namespace, "uid": approval.uid},
+                }
+                kopf.event(regarding, type=event.type, reason=event.reason, message=event.message)
 
 
-@kopf.on.resume(GROUP, VERSION, "runs")
-@kopf.on.create(GROUP, VERSION, "runs")
-@kopf.on.update(GROUP, VERSION, "runs", field="spec")
-@kopf.timer(GROUP, VERSION, "runs", interval=POLL_SECONDS, when=_needs_driving)
-async def reconcile_run(
-    body: kopf.Body,
-    patch: kopf.Patch,
+@kopf.on.startup()
+async def start_run_driver(
     memo: kopf.Memo,
     run_views: kopf.Index[str, ObservedRun],
     incident_views: kopf.Index[tuple[str, str], IncidentView],
     approvals_by_run: kopf.Index[tuple[str, str], dict[str, Any]],
     **_: Any,
 ) -> None:
-    try:
-        run = RunObject.from_body(body)
-    except ValueError as exc:
-        raise kopf.PermanentError(f"invalid Run: {exc}") from exc
-    guard = _guard(memo)
-    async with guard.lock:
-        if guard.is_stale(run.status, time.monotonic()):
-            log.debug("run_pass_skipped_stale_body", run=run.name, namespace=run.namespace)
-            return
-        incidents = list(incident_views.get((run.namespace, run.spec.incident_ref.name), []))
-        approvals = list(approvals_by_run.get((run.namespace, run.name), []))
-        controller = RunController(memo.deps.settings, memo.deps.anomalies, memo.deps.run_stores)
-        try:
-            outcome = await controller.reconcile(
-                run,
-                incidents[0] if incidents else None,
-                list(run_views.get(run.namespace, [])),
-                # Only the Approval named after the Run is its own; others are for the approvals handler.
-                approval=next((a for a in approvals if a["metadata"]["name"] == run.name), None),
-            )
-        except StoreUnavailableError as exc:
-            raise kopf.TemporaryError(str(exc), delay=UNAVAILABLE_RETRY_SECONDS) from exc
-        status_patch = outcome.status_patch(run.status)
-        if status_patch:
-            patch.status.update(status_patch)
-            guard.wrote(outcome.status, time.monotonic())
-    approval = outcome.status.approval_ref
-    for event in outcome.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-        if approval is not None and event.reason in APPROVAL_EVENT_REASONS:
-            # Also on the Approval, where `kubectl describe approval` shows it to the approver.
-            regarding = {
-                "apiVersion": API_VERSION,
-                "kind": "Approval",
-                "metadata": {"name": approval.name, "namespace": run.namespace, "uid": approval.uid},
-            }
-            kopf.event(regarding, type=event.type, reason=event.reason, message=event.message)
+    deps = getattr(memo, "deps", None)
+    if deps is None:
+        raise kopf.TemporaryError("shared dependencies are not built yet", delay=1)
+    memo[MEMO_RUN_DRIVER] = build_driver(memo, "runs", RunPasses(deps, run_views, incident_views, approvals_by_run))
+
+
+@kopf.on.cleanup()
+async def stop_run_driver(memo: kopf.Memo, **_: Any) -> None:
+    await stop_driver(memo, MEMO_RUN_DRIVER)
+
+
+@kopf.on.event(GROUP, VERSION, "runs", id="drive-runs")
+async def run_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    driver: ObjectDriver = memo[MEMO_RUN_DRIVER]
+    body = event["object"]
+    uid = body["metadata"]["uid"]
+    if event["type"] == "DELETED" or not needs_driving(body):
+        driver.forget(uid)
+        return
+    # Started from a handler so that its passes can post Events through Kopf (its context).
+    driver.start()
+    tracked = driver.observe(body)
+    status = body.get("status") or {}
+    spec_changed = status.get("observedGeneration") != body["metadata"].get("generation")
+    if not tracked or spec_changed or event["type"] in (None, "ADDED"):
+        await driver.drive(body)

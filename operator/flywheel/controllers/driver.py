@@ -1,0 +1,204 @@
+"""One loop that brings objects back for another pass, instead of a Kopf timer per object.
+
+A Kopf timer is a task per object, and Kopf guards every object that has one with a finalizer
+(two more writes per object, each echoed back as a watch event). In an alert storm that cost
+more than the passes themselves (``bench/e2e_throughput.py``). Here watch events still start
+passes at once (the handlers decide when); this loop only brings back the objects whose last
+pass asked for it — a rollout to poll, a deadline to keep, a store that was down.
+
+Per object, passes never overlap: the handler's pass and the loop's pass take the same lock.
+While the operator is paused by Kopf's peering (another replica is active), the loop drives
+nothing; what it tracked may change meanwhile under the other replica, so after a pause each
+object is read again before its next pass (unless a watch event brought it first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flywheel.logs import get_logger
+
+log = get_logger(__name__)
+
+# A pass gets the object's latest body and its slot (state that lives as long as the object is
+# tracked, e.g. what the last pass wrote). It answers in how many seconds it wants to be called
+# again, or None to wait for the next watch event.
+PassFunction = Callable[[Mapping[str, Any], dict[str, Any]], Awaitable[float | None]]
+IsActive = Callable[[], Awaitable[bool]]
+# Reads the object as stored now; None when it no longer exists.
+Refresh = Callable[[Mapping[str, Any]], Awaitable[Mapping[str, Any] | None]]
+
+# How long a pass that raised something unexpected waits before it is tried again.
+FAILED_PASS_RETRY_SECONDS = 30.0
+# How often the loop asks whether this replica is the active peer, at most.
+ACTIVITY_CHECK_SECONDS = 2.0
+
+
+@dataclass(eq=False)
+class _Tracked:
+    body: Mapping[str, Any]
+    due: float = math.inf  # the loop's clock; inf: only a watch event brings it back
+    slot: dict[str, Any] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    stale: bool = False  # the body predates a pause: read it again before the next pass
+
+
+def _uid(body: Mapping[str, Any]) -> str:
+    return str(body["metadata"]["uid"])
+
+
+Find = Callable[[str, str, str], Awaitable[Mapping[str, Any] | None]]
+
+
+def reread(find: Find, plural: str) -> Refresh:
+    """A :data:`Refresh` that reads the object by name; a new object under the same name is not it."""
+
+    async def refresh(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        meta = body["metadata"]
+        found = await find(plural, meta["namespace"], meta["name"])
+        if found is None or found["metadata"]["uid"] != meta["uid"]:
+            return None
+        return found
+
+    return refresh
+
+
+class ObjectDriver:
+    """Passes over one kind of object: now (:meth:`drive`), or when the last pass asked to be back."""
+
+    def __init__(
+        self,
+        kind: str,
+        run_pass: PassFunction,
+        *,
+        is_active: IsActive,
+        refresh: Refresh,
+        concurrency: int = 16,
+    ) -> None:
+        self._kind = kind
+        self._run_pass = run_pass
+        self._is_active = is_active
+        self._refresh = refresh
+        self._concurrency = asyncio.Semaphore(concurrency)
+        self._tracked: dict[str, _Tracked] = {}
+        self._wakeup = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._passes: set[asyncio.Task[None]] = set()
+        self._active = True
+        self._active_checked_at = -math.inf
+
+    def __len__(self) -> int:
+        return len(self._tracked)
+
+    def tracks(self, uid: str) -> bool:
+        return uid in self._tracked
+
+    def observe(self, body: Mapping[str, Any]) -> bool:
+        """Keep the latest body of a tracked object; whether it is tracked."""
+        tracked = self._tracked.get(_uid(body))
+        if tracked is not None:
+            tracked.body = body
+            tracked.stale = False
+        return tracked is not None
+
+    def forget(self, uid: str) -> None:
+        """The object is gone or done: no more passes unless a watch event starts one."""
+        self._tracked.pop(uid, None)
+
+    async def drive(self, body: Mapping[str, Any]) -> None:
+        """One pass over the object now (after any pass already running for it)."""
+        uid = _uid(body)
+        tracked = self._tracked.setdefault(uid, _Tracked(body))
+        tracked.body = body
+        tracked.stale = False
+        await self._pass(uid, tracked)
+
+    async def _pass(self, uid: str, tracked: _Tracked) -> None:
+        async with tracked.lock:
+            if self._tracked.get(uid) is not tracked:
+                return  # forgotten while waiting for the previous pass
+            try:
+                if tracked.stale:
+                    fresh = await self._refresh(tracked.body)
+                    if fresh is None:
+                        self.forget(uid)
+                        return
+                    tracked.body, tracked.stale = fresh, False
+                delay = await self._run_pass(tracked.body, tracked.slot)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                meta = tracked.body.get("metadata") or {}
+                log.exception(
+                    "pass_failed", kind=self._kind, namespace=meta.get("namespace"), name=meta.get("name")
+                )
+                delay = FAILED_PASS_RETRY_SECONDS
+            loop = asyncio.get_running_loop()
+            tracked.due = math.inf if delay is None else loop.time() + max(delay, 0.0)
+            if delay is not None:
+                self._wakeup.set()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the loop (once). Call it from a handler: it runs in that handler's context."""
+        if self._loop_task is None:
+            self._loop_task = asyncio.create_task(self._run_forever(), name=f"flywheel {self._kind} driver")
+
+    async def stop(self) -> None:
+        tasks = [task for task in (self._loop_task, *self._passes) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._loop_task = None
+        self._passes.clear()
+
+    async def _run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            next_due = min((tracked.due for tracked in self._tracked.values()), default=math.inf)
+            wait = min(next_due - loop.time(), ACTIVITY_CHECK_SECONDS)
+            if wait > 0:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
+                except TimeoutError:
+                    pass
+            now = loop.time()
+            due = [(uid, tracked) for uid, tracked in self._tracked.items() if tracked.due <= now]
+            if not due:
+                continue
+            if not await self._still_active(now):
+                await asyncio.sleep(ACTIVITY_CHECK_SECONDS)
+                continue
+            for uid, tracked in due:
+                tracked.due = math.inf  # the pass sets the next one
+                await self._concurrency.acquire()
+                task = asyncio.create_task(self._bounded_pass(uid, tracked))
+                self._passes.add(task)
+                task.add_done_callback(self._passes.discard)
+
+    async def _bounded_pass(self, uid: str, tracked: _Tracked) -> None:
+        try:
+            await self._pass(uid, tracked)
+        finally:
+            self._concurrency.release()
+
+    async def _still_active(self, now: float) -> bool:
+        if now - self._active_checked_at >= ACTIVITY_CHECK_SECONDS:
+            self._active_checked_at = now
+            active = await self._is_active()
+            if active != self._active:
+                log.info(
+                    "driver_activity_changed", kind=self._kind, active=active, tracked=len(self._tracked)
+                )
+            self._active = active
+            if not active:
+                # Another replica may drive these meanwhile: never act on what we saw before.
+                for tracked in self._tracked.values():
+                    tracked.stale = True
+        return self._active

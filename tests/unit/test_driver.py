@@ -1,0 +1,195 @@
+"""The loop that brings Incidents and Runs back for another pass (flywheel.controllers.driver).
+
+What an operator would notice if it were wrong: a Run whose rollout is being polled never
+looked at again, a deleted Run still acted on, two passes over one Run at once (an action
+applied twice), a paused replica still acting, one failing Run stopping the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from flywheel.controllers import driver as driver_module
+from flywheel.controllers.driver import ObjectDriver
+
+pytestmark = pytest.mark.unit
+
+
+def body(uid: str, version: int = 1) -> dict[str, Any]:
+    return {"metadata": {"uid": uid, "name": f"run-{uid}", "namespace": "ns"}, "spec": {"version": version}}
+
+
+class Passes:
+    """Records every pass; answers with the delay it is told to."""
+
+    def __init__(self, delay: float | None = None, duration: float = 0.0) -> None:
+        self.delay = delay
+        self.duration = duration
+        self.seen: list[tuple[str, int]] = []
+        self.running = 0
+        self.most_at_once = 0
+        self.fail_first: set[str] = set()
+
+    async def __call__(self, seen: Mapping[str, Any], slot: dict[str, Any]) -> float | None:
+        uid = seen["metadata"]["uid"]
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            self.seen.append((uid, seen["spec"]["version"]))
+            slot["passes"] = slot.get("passes", 0) + 1
+            if self.duration:
+                await asyncio.sleep(self.duration)
+            if uid in self.fail_first:
+                self.fail_first.discard(uid)
+                raise RuntimeError("boom")
+            return self.delay
+        finally:
+            self.running -= 1
+
+    def count(self, uid: str) -> int:
+        return sum(1 for seen_uid, _ in self.seen if seen_uid == uid)
+
+
+async def always_active() -> bool:
+    return True
+
+
+def refresh_from(stored: dict[str, dict[str, Any]]) -> Any:
+    """Reads "the API server": ``stored`` by uid (absent: deleted)."""
+
+    async def refresh(seen: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        return stored.get(seen["metadata"]["uid"])
+
+    return refresh
+
+
+async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_pass_that_asks_to_come_back_is_driven_again_by_the_loop() -> None:
+    passes = Passes(delay=0.05)
+    driver = ObjectDriver("runs", passes, is_active=always_active, refresh=refresh_from({}))
+    driver.start()
+    try:
+        await driver.drive(body("a"))
+        await wait_until(lambda: passes.count("a") >= 3)
+    finally:
+        await driver.stop()
+
+
+async def test_a_pass_that_is_done_waits_for_the_next_watch_event() -> None:
+    passes = Passes(delay=None)
+    driver = ObjectDriver("runs", passes, is_active=always_active, refresh=refresh_from({}))
+    driver.start()
+    try:
+        await driver.drive(body("a"))
+        await asyncio.sleep(0.3)
+        assert passes.count("a") == 1
+        await driver.drive(body("a", version=2))
+        assert passes.seen == [("a", 1), ("a", 2)]
+    finally:
+        await driver.stop()
+
+
+async def test_the_loop_uses_the_latest_observed_body() -> None:
+    passes = Passes(delay=0.1)
+    driver = ObjectDriver("runs", passes, is_active=always_active, refresh=refresh_from({}))
+    driver.start()
+    try:
+        await driver.drive(body("a", version=1))
+        assert driver.observe(body("a", version=7))
+        assert not driver.observe(body("untracked"))
+        await wait_until(lambda: passes.count("a") >= 2)
+        assert passes.seen[1] == ("a", 7)
+    finally:
+        await driver.stop()
+
+
+async def test_a_forgotten_object_gets_no_more_passes() -> None:
+    passes = Passes(delay=0.05)
+    driver = ObjectDriver("runs", passes, is_active=always_active, refresh=refresh_from({}))
+    driver.start()
+    try:
+        await driver.drive(body("a"))
+        driver.forget("a")
+        assert not driver.tracks("a")
+        await asyncio.sleep(0.3)
+        assert passes.count("a") == 1
+    finally:
+        await driver.stop()
+
+
+async def test_passes_over_one_object_never_overlap_and_keep_their_slot() -> None:
+    passes = Passes(delay=0.0, duration=0.05)
+    driver = ObjectDriver("runs", passes, is_active=always_active, refresh=refresh_from({}))
+    driver.start()
+    try:
+        await asyncio.gather(*(driver.drive(body("a", version=n)) for n in range(5)))
+        await wait_until(lambda: passes.count("a") >= 8)
+        assert passes.most_at_once == 1
+    finally:
+        await driver.stop()
+
+
+async def test_different_objects_are_driven_side_by_side() -> None:
+    passes = Passes(delay=None, duration=0.2)
+    driver = ObjectDriver("runs", passes, is_active=always_active, refresh=refresh_from({}))
+    await asyncio.gather(*(driver.drive(body(str(n))) for n in range(4)))
+    assert passes.most_at_once == 4
+
+
+async def test_a_failing_pass_is_retried_and_does_not_stop_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(driver_module, "FAILED_PASS_RETRY_SECONDS", 0.05)
+    passes = Passes(delay=None)
+    passes.fail_first = {"bad"}
+    driver = ObjectDriver("runs", passes, is_active=always_active, refresh=refresh_from({}))
+    driver.start()
+    try:
+        await driver.drive(body("bad"))
+        await driver.drive(body("good"))
+        await wait_until(lambda: passes.count("bad") == 2)
+        await asyncio.sleep(0.2)
+        assert (passes.count("bad"), passes.count("good")) == (2, 1)
+    finally:
+        await driver.stop()
+
+
+async def test_a_paused_replica_drives_nothing_and_reads_objects_again_when_it_resumes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(driver_module, "ACTIVITY_CHECK_SECONDS", 0.05)
+    active = True
+
+    async def is_active() -> bool:
+        return active
+
+    # Meanwhile the other replica moved "a" on (version 9) and "b" was deleted.
+    stored = {"a": body("a", version=9)}
+    passes = Passes(delay=0.05)
+    driver = ObjectDriver("runs", passes, is_active=is_active, refresh=refresh_from(stored))
+    driver.start()
+    try:
+        await driver.drive(body("a"))
+        await driver.drive(body("b"))
+        await wait_until(lambda: passes.count("a") >= 2)
+        active = False
+        await asyncio.sleep(0.2)
+        count = passes.count("a")
+        await asyncio.sleep(0.3)
+        assert passes.count("a") == count, "a paused replica drives nothing"
+        active = True
+        await wait_until(lambda: passes.count("a") > count)
+        versions_of_a = [version for uid, version in passes.seen if uid == "a"]
+        assert versions_of_a[count] == 9, "the first pass after the pause reads the object again"
+        await wait_until(lambda: not driver.tracks("b"))
+    finally:
+        await driver.stop()
