@@ -80,12 +80,29 @@ def quiet_routine_kopf_successes() -> None:
         kopf_objects.addFilter(RoutineSuccessFilter())
 
 
+class ChangeHandledDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """Kopf's diff-base, built only for the kinds that have change handlers.
+
+    Kopf deep-copies every watched body to compare it with the last handled one, whether or
+    not the kind has a change handler to call. Incidents and Runs have none (raw watch events
+    and a driver loop, see flywheel.handlers.run): their copy was pure cost, ~4 % of the
+    operator's CPU in an alert storm.
+    """
+
+    WITHOUT_CHANGE_HANDLERS = frozenset({"Incident", "Run"})
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        if body.get("kind") in self.WITHOUT_CHANGE_HANDLERS:
+            return kopf.BodyEssence()
+        return super().build(body=body, extra_fields=extra_fields)
+
+
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
     """Kopf behaviour shared by ``flywheel run`` and the tests."""
     # Progress and diff-base in annotations: our status schemas stay strict and
     # Kopf's bookkeeping never shows up in `kubectl get -o yaml` status.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.flywheel.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = ChangeHandledDiffBase(
         prefix="kopf.flywheel.dev", key="last-handled-configuration"
     )
     settings.persistence.finalizer = "flywheel.dev/finalizer"

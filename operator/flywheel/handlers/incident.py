@@ -22,7 +22,9 @@ from flywheel.controllers.incident import IncidentObject, IncidentReconciler, Pe
 from flywheel.domain.signature import anomaly_key
 from flywheel.errors import KubernetesApiError, StoreUnavailableError
 from flywheel.handlers.driving import build_driver, stop_driver
+from flywheel.handlers.history import project
 from flywheel.logs import get_logger
+from flywheel.stores.history import HistoryKind
 from flywheel.stores.kube import GROUP, VERSION
 
 log = get_logger(__name__)
@@ -116,6 +118,7 @@ async def stop_incident_driver(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event(GROUP, VERSION, "incidents", id="reconcile-incidents")
 async def incident_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     driver: ObjectDriver = memo[MEMO_INCIDENT_DRIVER]
+    project(HistoryKind.INCIDENT, event, memo)
     body = event["object"]
     if event["type"] == "DELETED":
         driver.forget(body["metadata"]["uid"])

@@ -32,7 +32,9 @@ from flywheel.controllers.run import (
 from flywheel.domain.run_state import TERMINAL_STATES, ObservedRun
 from flywheel.errors import KubernetesApiError, StoreUnavailableError
 from flywheel.handlers.driving import build_driver, stop_driver
+from flywheel.handlers.history import project
 from flywheel.logs import get_logger
+from flywheel.stores.history import HistoryKind
 from flywheel.stores.kube import API_VERSION, GROUP, VERSION
 
 log = get_logger(__name__)
@@ -188,6 +190,7 @@ async def stop_run_driver(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event(GROUP, VERSION, "runs", id="drive-runs")
 async def run_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     driver: ObjectDriver = memo[MEMO_RUN_DRIVER]
+    project(HistoryKind.RUN, event, memo)
     body = event["object"]
     uid = body["metadata"]["uid"]
     if event["type"] == "DELETED" or not needs_driving(body):

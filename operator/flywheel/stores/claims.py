@@ -9,6 +9,7 @@ precondition so two contenders cannot both win.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -20,6 +21,8 @@ from flywheel.errors import StoreUnavailableError
 from flywheel.stores.kube import api_error, configure_client, unreachable_error
 
 LEASE_PREFIX = "flywheel-anomaly-"
+# Claims this process won, remembered for the twins that follow (most recent first kept).
+WON_CLAIMS_REMEMBERED = 10_000
 # The holder's name, so that a Duplicate can say whom it duplicates without a lookup.
 HOLDER_NAME_ANNOTATION = "flywheel.dev/incident"
 
@@ -43,10 +46,27 @@ class AnomalyClaims:
         if api is None:
             configure_client()
         self._api = api or kubernetes.client.CoordinationV1Api()
+        # In an alert storm most twins arrive while the claim this process just won is active:
+        # the Lease would answer 409 and then name that holder, two API calls for a known answer.
+        self._won: OrderedDict[tuple[str, str], Holder] = OrderedDict()
 
     async def claim(self, namespace: str, anomaly_key: str, claimant: Holder, is_active: HolderIsActive) -> Holder | None:
         """Claim the anomaly for ``claimant``; None when it holds the claim, else the active holder."""
         name = lease_name(anomaly_key)
+        won = self._won.get((namespace, name))
+        if won is not None and won.uid != claimant.uid and await is_active(won):
+            return won
+        holder = await self._claim_lease(namespace, name, claimant, is_active)
+        if holder is None:
+            self._won[(namespace, name)] = claimant
+            self._won.move_to_end((namespace, name))
+            while len(self._won) > WON_CLAIMS_REMEMBERED:
+                self._won.popitem(last=False)
+        return holder
+
+    async def _claim_lease(
+        self, namespace: str, name: str, claimant: Holder, is_active: HolderIsActive
+    ) -> Holder | None:
         body = kubernetes.client.V1Lease(
             metadata=kubernetes.client.V1ObjectMeta(
                 name=name,

@@ -41,6 +41,7 @@ DEFAULT_MAX_PENDING: Final = 10_000
 DEFAULT_BATCH_SIZE: Final = 100
 DEFAULT_RETRY_INITIAL_SECONDS: Final = 0.5
 DEFAULT_RETRY_MAX_SECONDS: Final = 30.0
+DEFAULT_LINGER_SECONDS: Final = 0.25
 # How often flush() looks at the queue; only tests and shutdown wait on it.
 _FLUSH_POLL_SECONDS: Final = 0.02
 
@@ -127,6 +128,7 @@ class HistoryWriter:
         batch_size: int = DEFAULT_BATCH_SIZE,
         retry_initial_seconds: float = DEFAULT_RETRY_INITIAL_SECONDS,
         retry_max_seconds: float = DEFAULT_RETRY_MAX_SECONDS,
+        linger_seconds: float = DEFAULT_LINGER_SECONDS,
     ) -> None:
         if max_pending < 1 or batch_size < 1:
             raise ConfigurationError("history writer: max_pending and batch_size must be >= 1")
@@ -141,6 +143,7 @@ class HistoryWriter:
         self._batch_size = batch_size
         self._retry_initial_seconds = retry_initial_seconds
         self._retry_max_seconds = retry_max_seconds
+        self._linger_seconds = linger_seconds
         # Guards the queue and the counters: submit() may run on any thread.
         self._lock = threading.Lock()
         self._pending: OrderedDict[_ItemKey, _PendingItem] = OrderedDict()
@@ -345,6 +348,20 @@ class HistoryWriter:
             except Exception as exc:  # noqa: BLE001  (any failure to prepare holds writes back; retried)
                 return batch, exc
             self._prepared = True
+        if len(batch) > 1:
+            try:
+                with self._store.batch():
+                    for item in batch:
+                        self._write_one(item)
+            except DatabaseUnavailableError as exc:
+                return batch, exc
+            except Exception as exc:  # noqa: BLE001  (one item is at fault: find it, one transaction each)
+                _log.debug("history batch refused; writing its items one by one", size=len(batch), error=str(exc))
+            else:
+                with self._lock:
+                    self._in_flight -= len(batch)
+                    self._stored += len(batch)
+                return [], None
         for position, item in enumerate(batch):
             try:
                 self._write_one(item)
@@ -371,6 +388,9 @@ class HistoryWriter:
         delay = self._retry_initial_seconds
         while True:
             await self._wakeup.wait()
+            # A moment's wait lets the next versions of the same objects replace the pending
+            # ones (an Incident is created, then its status written, a second later resolved).
+            await asyncio.sleep(self._linger_seconds)
             self._wakeup.clear()
             while batch := self._take_batch():
                 try:

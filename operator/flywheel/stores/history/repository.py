@@ -188,6 +188,10 @@ class HistoryStore:
             self._insert = sqlite.insert
         else:
             raise ConfigurationError(f"history database must be PostgreSQL or SQLite, got {backend!r}")
+        # Upsert statements by (table, columns): built once, executed with each row's values.
+        self._upserts: dict[tuple[str, frozenset[str]], Any] = {}
+        # The connection of an open batch (see batch()): writes join its transaction.
+        self._batch: Connection | None = None
 
     @property
     def database(self) -> str:
@@ -200,6 +204,9 @@ class HistoryStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
+        if self._batch is not None:
+            yield self._batch
+            return
         try:
             with self._engine.begin() as connection:
                 yield connection
@@ -208,6 +215,21 @@ class HistoryStore:
             if unavailable is not None:
                 raise unavailable from exc
             raise
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every write inside goes into one transaction: all of them are stored, or none.
+
+        One commit per item made the history writer the operator's busiest thread in an alert
+        storm (bench/e2e_throughput.py); the writer batches and falls back to one item per
+        transaction when a batch is refused, to find the item at fault.
+        """
+        with self._transaction() as connection:
+            self._batch = connection
+            try:
+                yield
+            finally:
+                self._batch = None
 
     @contextmanager
     def _reading(self) -> Iterator[Session]:
@@ -222,13 +244,17 @@ class HistoryStore:
 
     def _upsert(self, connection: Connection, table: Table, values: Mapping[str, Any]) -> None:
         """Insert, or overwrite every non-key column: the newest projection of an object wins."""
-        keys = [column.name for column in table.primary_key.columns]
-        statement = self._insert(table).values(dict(values))
-        statement = statement.on_conflict_do_update(
-            index_elements=keys,
-            set_={name: statement.excluded[name] for name in values if name not in keys},
-        )
-        connection.execute(statement)
+        cache_key = (table.name, frozenset(values))
+        statement = self._upserts.get(cache_key)
+        if statement is None:
+            keys = [column.name for column in table.primary_key.columns]
+            insert = self._insert(table)
+            statement = insert.on_conflict_do_update(
+                index_elements=keys,
+                set_={name: insert.excluded[name] for name in values if name not in keys},
+            )
+            self._upserts[cache_key] = statement
+        connection.execute(statement, dict(values))
 
     def _insert_once(self, connection: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert rows whose key is not stored yet; existing rows are facts and stay as they are."""
