@@ -134,6 +134,8 @@ class OperatorProcess:
             **{f"FLYWHEEL_{name.upper()}": value for name, value in settings.items()},
             "KUBECONFIG": str(kubeconfig),
             "PYTHONUNBUFFERED": "1",
+            # As in the shipped image (Dockerfile); override it to measure without.
+            "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2"),
         }
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -113,7 +113,7 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     # worker takes a slot: with 64 slots the operator could not take up more than ~13 objects
     # per second, whatever its CPU (bench/e2e_throughput.py). Workers are small tasks; the
     # blocking-I/O pool (BLOCKING_IO_THREADS) is what bounds the calls they make.
-    settings.queueing.worker_limit = 2000
+    settings.queueing.worker_limit = 256
     settings.queueing.idle_timeout = 0.5
     settings.execution.max_workers = 16
     settings.networking.request_timeout = 30
