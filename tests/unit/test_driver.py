@@ -193,3 +193,17 @@ async def test_a_paused_replica_drives_nothing_and_reads_objects_again_when_it_r
         await wait_until(lambda: not driver.tracks("b"))
     finally:
         await driver.stop()
+
+
+async def test_an_object_forgotten_during_its_pass_and_seen_again_is_not_driven_twice_at_once() -> None:
+    passes = Passes(delay=None, duration=0.2)
+    driver = ObjectDriver("runs", passes, is_active=always_active, refresh=refresh_from({}))
+    first = asyncio.create_task(driver.drive(body("a", version=1)))
+    await asyncio.sleep(0.05)
+    driver.forget("a")  # its watch event said "done" while the pass was still running
+    assert driver.tracks("a"), "kept until the running pass ends"
+    await driver.drive(body("a", version=2))  # then its spec changed: a new pass, after the first
+    await first
+    assert passes.seen == [("a", 1), ("a", 2)] and passes.most_at_once == 1
+    driver.forget("a")
+    assert not driver.tracks("a")

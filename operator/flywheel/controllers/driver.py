@@ -45,6 +45,7 @@ class _Tracked:
     slot: dict[str, Any] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     stale: bool = False  # the body predates a pause: read it again before the next pass
+    forgotten: bool = False  # forgotten during a pass: dropped when the pass ends
 
 
 def _uid(body: Mapping[str, Any]) -> str:
@@ -107,40 +108,53 @@ class ObjectDriver:
 
     def forget(self, uid: str) -> None:
         """The object is gone or done: no more passes unless a watch event starts one."""
-        self._tracked.pop(uid, None)
+        tracked = self._tracked.get(uid)
+        if tracked is None:
+            return
+        if tracked.lock.locked():
+            # Kept until its pass ends, so that a pass started meanwhile waits for that one.
+            tracked.forgotten, tracked.due = True, math.inf
+        else:
+            del self._tracked[uid]
 
     async def drive(self, body: Mapping[str, Any]) -> None:
         """One pass over the object now (after any pass already running for it)."""
         uid = _uid(body)
         tracked = self._tracked.setdefault(uid, _Tracked(body))
-        tracked.body = body
-        tracked.stale = False
+        tracked.body, tracked.stale, tracked.forgotten = body, False, False
         await self._pass(uid, tracked)
 
     async def _pass(self, uid: str, tracked: _Tracked) -> None:
         async with tracked.lock:
-            if self._tracked.get(uid) is not tracked:
-                return  # forgotten while waiting for the previous pass
             try:
-                if tracked.stale:
-                    fresh = await self._refresh(tracked.body)
-                    if fresh is None:
-                        self.forget(uid)
-                        return
-                    tracked.body, tracked.stale = fresh, False
-                delay = await self._run_pass(tracked.body, tracked.slot)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                meta = tracked.body.get("metadata") or {}
-                log.exception(
-                    "pass_failed", kind=self._kind, namespace=meta.get("namespace"), name=meta.get("name")
-                )
-                delay = FAILED_PASS_RETRY_SECONDS
-            loop = asyncio.get_running_loop()
-            tracked.due = math.inf if delay is None else loop.time() + max(delay, 0.0)
-            if delay is not None:
-                self._wakeup.set()
+                await self._pass_locked(uid, tracked)
+            finally:
+                if tracked.forgotten and self._tracked.get(uid) is tracked:
+                    del self._tracked[uid]
+
+    async def _pass_locked(self, uid: str, tracked: _Tracked) -> None:
+        if self._tracked.get(uid) is not tracked or tracked.forgotten:
+            return  # forgotten while waiting for the previous pass
+        try:
+            if tracked.stale:
+                fresh = await self._refresh(tracked.body)
+                if fresh is None:
+                    self.forget(uid)
+                    return
+                tracked.body, tracked.stale = fresh, False
+            delay = await self._run_pass(tracked.body, tracked.slot)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            meta = tracked.body.get("metadata") or {}
+            log.exception(
+                "pass_failed", kind=self._kind, namespace=meta.get("namespace"), name=meta.get("name")
+            )
+            delay = FAILED_PASS_RETRY_SECONDS
+        loop = asyncio.get_running_loop()
+        tracked.due = math.inf if delay is None else loop.time() + max(delay, 0.0)
+        if delay is not None:
+            self._wakeup.set()
 
     # -- the loop ---------------------------------------------------------------------------
 

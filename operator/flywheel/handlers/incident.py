@@ -12,7 +12,7 @@ and the watch event it echoes back.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 
@@ -26,6 +26,9 @@ from flywheel.handlers.history import project
 from flywheel.logs import get_logger
 from flywheel.stores.history import HistoryKind
 from flywheel.stores.kube import GROUP, VERSION
+
+if TYPE_CHECKING:
+    from flywheel.controllers.dependencies import Dependencies
 
 log = get_logger(__name__)
 
@@ -59,7 +62,9 @@ def _degraded(body: Mapping[str, Any]) -> bool:
 class IncidentPasses:
     """One pass over an Incident: reconcile, write the status patch, post the Events."""
 
-    def __init__(self, deps: Any, incidents_by_anomaly: kopf.Index[tuple[str, str], PeerIncident]) -> None:
+    def __init__(
+        self, deps: Dependencies, incidents_by_anomaly: kopf.Index[tuple[str, str], PeerIncident]
+    ) -> None:
         self._deps = deps
         self._incidents_by_anomaly = incidents_by_anomaly
 

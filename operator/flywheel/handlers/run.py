@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 
@@ -36,6 +36,9 @@ from flywheel.handlers.history import project
 from flywheel.logs import get_logger
 from flywheel.stores.history import HistoryKind
 from flywheel.stores.kube import API_VERSION, GROUP, VERSION
+
+if TYPE_CHECKING:
+    from flywheel.controllers.dependencies import Dependencies
 
 log = get_logger(__name__)
 
@@ -97,7 +100,7 @@ class RunPasses:
 
     def __init__(
         self,
-        deps: Any,
+        deps: Dependencies,
         run_views: kopf.Index[str, ObservedRun],
         incident_views: kopf.Index[tuple[str, str], IncidentView],
         approvals_by_run: kopf.Index[tuple[str, str], dict[str, Any]],
@@ -179,7 +182,9 @@ async def start_run_driver(
     deps = getattr(memo, "deps", None)
     if deps is None:
         raise kopf.TemporaryError("shared dependencies are not built yet", delay=1)
-    memo[MEMO_RUN_DRIVER] = build_driver(memo, "runs", RunPasses(deps, run_views, incident_views, approvals_by_run))
+    memo[MEMO_RUN_DRIVER] = build_driver(
+        memo, "runs", RunPasses(deps, run_views, incident_views, approvals_by_run)
+    )
 
 
 @kopf.on.cleanup()
