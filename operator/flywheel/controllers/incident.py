@@ -73,7 +73,7 @@ class Event:
     message: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PeerIncident:
     """What the deduplication needs to know of an Incident with the same key (from Kopf's index)."""
 

@@ -123,7 +123,7 @@ APPROVAL_EVENT_REASONS = frozenset(
 # --------------------------------------------------------------------------- views
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IncidentView:
     """What a Run needs to know about its Incident (from the operator's index)."""
 

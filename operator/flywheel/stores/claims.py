@@ -21,7 +21,7 @@ from flywheel.errors import StoreUnavailableError
 from flywheel.stores.kube import api_error, configure_client, unreachable_error
 
 LEASE_PREFIX = "flywheel-anomaly-"
-# Claims this process won, remembered for the twins that follow (most recent first kept).
+# Claims this process won, remembered for the twins that follow (the most recent ones).
 WON_CLAIMS_REMEMBERED = 10_000
 # The holder's name, so that a Duplicate can say whom it duplicates without a lookup.
 HOLDER_NAME_ANNOTATION = "flywheel.dev/incident"
