@@ -8,6 +8,8 @@ applied twice), a paused replica still acting, one failing Run stopping the othe
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -207,3 +209,18 @@ async def test_an_object_forgotten_during_its_pass_and_seen_again_is_not_driven_
     assert passes.seen == [("a", 1), ("a", 2)] and passes.most_at_once == 1
     driver.forget("a")
     assert not driver.tracks("a")
+
+
+async def test_an_object_waiting_for_its_next_watch_event_does_not_keep_its_body() -> None:
+    class WeakBody(dict[str, Any]):
+        pass
+
+    passes = Passes(delay=None)
+    driver = ObjectDriver("runs", passes, is_active=always_active, refresh=refresh_from({}))
+    seen = WeakBody(body("a"))
+    kept = weakref.ref(seen)
+    await driver.drive(seen)
+    del seen
+    gc.collect()
+    assert driver.tracks("a"), "still tracked until a watch event shows it done"
+    assert kept() is None, "10,000 bodies kept this way were most of the operator's memory"
