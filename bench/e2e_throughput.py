@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 import tempfile
@@ -224,10 +225,8 @@ async def drive_phase(
                 print(f"  ** the operator exited:\n{operator.log_tail()}")
                 break
             seen.changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):  # look at the operator at least every second
                 await asyncio.wait_for(seen.changed.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
             completed = seen.done(scenario.incidents)
         for watcher in watchers:
             watcher.cancel()

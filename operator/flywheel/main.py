@@ -262,7 +262,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
 
 def peering_observer(settings: kopf.OperatorSettings, namespaces: tuple[str, ...]) -> PeeringObserver:
     """Tells the loops Kopf does not pause themselves (metrics, the Run driver) whether to act."""
-    from flywheel.stores.peering import PeeringObserver
+    from flywheel.stores.peering import PeeringObserver, literal_namespaces
 
     return PeeringObserver(
         standalone=settings.peering.standalone,
@@ -271,7 +271,7 @@ def peering_observer(settings: kopf.OperatorSettings, namespaces: tuple[str, ...
         clusterwide=settings.peering.clusterwide,
         # Globs cannot be read by name; Kopf pauses the whole operator anyway, so the
         # literal namespaces are enough to notice a higher-priority peer.
-        namespaces=[namespace for namespace in namespaces if not set("*?[") & set(namespace)],
+        namespaces=literal_namespaces(namespaces),
     )
 
 

@@ -213,7 +213,7 @@ async def test_an_object_forgotten_during_its_pass_and_seen_again_is_not_driven_
 
 async def test_an_object_waiting_for_its_next_watch_event_does_not_keep_its_body() -> None:
     class WeakBody(dict[str, Any]):
-        pass
+        """A dict that a weak reference can point to."""
 
     passes = Passes(delay=None)
     driver = ObjectDriver("runs", passes, is_active=always_active, refresh=refresh_from({}))

@@ -15,6 +15,7 @@ object is read again before its next pass (unless a watch event brought it first
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -192,10 +193,8 @@ class ObjectDriver:
             wait = min(next_due - loop.time(), ACTIVITY_CHECK_SECONDS)
             if wait > 0:
                 self._wakeup.clear()
-                try:
+                with contextlib.suppress(TimeoutError):  # a pass fell due: that is the point
                     await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
-                except TimeoutError:
-                    pass
             now = loop.time()
             due = [(uid, tracked) for uid, tracked in self._tracked.items() if tracked.due <= now]
             if not due:

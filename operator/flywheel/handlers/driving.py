@@ -7,6 +7,10 @@ from typing import Any
 import kopf
 
 from flywheel.controllers.driver import ObjectDriver, PassFunction, reread
+from flywheel.errors import KubernetesApiError, StoreUnavailableError
+from flywheel.logs import get_logger
+
+log = get_logger(__name__)
 
 
 def build_driver(memo: kopf.Memo, plural: str, run_pass: PassFunction) -> ObjectDriver:
@@ -26,3 +30,18 @@ async def stop_driver(memo: kopf.Memo, key: str) -> None:
     driver: Any = memo.get(key)
     if isinstance(driver, ObjectDriver):
         await driver.stop()
+
+
+def retry_after(
+    failure: KubernetesApiError | StoreUnavailableError, kind: str, namespace: str, name: str, delay: float
+) -> float | None:
+    """What a pass that failed on the API server or Redis answers its driver.
+
+    None when the object was deleted meanwhile (its DELETED event forgets it), else ``delay``.
+    """
+    if isinstance(failure, KubernetesApiError) and failure.status == 404:
+        return None
+    log.warning(
+        "pass_failed", kind=kind, namespace=namespace, name=name, retry_in_seconds=delay, error=str(failure)
+    )
+    return delay

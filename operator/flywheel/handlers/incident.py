@@ -21,16 +21,14 @@ from flywheel.controllers.driver import ObjectDriver
 from flywheel.controllers.incident import IncidentObject, IncidentReconciler, PeerIncident
 from flywheel.domain.signature import anomaly_key
 from flywheel.errors import KubernetesApiError, StoreUnavailableError
-from flywheel.handlers.driving import build_driver, stop_driver
+from flywheel.handlers.driving import build_driver, retry_after, stop_driver
 from flywheel.handlers.history import project
-from flywheel.logs import get_logger
 from flywheel.stores.history import HistoryKind
 from flywheel.stores.kube import GROUP, VERSION
 
 if TYPE_CHECKING:
     from flywheel.controllers.dependencies import Dependencies
 
-log = get_logger(__name__)
 
 # Incidents whose Redis recording is pending are revisited at this pace.
 DEGRADED_RETRY_SECONDS = 15.0
@@ -83,21 +81,8 @@ class IncidentPasses:
                 await self._deps.resources.patch_status(
                     "incidents", incident.namespace, incident.name, status_patch
                 )
-        except KubernetesApiError as exc:
-            if exc.status == 404:
-                return None  # deleted meanwhile
-            log.warning(
-                "incident_pass_failed", incident=incident.name, namespace=incident.namespace, error=str(exc)
-            )
-            return UNAVAILABLE_RETRY_SECONDS
-        except StoreUnavailableError as exc:
-            log.warning(
-                "incident_pass_unavailable",
-                incident=incident.name,
-                namespace=incident.namespace,
-                error=str(exc),
-            )
-            return UNAVAILABLE_RETRY_SECONDS
+        except (KubernetesApiError, StoreUnavailableError) as exc:
+            return retry_after(exc, "Incident", incident.namespace, incident.name, UNAVAILABLE_RETRY_SECONDS)
         regarding = dict(body)
         for event in outcome.events_to_post():
             kopf.event(regarding, type=event.type, reason=event.reason, message=event.message)

@@ -31,16 +31,14 @@ from flywheel.controllers.run import (
 )
 from flywheel.domain.run_state import TERMINAL_STATES, ObservedRun
 from flywheel.errors import KubernetesApiError, StoreUnavailableError
-from flywheel.handlers.driving import build_driver, stop_driver
+from flywheel.handlers.driving import build_driver, retry_after, stop_driver
 from flywheel.handlers.history import project
-from flywheel.logs import get_logger
 from flywheel.stores.history import HistoryKind
 from flywheel.stores.kube import API_VERSION, GROUP, VERSION
 
 if TYPE_CHECKING:
     from flywheel.controllers.dependencies import Dependencies
 
-log = get_logger(__name__)
 
 # How often a Run that is not finished is looked at (rollout polling, deadlines, heartbeats).
 POLL_SECONDS = 2.0
@@ -137,14 +135,8 @@ class RunPasses:
             if status_patch:
                 await deps.resources.patch_status("runs", run.namespace, run.name, status_patch)
                 guard.wrote(outcome.status, time.monotonic())
-        except KubernetesApiError as exc:
-            if exc.status == 404:
-                return None  # deleted meanwhile: its DELETED event forgets it
-            log.warning("run_pass_failed", run=run.name, namespace=run.namespace, error=str(exc))
-            return UNAVAILABLE_RETRY_SECONDS
-        except StoreUnavailableError as exc:
-            log.warning("run_pass_unavailable", run=run.name, namespace=run.namespace, error=str(exc))
-            return UNAVAILABLE_RETRY_SECONDS
+        except (KubernetesApiError, StoreUnavailableError) as exc:
+            return retry_after(exc, "Run", run.namespace, run.name, UNAVAILABLE_RETRY_SECONDS)
         self._post(body, run.namespace, outcome)
         recorded = find_condition(outcome.status.conditions, OUTCOME_RECORDED)
         if (

@@ -34,6 +34,11 @@ DEFAULT_PEER_LIFETIME: Final = timedelta(seconds=60)
 REQUEST_TIMEOUT_SECONDS: Final = 10
 
 
+def literal_namespaces(namespaces: Iterable[str]) -> list[str]:
+    """The namespaces that name one namespace: a glob (``*?[``) cannot be read or created by name."""
+    return [namespace for namespace in namespaces if not set("*?[") & set(namespace)]
+
+
 @dataclass(frozen=True, slots=True)
 class Leadership:
     active: bool
@@ -185,7 +190,7 @@ def ensure_peering_objects(name: str, namespaces: Sequence[str]) -> None:
     configure_client()
     api = kubernetes.client.CustomObjectsApi()
     labels = {"app.kubernetes.io/name": "flywheel", "app.kubernetes.io/managed-by": "flywheel"}
-    targets: list[str | None] = [ns for ns in namespaces if not set("*?[") & set(ns)] if namespaces else [None]
+    targets: list[str | None] = list(literal_namespaces(namespaces)) if namespaces else [None]
     for namespace in targets:
         kind = "KopfPeering" if namespace else "ClusterKopfPeering"
         body = {"apiVersion": f"{PEERING_GROUP}/{PEERING_VERSION}", "kind": kind,
@@ -204,4 +209,4 @@ def ensure_peering_objects(name: str, namespaces: Sequence[str]) -> None:
             _log.warning("peering_object_not_created", kind=kind, name=name, namespace=namespace, error=str(exc))
 
 
-__all__ = ["Leadership", "PeeringObserver", "ensure_peering_objects", "leadership"]
+__all__ = ["Leadership", "PeeringObserver", "ensure_peering_objects", "leadership", "literal_namespaces"]
