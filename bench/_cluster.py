@@ -202,7 +202,7 @@ class BenchCluster:
         return self.dev.paths.kubeconfig
 
     def up(self) -> None:
-        self.dev.up(with_redis=False)
+        self.dev.up(with_redis=False, recreate_stopped=True)
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
         self.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
 

@@ -23,6 +23,7 @@ from flywheel.logs import configure_logging, get_logger
 from flywheel.settings import FlywheelSettings, WebhookMode, get_settings
 
 if TYPE_CHECKING:
+    from flywheel.stores.kube import KubeApi
     from flywheel.stores.peering import PeeringObserver
 
 log = get_logger(__name__)
@@ -32,31 +33,6 @@ log = get_logger(__name__)
 # this long after the leader's last keep-alive. Kopf's default (60 s) would leave Incidents
 # unserved for a minute after a node failure.
 PEERING_LIFETIME_SECONDS = 15
-
-
-# Blocking clients (the kubernetes client, SQL) run in the event loop's default executor via
-# asyncio.to_thread. Its default size (cores + 4: six threads on two cores) queued an alert
-# storm's API calls behind each other (bench/e2e_throughput.py: ~6 Incidents/s with the operator
-# half idle); the calls wait on the network, not on the CPU. The kubernetes client's connection
-# pool is sized alike, or each extra thread would open (and drop) a TLS connection per call.
-BLOCKING_IO_THREADS = 32
-
-
-def size_blocking_io(threads: int = BLOCKING_IO_THREADS) -> None:
-    """Give to_thread callers ``threads`` workers and the kubernetes client as many connections."""
-    import concurrent.futures
-
-    import kubernetes
-
-    from flywheel.stores.kube import configure_client
-
-    asyncio.get_running_loop().set_default_executor(
-        concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="flywheel-io")
-    )
-    configure_client()
-    client_configuration = kubernetes.client.Configuration.get_default_copy()
-    client_configuration.connection_pool_maxsize = threads
-    kubernetes.client.Configuration.set_default(client_configuration)
 
 
 class RoutineSuccessFilter(logging.Filter):
@@ -177,7 +153,9 @@ def _free_loopback_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def _register_when_listening(port: int, name: str, ca_pem: bytes, namespaces: tuple[str, ...]) -> None:
+async def _register_when_listening(
+    kube: KubeApi, port: int, name: str, ca_pem: bytes, namespaces: tuple[str, ...]
+) -> None:
     """Register the loopback webhooks once the server answers: never point the API server at nothing."""
     from flywheel.stores.kube import VERSION
     from flywheel.stores.webhooks import WebhookConfigurations
@@ -195,7 +173,7 @@ async def _register_when_listening(port: int, name: str, ca_pem: bytes, namespac
                 return
             await asyncio.sleep(0.2)
     try:
-        await WebhookConfigurations().apply(
+        await WebhookConfigurations(kube).apply(
             name, base_url=f"https://127.0.0.1:{port}", ca_pem=ca_pem, namespaces=namespaces, version=VERSION
         )
     except FlywheelError as exc:
@@ -213,7 +191,8 @@ async def serve_admission(kopf_settings: kopf.OperatorSettings, settings: Flywhe
     from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
     from flywheel.stores.webhooks import loopback_configuration_name, own_identity, write_certificate
 
-    memo[MEMO_OPERATOR_IDENTITY] = await own_identity()
+    kube = memo.deps.kube
+    memo[MEMO_OPERATOR_IDENTITY] = await own_identity(kube)
     log.info("admission webhooks on", mode=settings.webhook_mode.value, identity=memo[MEMO_OPERATOR_IDENTITY])
     if settings.webhook_mode is WebhookMode.SERVICE:
         directory = Path(settings.webhook_cert_dir)
@@ -242,25 +221,28 @@ async def serve_admission(kopf_settings: kopf.OperatorSettings, settings: Flywhe
     name = loopback_configuration_name(namespaces)
     memo[MEMO_LOOPBACK_WEBHOOKS] = name
     memo["loopback_webhook_task"] = asyncio.create_task(
-        _register_when_listening(port, name, certificate.ca_pem, namespaces)
+        _register_when_listening(kube, port, name, certificate.ca_pem, namespaces)
     )
 
 
 @kopf.on.startup()
 async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure_kopf(settings)
-    size_blocking_io()  # before the stores build their API clients
     from flywheel.controllers.dependencies import build_dependencies
     from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
+    from flywheel.stores.kube import KubeApi
 
     flywheel_settings = get_settings()
-    memo.peering = peering_observer(settings, tuple(memo.get(MEMO_WATCHED_NAMESPACES) or ()))
-    memo.deps = await build_dependencies(flywheel_settings)
+    kube = KubeApi()
+    memo.peering = peering_observer(settings, tuple(memo.get(MEMO_WATCHED_NAMESPACES) or ()), kube)
+    memo.deps = await build_dependencies(flywheel_settings, kube)
     memo.deps.run_stores.approvals.announcer = approval_announcer(flywheel_settings, memo)
     await serve_admission(settings, flywheel_settings, memo)
 
 
-def peering_observer(settings: kopf.OperatorSettings, namespaces: tuple[str, ...]) -> PeeringObserver:
+def peering_observer(
+    settings: kopf.OperatorSettings, namespaces: tuple[str, ...], kube: KubeApi
+) -> PeeringObserver:
     """Tells the loops Kopf does not pause themselves (metrics, the Run driver) whether to act."""
     from flywheel.stores.peering import PeeringObserver, literal_namespaces
 
@@ -272,6 +254,7 @@ def peering_observer(settings: kopf.OperatorSettings, namespaces: tuple[str, ...
         # Globs cannot be read by name; Kopf pauses the whole operator anyway, so the
         # literal namespaces are enough to notice a higher-priority peer.
         namespaces=literal_namespaces(namespaces),
+        kube=kube,
     )
 
 
@@ -310,17 +293,17 @@ def approval_announcer(settings: FlywheelSettings, memo: kopf.Memo) -> Announcer
 @kopf.on.cleanup()
 async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
     name = memo.get(MEMO_LOOPBACK_WEBHOOKS)
-    if name is not None:
+    deps = getattr(memo, "deps", None)
+    if name is not None and deps is not None:
         from flywheel.stores.webhooks import WebhookConfigurations
 
         # Left behind, they would refuse every write in these namespaces (failurePolicy Fail).
         try:
-            await WebhookConfigurations().delete(name)
+            await WebhookConfigurations(deps.kube).delete(name)
         except FlywheelError as exc:
             log.error("webhook_configurations_not_deleted", name=name, error=str(exc))
     sender = memo.get("approval_webhook_sender")
     if sender is not None:
         await sender.close()
-    deps = getattr(memo, "deps", None)
     if deps is not None:
         await deps.close()

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import kubernetes
+import kubernetes.aio.client
+import kubernetes.aio.config
 import pytest
 
 from flywheel.domain.alerts import LABEL_FINGERPRINT, NamespaceScope
@@ -45,7 +46,7 @@ from flywheel.intake import (
     RetryPolicy,
     build_app,
 )
-from flywheel.stores.kube import FlywheelResources
+from flywheel.stores.kube import FlywheelResources, KubeApi
 from tests.conftest import OperatorFactory
 from tests.harness.cluster import TestCluster
 from tests.harness.ports import free_port
@@ -362,28 +363,20 @@ def test_malformed_wrongly_shaped_and_oversized_bodies_are_refused(
 # --------------------------------------------------------------------------- API unavailable
 
 
-@pytest.fixture()
-def kubeconfig_env(test_cluster: TestCluster, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The test cluster's kubeconfig as the client's default.
-
-    FlywheelResources loads the default kubeconfig once per process, even when handed its
-    own client; the client library read $KUBECONFIG at import, so set its default instead.
-    """
-    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", test_cluster.kubeconfig)
-
-
-def unreachable_incident_store() -> FlywheelResources:
-    """The real store, pointed at a port where no API server listens."""
-    configuration = kubernetes.client.Configuration()
-    configuration.host = f"http://127.0.0.1:{free_port()}"
-    return FlywheelResources(kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(configuration)))
+def unreachable_api() -> KubeApi:
+    """The real client, pointed at a port where no API server listens."""
+    return KubeApi(kubernetes.aio.client.Configuration(host=f"http://127.0.0.1:{free_port()}"))
 
 
 class running_intake:
-    """An intake app in this process on a free port, for what the operator's cannot show."""
+    """An intake app in this process on a free port, for what the operator's cannot show.
 
-    def __init__(self, config: IntakeConfig, store: FlywheelResources, policy: RetryPolicy | None = None) -> None:
-        self._server = IntakeServer(build_app(config, AlertRecorder(store, policy)), "127.0.0.1", 0)
+    It records through the real store on ``kube``, which it closes when it stops.
+    """
+
+    def __init__(self, config: IntakeConfig, kube: KubeApi, policy: RetryPolicy | None = None) -> None:
+        self._kube = kube
+        self._server = IntakeServer(build_app(config, AlertRecorder(FlywheelResources(kube), policy)), "127.0.0.1", 0)
 
     async def __aenter__(self) -> str:
         await self._server.start()
@@ -391,23 +384,22 @@ class running_intake:
 
     async def __aexit__(self, *_: object) -> None:
         await self._server.stop()
+        await self._kube.close()
 
 
-@pytest.mark.usefixtures("kubeconfig_env")
 async def test_an_intake_without_a_configured_token_refuses_everything() -> None:
     config = IntakeConfig(token=None, max_body_bytes=1024 * 1024, scope=NamespaceScope())
-    async with running_intake(config, unreachable_incident_store()) as url, aiohttp.ClientSession() as session:
+    async with running_intake(config, unreachable_api()) as url, aiohttp.ClientSession() as session:
         for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Bearer None"}):
             async with session.post(url, json=payload(alert("shop")), headers=headers) as response:
                 assert response.status == 401
                 assert "no intake token" in (await response.json())["error"]
 
 
-@pytest.mark.usefixtures("kubeconfig_env")
 async def test_an_unreachable_api_server_answers_503_so_that_alertmanager_retries() -> None:
     config = IntakeConfig(token=TOKEN, max_body_bytes=1024 * 1024, scope=NamespaceScope())
     policy = RetryPolicy(budget_seconds=1.0, first_backoff_seconds=0.05, request_timeout_seconds=0.5)
-    async with running_intake(config, unreachable_incident_store(), policy) as url, aiohttp.ClientSession() as session:
+    async with running_intake(config, unreachable_api(), policy) as url, aiohttp.ClientSession() as session:
         group = payload(alert("shop"), alert(None, fingerprint="4444444444444444"))
         async with session.post(url, json=group, headers={"Authorization": f"Bearer {TOKEN}"}) as response:
             body = await response.json()
@@ -417,23 +409,20 @@ async def test_an_unreachable_api_server_answers_503_so_that_alertmanager_retrie
     assert "unreachable" in body["alerts"][0]["reason"]
 
 
-def cluster_store(cluster: TestCluster, *, bearer_token: str | None = None) -> FlywheelResources:
-    """The real store on the test cluster; with ``bearer_token``, authenticated by that token alone."""
-    configuration = kubernetes.client.Configuration()
-    kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-        config_file=cluster.kubeconfig, client_configuration=configuration
-    )
+async def cluster_api(cluster: TestCluster, *, bearer_token: str | None = None) -> KubeApi:
+    """The real client of the test cluster; with ``bearer_token``, authenticated by that token alone."""
+    configuration = kubernetes.aio.client.Configuration()
+    await kubernetes.aio.config.load_kube_config(config_file=cluster.kubeconfig, client_configuration=configuration)
     if bearer_token is not None:
         configuration.cert_file = configuration.key_file = None
-        configuration.api_key = {"authorization": f"Bearer {bearer_token}"}
-    return FlywheelResources(kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(configuration)))
+        configuration.api_key = {"BearerToken": f"Bearer {bearer_token}"}
+    return KubeApi(configuration)
 
 
-@pytest.mark.usefixtures("kubeconfig_env")
 async def test_an_alert_the_api_server_refuses_is_refused_alone(test_cluster: TestCluster, namespace: str) -> None:
     # Cluster-wide scope: the namespace check is left to the API server, which has no such namespace.
     config = IntakeConfig(token=TOKEN, max_body_bytes=1024 * 1024, scope=NamespaceScope())
-    async with running_intake(config, cluster_store(test_cluster)) as url, aiohttp.ClientSession() as session:
+    async with running_intake(config, await cluster_api(test_cluster)) as url, aiohttp.ClientSession() as session:
         group = payload(alert(f"{namespace}-absent", fingerprint="8888888888888888"),
                         alert(namespace, fingerprint="9999999999999999"))
         async with session.post(url, json=group, headers={"Authorization": f"Bearer {TOKEN}"}) as response:
@@ -443,16 +432,15 @@ async def test_an_alert_the_api_server_refuses_is_refused_alone(test_cluster: Te
     assert "not found" in body["alerts"][0]["reason"]
 
 
-@pytest.mark.usefixtures("kubeconfig_env")
 async def test_an_operator_without_permissions_answers_500_so_that_alertmanager_retries(
     test_cluster: TestCluster, namespace: str
 ) -> None:
     test_cluster.kubectl("create", "serviceaccount", "no-permissions", "-n", namespace)
     token = test_cluster.kubectl("create", "token", "no-permissions", "-n", namespace).stdout.strip()
     config = IntakeConfig(token=TOKEN, max_body_bytes=1024 * 1024, scope=NamespaceScope())
-    store = cluster_store(test_cluster, bearer_token=token)
+    kube = await cluster_api(test_cluster, bearer_token=token)
     async with (
-        running_intake(config, store) as url,
+        running_intake(config, kube) as url,
         aiohttp.ClientSession() as session,
         session.post(url, json=payload(alert(namespace)), headers={"Authorization": f"Bearer {TOKEN}"}) as response,
     ):

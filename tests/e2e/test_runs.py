@@ -25,7 +25,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import kubernetes
 import pytest
 import redis
 import yaml
@@ -251,6 +250,7 @@ def test_statefulset_undo_through_controller_revisions_and_refusal_without_histo
     from flywheel.api.enums import ActionType, TargetKind
     from flywheel.domain.actions import ProposedAction
     from flywheel.domain.run_state import ActionNotApplicableError
+    from flywheel.stores.kube import KubeApi
     from flywheel.stores.workloads import ActionStamp, WorkloadStore
 
     manifest = {
@@ -276,15 +276,14 @@ def test_statefulset_undo_through_controller_revisions_and_refusal_without_histo
     test_cluster.kubectl("rollout", "status", "statefulset/ledger", "-n", namespace, "--timeout=60s")
     undo = ProposedAction(ActionType.ROLLOUT_UNDO, TargetKind.STATEFULSET, "ledger")
 
-    store = WorkloadStore(
-        kubernetes.client.AppsV1Api(
-            kubernetes.config.new_client_from_config(config_file=test_cluster.kubeconfig)
-        )
-    )  # type: ignore[no-untyped-call]
-
     async def apply(attempt: int) -> Any:
-        stamp = ActionStamp(run_uid=f"test-{namespace}", attempt=attempt, at=datetime.now(UTC))
-        return await store.apply(namespace, undo, stamp, dry_run=False, max_replicas=10)
+        # A client per event loop: each asyncio.run below is a loop of its own.
+        kube = KubeApi(config_file=test_cluster.kubeconfig)
+        try:
+            stamp = ActionStamp(run_uid=f"test-{namespace}", attempt=attempt, at=datetime.now(UTC))
+            return await WorkloadStore(kube).apply(namespace, undo, stamp, dry_run=False, max_replicas=10)
+        finally:
+            await kube.close()
 
     with pytest.raises(ActionNotApplicableError, match="no revision before"):
         asyncio.run(apply(1))

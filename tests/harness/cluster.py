@@ -67,7 +67,7 @@ def ensure_test_cluster() -> Iterator[TestCluster]:
         return
     dev = DevCluster(TEST_CLUSTER_NAME)
     already_running = dev.exists() and dev.apiserver_ready()
-    dev.up(with_redis=False)
+    dev.up(with_redis=False, recreate_stopped=True)
     env = dict(dev.env)
     env["KUBECONFIG"] = str(dev.paths.kubeconfig)
     cluster = TestCluster(

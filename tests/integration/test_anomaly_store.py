@@ -6,7 +6,8 @@ Scenarios:
 - escalation at 3/5/10 occurrences within 24 hours, and with configured thresholds;
 - idempotency: one occurrence id counts once, whatever its retries carry;
 - one round trip per record, proven from the server side (slow log with a zero threshold:
-  the store's connection issued exactly one EVALSHA; INFO agrees on the command totals);
+  the store's connection issued exactly one EVALSHA; INFO agrees on the command totals), and
+  that round trip also brings the repair outcomes the decision needs;
 - repair history: last 100 outcomes per action and overall, success rates and the skip policy,
   one count per attempt id;
 - dispositions: known types counted once per id, unknown types refused;
@@ -317,6 +318,24 @@ async def test_repair_history_keeps_the_last_100_outcomes_per_action_and_overall
     newest = json.loads(as_text(await client.lindex(keys.repair_history, 0)))
     assert newest["attempt_id"] == "restart-129" and newest["success"] is False
     assert (await store.snapshot(TENANT, KEY, now=now)).auto_repair_count == 135
+
+
+async def test_a_record_brings_the_outcomes_per_action_along(store: AnomalyStore, now: datetime) -> None:
+    assert (await record_at(store, "inc-1", now)).action_stats == {}
+    for index, success in enumerate([True, False, False]):
+        await store.record_repair_attempt(TENANT, KEY, ActionType.SCALE, success, f"scale-{index}", now)
+    await store.record_repair_attempt(TENANT, KEY, ActionType.ROLLOUT_UNDO, True, "undo-0", now)
+
+    recorded = await record_at(store, "inc-2", now)
+
+    assert recorded.action_stats == await store.action_stats(TENANT, KEY)
+    assert recorded.action_stats is not None
+    assert (recorded.action_stats[ActionType.SCALE].attempts, recorded.action_stats[ActionType.SCALE].successes) == (
+        3, 1,
+    )
+    assert recorded.action_stats[ActionType.ROLLOUT_UNDO].successes == 1
+    # A plain snapshot reads counts only: it says so rather than claim there are no outcomes.
+    assert (await store.snapshot(TENANT, KEY, now=now)).action_stats is None
 
 
 async def test_a_repair_attempt_is_counted_once_per_attempt_id(store: AnomalyStore, now: datetime) -> None:

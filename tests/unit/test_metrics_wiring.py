@@ -59,7 +59,7 @@ class TestLeadership:
 
 
 async def test_a_standalone_observer_is_active_without_reading_anything() -> None:
-    observer = PeeringObserver(standalone=True, name="flywheel", priority=0, clusterwide=True, api=object())  # type: ignore[arg-type]
+    observer = PeeringObserver(standalone=True, name="flywheel", priority=0, clusterwide=True, kube=None)
     assert (await observer.check(NOW)).active
 
 

@@ -17,7 +17,7 @@ from flywheel.stores.approvals import SigningKeyStore, TokenLedger
 from flywheel.stores.claims import AnomalyClaims
 from flywheel.stores.history import HistoryKind, HistoryWriter, RepairExecution, build_history_writer
 from flywheel.stores.incidents import IncidentStatusStore
-from flywheel.stores.kube import FlywheelResources
+from flywheel.stores.kube import FlywheelResources, KubeApi
 from flywheel.stores.workloads import WorkloadStore
 
 
@@ -60,6 +60,7 @@ class HistoryAttemptSink:
 @dataclass
 class Dependencies:
     settings: FlywheelSettings
+    kube: KubeApi
     redis: redis.asyncio.Redis
     anomalies: AnomalyStore
     catalogue: RuleCatalogue
@@ -74,9 +75,10 @@ class Dependencies:
             await self.advisors.client.close()
         await self.history.close()
         await self.redis.aclose()
+        await self.kube.close()
 
 
-async def build_dependencies(settings: FlywheelSettings) -> Dependencies:
+async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Dependencies:
     """Everything is lazy about connecting: Redis may be down at start-up and come back later."""
     client = connect_redis(settings.redis_url, timeout_seconds=settings.redis_timeout_seconds)
     thresholds = EscalationThresholds(
@@ -90,19 +92,20 @@ async def build_dependencies(settings: FlywheelSettings) -> Dependencies:
     history = build_history_writer(settings.database_url)
     history.start()
     anomalies = AnomalyStore(client, thresholds)
-    incidents = IncidentStatusStore()
-    resources = FlywheelResources()
+    resources = FlywheelResources(kube)
+    incidents = IncidentStatusStore(resources)
     approvals = ApprovalGate(
         settings,
         resources=resources,
         incidents=incidents,
-        signing_key=SigningKeyStore(settings.namespace, settings.approval_signing_secret),
+        signing_key=SigningKeyStore(settings.namespace, settings.approval_signing_secret, kube),
         spent_tokens=TokenLedger(client),
         action_history=anomalies,
         audit=history,
     )
     return Dependencies(
         settings=settings,
+        kube=kube,
         redis=client,
         anomalies=anomalies,
         catalogue=configured_catalogue(settings.rules_file),
@@ -110,10 +113,10 @@ async def build_dependencies(settings: FlywheelSettings) -> Dependencies:
         advisors=AdvisorPanel(AdvisorClient(), endpoints) if endpoints else None,
         history=history,
         run_stores=RunStores(
-            workloads=WorkloadStore(),
+            workloads=WorkloadStore(kube),
             incidents=incidents,
             attempts=HistoryAttemptSink(history),
             approvals=approvals,
         ),
-        claims=AnomalyClaims(),
+        claims=AnomalyClaims(kube),
     )

@@ -31,7 +31,7 @@ from flywheel.domain.decision import (
     decide,
     decision_id,
 )
-from flywheel.domain.escalation import AnomalySnapshot
+from flywheel.domain.escalation import ActionStats, AnomalySnapshot
 from flywheel.domain.signature import anomaly_key
 from flywheel.errors import KubernetesApiError, RedisUnavailableError
 from flywheel.logs import get_logger
@@ -137,6 +137,8 @@ class IncidentOutcome:
     status: IncidentStatus
     original: IncidentStatus | None = None
     events: list[Event] = field(default_factory=list)
+    # Outcomes per action, when this pass's recording read them (the decision needs no second read).
+    action_stats: dict[str, ActionStats] | None = None
 
     def status_patch(self) -> dict[str, Any]:
         """Only the top-level status fields this reconcile changed.
@@ -286,6 +288,7 @@ class IncidentReconciler:
                 outcome.events.append(Event("Warning", "RedisUnavailable", "anomaly counts degraded; recording later"))
             return
         status.anomaly = _anomaly_status(snapshot)
+        outcome.action_stats = snapshot.action_stats
         level = snapshot.escalation_level.value if snapshot.escalation_level else "none"
         self._condition(outcome, incident, ANOMALY_RECORDED, ConditionStatus.TRUE, "Recorded",
                         f"anomaly {key}: {snapshot.count_24h} in 24h, escalation {level}", now)
@@ -338,7 +341,7 @@ class IncidentReconciler:
     async def _decide_and_start(self, incident: IncidentObject, outcome: IncidentOutcome, now: datetime) -> None:
         status = outcome.status
         sequence = FIRST_DECISION
-        decision = await self._decide(incident, status.anomaly)
+        decision = await self._decide(incident, status.anomaly, outcome.action_stats)
         status.decision = Decision(
             id=decision_id(incident.uid, sequence),
             state=DecisionState.READY,
@@ -372,14 +375,13 @@ class IncidentReconciler:
                         f"Run {run['metadata']['name']} created{waiting}", now)
         outcome.events.append(Event("Normal", "RunCreated", f"Run {run['metadata']['name']}: {decision.action.describe()}{waiting}"))
 
-    async def _decide(self, incident: IncidentObject, anomaly: AnomalyStatus | None) -> DecisionOutcome:
+    async def _decide(
+        self, incident: IncidentObject, anomaly: AnomalyStatus | None, recorded_stats: dict[str, ActionStats] | None
+    ) -> DecisionOutcome:
         deps = self._deps
-        stats = {}
+        stats: dict[str, ActionStats] = {}
         if anomaly is not None and not anomaly.degraded:
-            try:
-                stats = await deps.anomalies.action_stats(self.tenant(incident.namespace), anomaly.key)
-            except RedisUnavailableError:
-                stats = {}
+            stats = recorded_stats if recorded_stats is not None else await self._action_stats(incident, anomaly.key)
         escalation = anomaly.escalation_level if anomaly is not None and not anomaly.degraded else None
         advisor_results: tuple[Any, ...] = ()
         consulted: list[Any] = []
@@ -416,6 +418,12 @@ class IncidentReconciler:
             deps.catalogue,
             max_automatic_risk=deps.settings.max_automatic_risk,
         )
+
+    async def _action_stats(self, incident: IncidentObject, key: str) -> dict[str, ActionStats]:
+        try:
+            return await self._deps.anomalies.action_stats(self.tenant(incident.namespace), key)
+        except RedisUnavailableError:
+            return {}
 
     def _run_manifest(self, incident: IncidentObject, decision: DecisionOutcome, sequence: int) -> dict[str, Any]:
         settings = self._deps.settings

@@ -169,9 +169,19 @@ class DevCluster:
             return False
         return self.kubectl("get", "--raw", "/readyz", check=False).returncode == 0
 
-    def up(self, *, with_redis: bool = True) -> None:
-        """Start the cluster (and Redis); harmless when it already runs."""
+    def up(self, *, with_redis: bool = True, recreate_stopped: bool = False) -> None:
+        """Start the cluster (and Redis); harmless when it already runs.
+
+        A cluster that exists but is stopped is started again, or, with ``recreate_stopped``,
+        deleted and created anew: a restarted cluster comes back with the state of the
+        processes that were killed — fake nodes whose heartbeats stopped, leader leases of
+        dead controllers, pods of deleted namespaces — and settles only minutes later, which
+        a test suite must not depend on (creating one takes ~10 s).
+        """
         self.paths.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.exists() and not self.apiserver_ready() and recreate_stopped:
+            log.info("recreating stopped cluster", cluster=self.name)
+            self.kwokctl("delete", "cluster", check=False)
         if self.exists() and not self.apiserver_ready():
             log.info("starting existing cluster", cluster=self.name)
             if self.kwokctl("start", "cluster", "--wait", "2m", check=False).returncode != 0 or not self._ready_soon():

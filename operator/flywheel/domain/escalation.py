@@ -105,7 +105,9 @@ class AnomalySnapshot:
 
     ``first_seen``/``last_seen`` are aware UTC datetimes of the oldest and newest occurrence
     within the 30-day window, ``None`` when there is none (an unknown key, or data that aged out).
-    ``dispositions`` maps every known disposition type to its count.
+    ``dispositions`` maps every known disposition type to its count. ``action_stats`` holds the
+    outcomes per action when they were read along with the counts (a recording reads them in
+    the same round trip, for the decision that follows), else None.
     """
 
     key: str
@@ -119,6 +121,7 @@ class AnomalySnapshot:
     auto_repair_count: int
     permanent_fix_applied: bool
     dispositions: dict[str, int] = field(default_factory=dict)
+    action_stats: dict[str, ActionStats] | None = None
 
     @property
     def total_dispositions(self) -> int:

@@ -44,7 +44,7 @@ def _refuse(refusal: Refusal, kind: str, name: str | None, requester: Requester)
 
 
 @kopf.on.mutate(GROUP, VERSION, "approvals", id=STAMP_APPROVER, operations=["UPDATE"])
-def stamp_approver(
+async def stamp_approver(
     old: kopf.Body | None, body: kopf.Body, userinfo: kopf.UserInfo, patch: kopf.Patch, **_: Any
 ) -> None:
     """Whoever sets spec.decision is recorded as the API server authenticated them."""
@@ -54,13 +54,13 @@ def stamp_approver(
 
 
 @kopf.on.mutate(GROUP, VERSION, "incidents", id=STAMP_INCIDENT_CREATOR, operations=["CREATE"])
-def stamp_incident_creator(userinfo: kopf.UserInfo, patch: kopf.Patch, **_: Any) -> None:
+async def stamp_incident_creator(userinfo: kopf.UserInfo, patch: kopf.Patch, **_: Any) -> None:
     """The Incident's creator, for the four-eyes rule on its Runs' Approvals."""
     patch.metadata.annotations[CREATED_BY] = Requester.from_userinfo(userinfo).username
 
 
 @kopf.on.validate(GROUP, VERSION, "approvals", id=APPROVAL_POLICY, operations=["CREATE", "UPDATE"])
-def approval_policy(
+async def approval_policy(
     operation: str,
     old: kopf.Body | None,
     body: kopf.Body,
@@ -77,7 +77,7 @@ def approval_policy(
 
 
 @kopf.on.validate(GROUP, VERSION, "incidents", id=INCIDENT_CREATOR, operations=["CREATE", "UPDATE"])
-def incident_creator(
+async def incident_creator(
     operation: str, old: kopf.Body | None, body: kopf.Body, userinfo: kopf.UserInfo, **_: Any
 ) -> None:
     requester = Requester.from_userinfo(userinfo)

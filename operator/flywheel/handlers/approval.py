@@ -20,7 +20,7 @@ log = get_logger(__name__)
 
 
 @kopf.index(GROUP, VERSION, "approvals")
-def approvals_by_run(
+async def approvals_by_run(
     namespace: str | None, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]] | None:
     """Approvals by (namespace, Run name), so that a waiting Run reads its Approval without an API call."""

@@ -38,7 +38,7 @@ MEMO_INCIDENT_DRIVER = "incident_driver"
 
 
 @kopf.index(GROUP, VERSION, "incidents")
-def incidents_by_anomaly(
+async def incidents_by_anomaly(
     namespace: str, name: str, uid: str, spec: kopf.Spec, status: kopf.Status, **_: Any
 ) -> dict[tuple[str, str], PeerIncident]:
     """Incidents grouped by (namespace, anomaly key): deduplication asks the API only for new twins."""

@@ -15,7 +15,6 @@ from flywheel.domain.alerts import NamespaceScope
 from flywheel.intake import IntakeServer, intake_server
 from flywheel.logs import get_logger
 from flywheel.settings import get_settings
-from flywheel.stores.kube import FlywheelResources
 
 log = get_logger(__name__)
 
@@ -26,9 +25,12 @@ _MEMO_SERVER = "intake_server"
 
 @kopf.on.startup()
 async def start_intake(memo: kopf.Memo, **_: Any) -> None:
+    deps = getattr(memo, "deps", None)
+    if deps is None:
+        raise kopf.TemporaryError("shared dependencies are not built yet", delay=1)
     settings = get_settings()
     scope = NamespaceScope(tuple(memo.get(MEMO_WATCHED_NAMESPACES) or ()))
-    server = intake_server(settings, scope, FlywheelResources())
+    server = intake_server(settings, scope, deps.resources)
     if server is None:
         log.info("Alertmanager intake disabled (intake_port is 0)")
         return

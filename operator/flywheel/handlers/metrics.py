@@ -52,7 +52,7 @@ def _enum_or_none(enum: type[Any], value: object) -> Any:
 
 
 @kopf.index(GROUP, VERSION, "incidents")
-def metrics_watched_incidents(
+async def metrics_watched_incidents(
     namespace: str, name: str, uid: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, **_: Any
 ) -> dict[str, WatchedIncident]:
     """Every Incident, reduced to what the health and funnel figures need."""
@@ -73,7 +73,7 @@ def metrics_watched_incidents(
 
 
 @kopf.index(GROUP, VERSION, "runs")
-def metrics_watched_runs(
+async def metrics_watched_runs(
     namespace: str, name: str, uid: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, **_: Any
 ) -> dict[str, WatchedRun]:
     """Every Run, reduced to its state and mode."""
@@ -175,7 +175,7 @@ async def start_metrics(
         scope=notification_scope(config, namespaces),
         counters=counters,
         redis_client=deps.redis,
-        post_event=_event_poster(KubernetesEventPoster()),
+        post_event=_event_poster(KubernetesEventPoster(deps.kube)),
         webhook=webhook,
     )
     server = (

@@ -48,7 +48,7 @@ MEMO_RUN_DRIVER = "run_driver"
 
 
 @kopf.index(GROUP, VERSION, "runs")
-def run_views(
+async def run_views(
     namespace: str | None,
     name: str,
     uid: str,
@@ -67,7 +67,7 @@ def run_views(
 
 
 @kopf.index(GROUP, VERSION, "incidents")
-def incident_views(
+async def incident_views(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str, str], IncidentView] | None:
     """Incidents by (namespace, name), so that a Run sees its Incident go away or turn remediation Off."""

@@ -115,9 +115,11 @@ local function read_snapshot(timeline, repair_count, permanent_fix, dispositions
 end
 """
 
-# KEYS: timeline, metadata, repair_count, permanent_fix, dispositions
+# KEYS: timeline, metadata, repair_count, permanent_fix, dispositions, repair_outcomes, repair_history
 # ARGV: occurrence_id, occurred_at, ttl_seconds, signature_json, occurred_at_iso,
 #       start_1h, start_24h, start_7d, start_30d
+# Returns the outcome, the snapshot, and the repair outcomes and history, which the decision
+# about this occurrence needs next: one round trip instead of two.
 _RECORD_OCCURRENCE_LUA: Final = (
     _LUA_HELPERS
     + """
@@ -142,6 +144,8 @@ if redis.call('EXISTS', timeline) == 1 then
 end
 local snapshot = read_snapshot(timeline, KEYS[3], KEYS[4], KEYS[5], starts)
 table.insert(snapshot, 1, outcome)
+table.insert(snapshot, redis.call('HGETALL', KEYS[6]))
+table.insert(snapshot, redis.call('LRANGE', KEYS[7], 0, -1))
 return snapshot
 """
 )
@@ -296,7 +300,8 @@ class AnomalyStore:
 
         ``occurred_at`` is when the anomaly happened (the Incident's creation time), which may lie
         in the past when recording after an outage. Windows are measured back from ``now``.
-        An occurrence older than the 30-day window is not stored.
+        An occurrence older than the 30-day window is not stored. The snapshot carries the
+        :meth:`action_stats` of the anomaly, read in the same round trip.
         """
         keys = AnomalyKeys.of(tenant, key)
         _require_token("occurrence_id", occurrence_id)
@@ -305,7 +310,10 @@ class AnomalyStore:
         signature_json = json.dumps(dict(signature), sort_keys=True)
         async with self._unavailable_as_error("record_occurrence", tenant, key):
             reply = await self._record_occurrence_script(
-                keys=[keys.timeline, keys.metadata, keys.repair_count, keys.permanent_fix, keys.dispositions],
+                keys=[
+                    keys.timeline, keys.metadata, keys.repair_count, keys.permanent_fix, keys.dispositions,
+                    keys.repair_outcomes, keys.repair_history,
+                ],
                 args=[
                     occurrence_id,
                     _epoch(occurred_at_utc),
@@ -315,7 +323,11 @@ class AnomalyStore:
                     *_window_starts(now_utc),
                 ],
             )
-        snapshot = self._snapshot_from_reply(key, reply[1:])
+        outcome_fields, history = reply[-2], reply[-1]
+        outcomes = dict(zip(outcome_fields[0::2], outcome_fields[1::2], strict=True))
+        snapshot = self._snapshot_from_reply(
+            key, reply[1:-2], action_stats=_action_stats(outcomes, history, tenant, key)
+        )
         _log.info(
             "anomaly_occurrence_recorded",
             tenant=tenant,
@@ -403,18 +415,7 @@ class AnomalyStore:
             pipeline.hgetall(keys.repair_outcomes)
             pipeline.lrange(keys.repair_history, 0, -1)
             outcome_strings, history = await pipeline.execute()
-        own_outcomes: dict[str, list[bool]] = {  # oldest first
-            _text(action): [flag == "1" for flag in _text(flags)] for action, flags in outcome_strings.items()
-        }
-        legacy_outcomes: dict[str, list[bool]] = {}  # oldest first
-        for action, success in reversed(_legacy_history_entries(history, tenant, key)):
-            legacy_outcomes.setdefault(action, []).append(success)
-        stats: dict[str, ActionStats] = {}
-        for action in dict.fromkeys([*own_outcomes, *legacy_outcomes]):
-            # Legacy entries predate ours, so they are the first to fall out of the cap.
-            kept = (legacy_outcomes.get(action, []) + own_outcomes.get(action, []))[-KEPT_REPAIR_OUTCOMES:]
-            stats[action] = ActionStats(attempts=len(kept), successes=sum(kept))
-        return stats
+        return _action_stats(outcome_strings, history, tenant, key)
 
     async def record_disposition(
         self,
@@ -471,7 +472,9 @@ class AnomalyStore:
             )
         _log.info("permanent_fix_marked", tenant=tenant, anomaly_key=key, description=description)
 
-    def _snapshot_from_reply(self, key: str, reply: Sequence[Any]) -> AnomalySnapshot:
+    def _snapshot_from_reply(
+        self, key: str, reply: Sequence[Any], action_stats: dict[str, ActionStats] | None = None
+    ) -> AnomalySnapshot:
         count_1h, count_24h, count_7d, count_30d = (int(count) for count in reply[0:4])
         oldest_score, newest_score, repair_count, permanent_fix_exists, disposition_fields = reply[4:9]
         return AnomalySnapshot(
@@ -486,6 +489,7 @@ class AnomalyStore:
             auto_repair_count=int(_text(repair_count)) if repair_count is not None else 0,
             permanent_fix_applied=bool(permanent_fix_exists),
             dispositions=_disposition_counts(disposition_fields),
+            action_stats=action_stats,
         )
 
     @asynccontextmanager
@@ -547,6 +551,24 @@ def _disposition_counts(flat_fields: Sequence[bytes | str]) -> dict[str, int]:
         if field in counts:  # skips "total" and anything a foreign writer may have added
             counts[field] = int(value)
     return counts
+
+
+def _action_stats(
+    outcome_strings: Mapping[bytes | str, bytes | str], history: Sequence[bytes | str], tenant: str, key: str
+) -> dict[str, ActionStats]:
+    """Attempts and successes per action: the outcomes hash, behind it the older system's history."""
+    own_outcomes: dict[str, list[bool]] = {  # oldest first
+        _text(action): [flag == "1" for flag in _text(flags)] for action, flags in outcome_strings.items()
+    }
+    legacy_outcomes: dict[str, list[bool]] = {}  # oldest first
+    for action, success in reversed(_legacy_history_entries(history, tenant, key)):
+        legacy_outcomes.setdefault(action, []).append(success)
+    stats: dict[str, ActionStats] = {}
+    for action in dict.fromkeys([*own_outcomes, *legacy_outcomes]):
+        # Legacy entries predate ours, so they are the first to fall out of the cap.
+        kept = (legacy_outcomes.get(action, []) + own_outcomes.get(action, []))[-KEPT_REPAIR_OUTCOMES:]
+        stats[action] = ActionStats(attempts=len(kept), successes=sum(kept))
+    return stats
 
 
 def _legacy_history_entries(history: Sequence[bytes | str], tenant: str, key: str) -> list[tuple[str, bool]]:

@@ -18,15 +18,18 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Final
 
-import kubernetes
 import redis.asyncio
 import redis.exceptions
-import urllib3
-from kubernetes.client.exceptions import ApiException
+from kubernetes.aio.client import CoreV1Api
 
-from flywheel.errors import ConfigurationError, RedisUnavailableError
+from flywheel.errors import (
+    ConfigurationError,
+    KubernetesApiError,
+    RedisUnavailableError,
+    StoreUnavailableError,
+)
 from flywheel.logs import get_logger
-from flywheel.stores.kube import api_error, configure_client, unreachable_error
+from flywheel.stores.kube import KubeApi
 
 log = get_logger(__name__)
 
@@ -38,10 +41,8 @@ TOKEN_ID_PREFIX: Final = "flywheel:approval-token:"
 class SigningKeyStore:
     """The HS256 key of approval tokens, kept in a Secret of the operator's namespace."""
 
-    def __init__(self, namespace: str, secret_name: str, api: kubernetes.client.CoreV1Api | None = None) -> None:
-        if api is None:
-            configure_client()
-        self._api = api or kubernetes.client.CoreV1Api()
+    def __init__(self, namespace: str, secret_name: str, kube: KubeApi) -> None:
+        self._kube = kube
         self._namespace = namespace
         self._name = secret_name
         self._key: bytes | None = None
@@ -51,39 +52,48 @@ class SigningKeyStore:
         """The signing key; read (or created) once, then cached for the process's lifetime."""
         async with self._lock:
             if self._key is None:
-                self._key = await asyncio.to_thread(self._load_or_create)
+                self._key = await self._load_or_create()
             return self._key
 
-    def _load_or_create(self) -> bytes:
+    async def _load_or_create(self) -> bytes:
         where = f"secret {self._namespace}/{self._name}"
+        timeout = self._kube.request_timeout
         for _ in range(3):
             try:
-                secret = self._api.read_namespaced_secret(self._name, self._namespace)
-                return self._decode(secret.data or {})
-            except ApiException as exc:
+                secret = await self._kube.call(
+                    CoreV1Api, f"read {where}",
+                    lambda api: api.read_namespaced_secret_without_preload_content(
+                        self._name, self._namespace, _request_timeout=timeout
+                    ),
+                )
+                return self._decode(secret.get("data") or {})
+            except KubernetesApiError as exc:
                 if exc.status != 404:
-                    raise api_error(exc, f"read {where}") from exc
-            except urllib3.exceptions.HTTPError as exc:
-                raise unreachable_error(exc, f"read {where}") from exc
-            body = kubernetes.client.V1Secret(
-                metadata=kubernetes.client.V1ObjectMeta(
-                    name=self._name,
-                    namespace=self._namespace,
-                    labels={"app.kubernetes.io/name": "flywheel", "app.kubernetes.io/component": "approvals"},
-                ),
-                type="Opaque",
-                data={SIGNING_KEY_FIELD: base64.b64encode(secrets.token_bytes(SIGNING_KEY_BYTES)).decode()},
-            )
+                    raise
+            body = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {
+                    "name": self._name,
+                    "namespace": self._namespace,
+                    "labels": {"app.kubernetes.io/name": "flywheel", "app.kubernetes.io/component": "approvals"},
+                },
+                "type": "Opaque",
+                "data": {SIGNING_KEY_FIELD: base64.b64encode(secrets.token_bytes(SIGNING_KEY_BYTES)).decode()},
+            }
             try:
-                created = self._api.create_namespaced_secret(self._namespace, body)
+                created = await self._kube.call(
+                    CoreV1Api, f"create {where}",
+                    lambda api, body=body: api.create_namespaced_secret_without_preload_content(
+                        self._namespace, body, _request_timeout=timeout
+                    ),
+                )
                 log.info("approval_signing_key_created", secret=self._name, namespace=self._namespace)
-                return self._decode(created.data or {})
-            except ApiException as exc:
+                return self._decode(created.get("data") or {})
+            except KubernetesApiError as exc:
                 if exc.status != 409:  # 409: another replica created it first; read theirs
-                    raise api_error(exc, f"create {where}") from exc
-            except urllib3.exceptions.HTTPError as exc:
-                raise unreachable_error(exc, f"create {where}") from exc
-        raise api_error(ApiException(status=503, reason="the signing-key Secret keeps vanishing"), f"read {where}")
+                    raise
+        raise StoreUnavailableError(f"read {where}: the signing-key Secret keeps vanishing")
 
     def _decode(self, data: Mapping[str, str]) -> bytes:
         encoded = data.get(SIGNING_KEY_FIELD)

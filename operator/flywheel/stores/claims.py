@@ -8,17 +8,15 @@ precondition so two contenders cannot both win.
 
 from __future__ import annotations
 
-import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
-import kubernetes
-import urllib3
-from kubernetes.client.exceptions import ApiException
+from kubernetes.aio.client import CoordinationV1Api
 
-from flywheel.errors import StoreUnavailableError
-from flywheel.stores.kube import api_error, configure_client, unreachable_error
+from flywheel.errors import KubernetesApiError, StoreUnavailableError
+from flywheel.stores.kube import KubeApi
 
 LEASE_PREFIX = "flywheel-anomaly-"
 # Claims this process won, remembered for the twins that follow (the most recent ones).
@@ -42,10 +40,8 @@ HolderIsActive = Callable[[Holder], Awaitable[bool]]
 
 
 class AnomalyClaims:
-    def __init__(self, api: kubernetes.client.CoordinationV1Api | None = None) -> None:
-        if api is None:
-            configure_client()
-        self._api = api or kubernetes.client.CoordinationV1Api()
+    def __init__(self, kube: KubeApi) -> None:
+        self._kube = kube
         # In an alert storm most twins arrive while the claim this process just won is active:
         # the Lease would answer 409 and then name that holder, two API calls for a known answer.
         self._won: OrderedDict[tuple[str, str], Holder] = OrderedDict()
@@ -67,43 +63,51 @@ class AnomalyClaims:
     async def _claim_lease(
         self, namespace: str, name: str, claimant: Holder, is_active: HolderIsActive
     ) -> Holder | None:
-        body = kubernetes.client.V1Lease(
-            metadata=kubernetes.client.V1ObjectMeta(
-                name=name,
-                labels={"app.kubernetes.io/managed-by": "flywheel"},
-                annotations={HOLDER_NAME_ANNOTATION: claimant.name},
-            ),
-            spec=kubernetes.client.V1LeaseSpec(holder_identity=claimant.uid),
-        )
+        timeout = self._kube.request_timeout
+        body: dict[str, Any] = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {
+                "name": name,
+                "labels": {"app.kubernetes.io/managed-by": "flywheel"},
+                "annotations": {HOLDER_NAME_ANNOTATION: claimant.name},
+            },
+            "spec": {"holderIdentity": claimant.uid},
+        }
         try:
-            await asyncio.to_thread(self._api.create_namespaced_lease, namespace, body)
+            await self._kube.call(
+                CoordinationV1Api, f"create lease {name}",
+                lambda api: api.create_namespaced_lease_without_preload_content(
+                    namespace, body, _request_timeout=timeout
+                ),
+            )
             return None
-        except ApiException as exc:
+        except KubernetesApiError as exc:
             if exc.status != 409:
-                raise api_error(exc, f"create lease {name}") from exc
-        except urllib3.exceptions.HTTPError as exc:
-            raise unreachable_error(exc, f"create lease {name}") from exc
-        try:
-            lease = await asyncio.to_thread(self._api.read_namespaced_lease, name, namespace)
-        except ApiException as exc:
-            raise api_error(exc, f"read lease {name}") from exc
-        except urllib3.exceptions.HTTPError as exc:
-            raise unreachable_error(exc, f"read lease {name}") from exc
-        annotations = lease.metadata.annotations or {}
-        holder = Holder(name=annotations.get(HOLDER_NAME_ANNOTATION, ""), uid=lease.spec.holder_identity or "")
+                raise
+        lease = await self._kube.call(
+            CoordinationV1Api, f"read lease {name}",
+            lambda api: api.read_namespaced_lease_without_preload_content(name, namespace, _request_timeout=timeout),
+        )
+        annotations = dict(lease["metadata"].get("annotations") or {})
+        spec = lease.setdefault("spec", {})
+        holder = Holder(name=annotations.get(HOLDER_NAME_ANNOTATION, ""), uid=spec.get("holderIdentity") or "")
         if holder.uid == claimant.uid:
             return None
         if holder.uid and await is_active(holder):
             return holder
-        lease.spec.holder_identity = claimant.uid
-        lease.metadata.annotations = {**annotations, HOLDER_NAME_ANNOTATION: claimant.name}
+        spec["holderIdentity"] = claimant.uid
+        lease["metadata"]["annotations"] = {**annotations, HOLDER_NAME_ANNOTATION: claimant.name}
         try:
             # replace carries the read resourceVersion: a concurrent take-over gets 409.
-            await asyncio.to_thread(self._api.replace_namespaced_lease, name, namespace, lease)
-        except ApiException as exc:
+            await self._kube.call(
+                CoordinationV1Api, f"take over lease {name}",
+                lambda api: api.replace_namespaced_lease_without_preload_content(
+                    name, namespace, lease, _request_timeout=timeout
+                ),
+            )
+        except KubernetesApiError as exc:
             if exc.status == 409:
                 raise StoreUnavailableError(f"lease {name} changed while taking it over; retrying") from exc
-            raise api_error(exc, f"take over lease {name}") from exc
-        except urllib3.exceptions.HTTPError as exc:
-            raise unreachable_error(exc, f"take over lease {name}") from exc
+            raise
         return None

@@ -8,19 +8,14 @@ On 409 Conflict the Incident is read again and the patch recomputed.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any
 
-import kubernetes
-import urllib3
-from kubernetes.client.exceptions import ApiException
-
-from flywheel.errors import KubernetesApiError, StoreUnavailableError
+from flywheel.errors import KubernetesApiError
 from flywheel.logs import get_logger
-from flywheel.stores.kube import GROUP, VERSION, api_error, configure_client
+from flywheel.stores.kube import FlywheelResources
 
 log = get_logger(__name__)
 
@@ -44,67 +39,40 @@ class StatusUpdate:
 
 
 class IncidentStatusStore:
-    def __init__(self, api: kubernetes.client.CustomObjectsApi | None = None) -> None:
-        if api is None:
-            configure_client()
-        self._api = api or kubernetes.client.CustomObjectsApi()
+    def __init__(self, resources: FlywheelResources) -> None:
+        self._resources = resources
 
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Incident, or None when it does not exist."""
-        return await asyncio.to_thread(self._get, namespace, name)
+        return await self._resources.find(PLURAL, namespace, name)
 
     async def update_status(
         self, namespace: str, name: str, uid: str, mutation: StatusMutation
     ) -> StatusUpdate:
         """Apply ``mutation`` to the Incident ``name`` if it is still the incarnation ``uid``."""
-        return await asyncio.to_thread(self._update_status, namespace, name, uid, mutation)
-
-    def _get(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            found = self._api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise api_error(exc, f"get incident {namespace}/{name}") from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StoreUnavailableError(
-                f"get incident {namespace}/{name}: Kubernetes API unreachable: {exc}"
-            ) from exc
-        return cast(dict[str, Any], found)  # the client types custom objects as ``object``
-
-    def _update_status(self, namespace: str, name: str, uid: str, mutation: StatusMutation) -> StatusUpdate:
-        what = f"update the status of incident {namespace}/{name}"
         for _ in range(CONFLICT_RETRIES):
-            incident = self._get(namespace, name)
+            incident = await self.get(namespace, name)
             if incident is None or incident["metadata"].get("uid") != uid:
                 return StatusUpdate(UpdateResult.GONE, incident)
             patch = mutation(incident)
             if patch is None:
                 return StatusUpdate(UpdateResult.UNCHANGED, incident)
-            body = {**patch, "metadata": {"resourceVersion": incident["metadata"]["resourceVersion"]}}
             try:
-                patched = self._api.patch_namespaced_custom_object_status(
-                    GROUP,
-                    VERSION,
-                    namespace,
-                    PLURAL,
-                    name,
-                    body,
-                    _content_type="application/merge-patch+json",
+                patched = await self._resources.patch_status(
+                    PLURAL, namespace, name, patch.get("status") or {},
+                    resource_version=incident["metadata"]["resourceVersion"],
                 )
-            except ApiException as exc:
+            except KubernetesApiError as exc:
                 if exc.status == 409:
                     log.info("incident_status_conflict_retry", incident=name, namespace=namespace)
                     continue
                 if exc.status == 404:
                     return StatusUpdate(UpdateResult.GONE, None)
-                raise api_error(exc, what) from exc
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise StoreUnavailableError(f"{what}: Kubernetes API unreachable: {exc}") from exc
-            return StatusUpdate(UpdateResult.UPDATED, cast(dict[str, Any], patched))
-        raise KubernetesApiError(f"{what}: {CONFLICT_RETRIES} conflicts in a row", status=409)
-
-
+                raise
+            return StatusUpdate(UpdateResult.UPDATED, patched)
+        raise KubernetesApiError(
+            f"update the status of incident {namespace}/{name}: {CONFLICT_RETRIES} conflicts in a row", status=409
+        )
 
 
 __all__ = ["IncidentStatusStore", "StatusMutation", "StatusUpdate", "UpdateResult"]

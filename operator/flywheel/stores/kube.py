@@ -1,19 +1,30 @@
-"""Kubernetes API access for Flywheel's own resources.
+"""Kubernetes API access for the operator: one asyncio client, shared by every store.
 
-The official ``kubernetes`` client is synchronous, so every call runs in a worker
-thread (``asyncio.to_thread``) to keep Kopf's event loop free.
+The stores talk to the API server through :class:`KubeApi`, a thin owner of one
+``kubernetes.aio`` client (the official client's asyncio flavour, on aiohttp): calls run on
+the event loop, so an alert storm's requests neither queue for worker threads nor fight
+over the GIL with them. Responses are read as raw JSON (``*_without_preload_content``):
+Flywheel works on plain dicts, and building the client's models for every workload read
+would only cost CPU.
+
+Every failure comes out as Flywheel's own error: :class:`~flywheel.errors.StoreUnavailableError`
+for what is worth retrying (unreachable, timed out, 429, 5xx), else
+:class:`~flywheel.errors.KubernetesApiError` carrying the HTTP status and the API server's
+own message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
-from typing import Any, cast
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol, TypeVar, cast
 
-import kubernetes
-import urllib3
-from kubernetes.client.exceptions import ApiException
+import aiohttp
+import kubernetes.aio.client
+import kubernetes.aio.config
+from kubernetes.aio.client.exceptions import ApiException
 
 from flywheel.errors import KubernetesApiError, StoreUnavailableError
 
@@ -21,48 +32,164 @@ GROUP = "flywheel.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-_configured = False
+# Requests in flight to the API server at once (the connection pool's size).
+DEFAULT_CONNECTIONS = 32
+# A request that takes longer is abandoned and reported as the API being unavailable.
+DEFAULT_REQUEST_TIMEOUT_SECONDS = 30.0
+# Answers are small JSON objects; aiohttp's default read limit (2 MiB per connection) is for watches.
+READ_BUFFER_BYTES = 2**16
+# HTTP statuses that mean "try again later" rather than "no".
+TRANSIENT_STATUSES = frozenset({None, 0, 429, 500, 502, 503, 504})
+MERGE_PATCH = "application/merge-patch+json"
+
+ApiT = TypeVar("ApiT")
 
 
-def configure_client() -> None:
-    """Load in-cluster credentials when running in a pod, else the kubeconfig."""
-    global _configured
-    if _configured:
-        return
+class _HttpFailure(Protocol):
+    status: int | None
+    reason: str | None
+    body: Any
+
+
+def _api_message(body: Any) -> str:
+    """The ``message`` of a Kubernetes Status body, else nothing."""
     try:
-        kubernetes.config.load_incluster_config()
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
-    _configured = True
+        decoded = json.loads(body) if isinstance(body, (str, bytes, bytearray)) else body
+        return str(decoded.get("message") or "") if isinstance(decoded, Mapping) else ""
+    except ValueError:
+        return ""
 
 
+def status_error(
+    status: int | None, reason: str | None, body: Any, what: str
+) -> StoreUnavailableError | KubernetesApiError:
+    """Our error for an answer with a failure status (transient ones become StoreUnavailableError)."""
+    if status in TRANSIENT_STATUSES:
+        return StoreUnavailableError(f"{what}: Kubernetes API unavailable ({status} {reason or ''})".rstrip())
+    message = _api_message(body) or reason or ""
+    return KubernetesApiError(f"{what}: {status} {message}".rstrip(), status=status)
 
 
-def api_error(exc: ApiException, what: str) -> Exception:
-    """Our error for a refused API request: transient statuses become StoreUnavailableError,
-    the rest KubernetesApiError with the API server's own message (Status.message)."""
-    if exc.status in (None, 0, 429, 500, 502, 503, 504):
-        return StoreUnavailableError(f"{what}: Kubernetes API unavailable ({exc.status} {exc.reason})")
-    message = exc.reason or ""
-    try:
-        message = json.loads(exc.body or "{}").get("message") or message
-    except (ValueError, AttributeError):
-        pass
-    return KubernetesApiError(f"{what}: {exc.status} {message}", status=exc.status)
+def api_error(exc: _HttpFailure, what: str) -> StoreUnavailableError | KubernetesApiError:
+    """Our error for a refused request of either client flavour (``ApiException``)."""
+    return status_error(exc.status, exc.reason, exc.body, what)
 
 
-def unreachable_error(exc: urllib3.exceptions.HTTPError, what: str) -> StoreUnavailableError:
+def unreachable_error(exc: BaseException, what: str) -> StoreUnavailableError:
     """A connection-level failure (refused, reset, timed out): the API server is out of reach."""
     return StoreUnavailableError(f"{what}: Kubernetes API unreachable ({type(exc).__name__}: {exc})")
 
 
-class FlywheelResources:
-    """Create and read Flywheel custom resources (Run, Approval) in a namespace."""
+async def load_configuration(config_file: str | None = None) -> kubernetes.aio.client.Configuration:
+    """The kubeconfig ``config_file``; else in-cluster credentials when running in a pod, else
+    the kubeconfig in $KUBECONFIG or ~/.kube/config."""
+    configuration = kubernetes.aio.client.Configuration()
+    if config_file is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        try:
+            kubernetes.aio.config.load_incluster_config(client_configuration=configuration)
+            return configuration
+        except kubernetes.aio.config.ConfigException:
+            pass  # a pod without a service account token: fall back to a kubeconfig
+    await kubernetes.aio.config.load_kube_config(
+        config_file=config_file or os.environ.get("KUBECONFIG") or None, client_configuration=configuration
+    )
+    return configuration
 
-    def __init__(self, api: kubernetes.client.CustomObjectsApi | None = None) -> None:
-        if api is None:
-            configure_client()
-        self._api = api or kubernetes.client.CustomObjectsApi()
+
+class KubeApi:
+    """One ``kubernetes.aio`` client: typed API groups on demand, errors translated, JSON answers.
+
+    The credentials (``configuration``, else the kubeconfig ``config_file``, else those of
+    :func:`load_configuration`) are loaded on first use, so building the object never blocks;
+    the aiohttp session belongs to the event loop that made the first request: use one KubeApi
+    per loop, and :meth:`close` it on that loop.
+    """
+
+    def __init__(
+        self,
+        configuration: kubernetes.aio.client.Configuration | None = None,
+        *,
+        config_file: str | None = None,
+        connections: int = DEFAULT_CONNECTIONS,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT_SECONDS,
+    ) -> None:
+        self._configuration = configuration
+        self._config_file = config_file
+        self._connections = connections
+        self.request_timeout = request_timeout
+        self._client: kubernetes.aio.client.ApiClient | None = None
+        self._apis: dict[type[Any], Any] = {}
+        self._lock = asyncio.Lock()
+
+    async def client(self) -> kubernetes.aio.client.ApiClient:
+        if self._client is None:
+            async with self._lock:
+                if self._client is None:
+                    self._client = await self._connect()
+        return self._client
+
+    async def _connect(self) -> kubernetes.aio.client.ApiClient:
+        try:
+            configuration = self._configuration or await load_configuration(self._config_file)
+        except kubernetes.aio.config.ConfigException as exc:
+            raise StoreUnavailableError(f"no Kubernetes credentials: {exc}") from exc
+        configuration.connection_pool_maxsize = self._connections
+        # trust_env would make aiohttp look up proxy variables and ~/.netrc on every request,
+        # which doubled the CPU cost of a call (bench/e2e_throughput.py); a proxy for the API
+        # server still works when the kubeconfig names it (proxy-url).
+        configuration.client_session_kwargs = {
+            **(configuration.client_session_kwargs or {}),
+            "trust_env": False,
+            "read_bufsize": READ_BUFFER_BYTES,
+        }
+        return kubernetes.aio.client.ApiClient(configuration)
+
+    async def api(self, group: type[ApiT]) -> ApiT:
+        """The typed API group (``CustomObjectsApi``, ``AppsV1Api``…) on the shared client."""
+        found = self._apis.get(group)
+        if found is None:
+            found = self._apis[group] = cast(Callable[..., ApiT], group)(await self.client())
+        return cast(ApiT, found)
+
+    async def call(
+        self, group: type[ApiT], what: str, request: Callable[[ApiT], Awaitable[aiohttp.ClientResponse]]
+    ) -> dict[str, Any]:
+        """Send ``request`` (a ``*_without_preload_content`` method) and decode the JSON answer.
+
+        ``what`` says what was attempted, for the error messages (``create runs/x``).
+        """
+        api = await self.api(group)
+        try:
+            response = await request(api)
+            async with response:
+                payload = await response.read()
+                status, reason = response.status, response.reason
+        except ApiException as exc:
+            raise api_error(exc, what) from exc
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise unreachable_error(exc, what) from exc
+        if not 200 <= status < 300:
+            raise status_error(status, reason, payload, what)
+        decoded: dict[str, Any] = json.loads(payload) if payload else {}
+        return decoded
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            self._apis.clear()
+            await client.close()
+
+
+class FlywheelResources:
+    """Create, read and patch Flywheel's custom resources (Incident, Run, Approval) in a namespace."""
+
+    def __init__(self, kube: KubeApi) -> None:
+        self._kube = kube
+
+    def _call(
+        self, what: str, request: Callable[[kubernetes.aio.client.CustomObjectsApi], Awaitable[aiohttp.ClientResponse]]
+    ) -> Awaitable[dict[str, Any]]:
+        return self._kube.call(kubernetes.aio.client.CustomObjectsApi, what, request)
 
     async def create_or_get(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create the object; if it already exists (a retried handler), return the existing one.
@@ -79,27 +206,20 @@ class FlywheelResources:
         """Like :meth:`create_or_get`, also saying whether this call created the object."""
         name = body["metadata"]["name"]
         try:
-            created: dict[str, Any] = await asyncio.to_thread(
-                self._api.create_namespaced_custom_object, GROUP, VERSION, namespace, plural, body
-            )
-            return created, True
-        except ApiException as exc:
+            return await self.create_new(plural, namespace, body), True
+        except KubernetesApiError as exc:
             if exc.status != 409:
-                raise api_error(exc, f"create {plural}/{name}") from exc
-        except urllib3.exceptions.HTTPError as exc:
-            raise unreachable_error(exc, f"create {plural}/{name}") from exc
+                raise
         return await self.get(plural, namespace, name), False
 
     async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
-        try:
-            found: dict[str, Any] = await asyncio.to_thread(
-                self._api.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
-            )
-            return found
-        except ApiException as exc:
-            raise api_error(exc, f"get {plural}/{name}") from exc
-        except urllib3.exceptions.HTTPError as exc:
-            raise unreachable_error(exc, f"get {plural}/{name}") from exc
+        timeout = self._kube.request_timeout
+        return await self._call(
+            f"get {plural}/{name}",
+            lambda api: api.get_namespaced_custom_object_without_preload_content(
+                GROUP, VERSION, namespace, plural, name, _request_timeout=timeout
+            ),
+        )
 
     async def find(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
@@ -111,25 +231,25 @@ class FlywheelResources:
             raise
 
     async def patch_status(
-        self, plural: str, namespace: str, name: str, status: Mapping[str, Any]
+        self,
+        plural: str,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        *,
+        resource_version: str | None = None,
     ) -> dict[str, Any]:
-        """Merge-patch the status subresource."""
-        what = f"update the status of {plural}/{name}"
-        try:
-            patched = await asyncio.to_thread(
-                self._api.patch_namespaced_custom_object_status,
-                GROUP,
-                VERSION,
-                namespace,
-                plural,
-                name,
-                {"status": dict(status)},
-            )
-        except ApiException as exc:
-            raise api_error(exc, what) from exc
-        except urllib3.exceptions.HTTPError as exc:
-            raise unreachable_error(exc, what) from exc
-        return cast(dict[str, Any], patched)
+        """Merge-patch the status subresource (only if still at ``resource_version``, when given)."""
+        body: dict[str, Any] = {"status": dict(status)}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
+        timeout = self._kube.request_timeout
+        return await self._call(
+            f"update the status of {plural}/{name}",
+            lambda api: api.patch_namespaced_custom_object_status_without_preload_content(
+                GROUP, VERSION, namespace, plural, name, body, _content_type=MERGE_PATCH, _request_timeout=timeout
+            ),
+        )
 
     # -- guarded writes, for writers racing with others (the Alertmanager intake) -------
     #
@@ -141,22 +261,14 @@ class FlywheelResources:
         self, plural: str, namespace: str, label_selector: str, *, request_timeout: float | None = None
     ) -> list[dict[str, Any]]:
         """Objects of ``plural`` in ``namespace`` matching ``label_selector`` (a quorum read)."""
-        what = f"list {plural} -l {label_selector}"
-        try:
-            found = await asyncio.to_thread(
-                self._api.list_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                plural,
-                label_selector=label_selector,
-                _request_timeout=request_timeout,
-            )
-        except ApiException as exc:
-            raise api_error(exc, what) from exc
-        except urllib3.exceptions.HTTPError as exc:
-            raise unreachable_error(exc, what) from exc
-        return cast(list[dict[str, Any]], cast(dict[str, Any], found).get("items") or [])
+        timeout = request_timeout or self._kube.request_timeout
+        found = await self._call(
+            f"list {plural} -l {label_selector}",
+            lambda api: api.list_namespaced_custom_object_without_preload_content(
+                GROUP, VERSION, namespace, plural, label_selector=label_selector, _request_timeout=timeout
+            ),
+        )
+        return cast(list[dict[str, Any]], found.get("items") or [])
 
     async def create_new(
         self,
@@ -164,27 +276,17 @@ class FlywheelResources:
         namespace: str,
         body: dict[str, Any],
         *,
-        field_manager: str,
+        field_manager: str | None = None,
         request_timeout: float | None = None,
     ) -> dict[str, Any]:
         """Create the object; an existing one of that name is a :class:`KubernetesApiError` with status 409."""
-        what = f"create {plural}/{body['metadata']['name']}"
-        try:
-            created = await asyncio.to_thread(
-                self._api.create_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                plural,
-                body,
-                field_manager=field_manager,
-                _request_timeout=request_timeout,
-            )
-        except ApiException as exc:
-            raise api_error(exc, what) from exc
-        except urllib3.exceptions.HTTPError as exc:
-            raise unreachable_error(exc, what) from exc
-        return cast(dict[str, Any], created)
+        timeout = request_timeout or self._kube.request_timeout
+        return await self._call(
+            f"create {plural}/{body['metadata']['name']}",
+            lambda api: api.create_namespaced_custom_object_without_preload_content(
+                GROUP, VERSION, namespace, plural, body, field_manager=field_manager, _request_timeout=timeout
+            ),
+        )
 
     async def patch_spec_if_unchanged(
         self,
@@ -203,22 +305,12 @@ class FlywheelResources:
         (a :class:`KubernetesApiError` with that status) when anyone wrote the object
         since it was read, so a read-modify-write never overwrites a concurrent one.
         """
-        what = f"patch {plural}/{name}"
         patch = {"metadata": {"resourceVersion": resource_version}, "spec": spec}
-        try:
-            patched = await asyncio.to_thread(
-                self._api.patch_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                plural,
-                name,
-                patch,
-                field_manager=field_manager,
-                _request_timeout=request_timeout,
-            )
-        except ApiException as exc:
-            raise api_error(exc, what) from exc
-        except urllib3.exceptions.HTTPError as exc:
-            raise unreachable_error(exc, what) from exc
-        return cast(dict[str, Any], patched)
+        timeout = request_timeout or self._kube.request_timeout
+        return await self._call(
+            f"patch {plural}/{name}",
+            lambda api: api.patch_namespaced_custom_object_without_preload_content(
+                GROUP, VERSION, namespace, plural, name, patch,
+                field_manager=field_manager, _content_type=MERGE_PATCH, _request_timeout=timeout,
+            ),
+        )

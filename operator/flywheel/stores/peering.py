@@ -12,7 +12,6 @@ Peering objects (``kopf.dev/v1``): ``ClusterKopfPeering`` for a cluster-wide ope
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,10 +19,12 @@ from typing import Any, Final
 
 import kubernetes
 import urllib3
+from kubernetes.aio.client import CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
+from flywheel.errors import KubernetesApiError, StoreUnavailableError
 from flywheel.logs import get_logger
-from flywheel.stores.kube import configure_client
+from flywheel.stores.kube import KubeApi
 
 _log = get_logger(__name__)
 
@@ -101,14 +102,16 @@ class PeeringObserver:
         priority: int,
         clusterwide: bool,
         namespaces: Sequence[str] = (),
-        api: kubernetes.client.CustomObjectsApi | None = None,
+        kube: KubeApi | None = None,
     ) -> None:
+        if kube is None and not standalone:
+            raise ValueError("a PeeringObserver with peering needs a KubeApi to read the peering objects")
         self._standalone = standalone
         self._name = name
         self._priority = priority
         self._clusterwide = clusterwide
         self._namespaces = tuple(namespaces)
-        self._api = api
+        self._kube = kube
         self._last = Leadership(True, "not checked yet")
         self._unreadable_logged = False
 
@@ -122,14 +125,14 @@ class PeeringObserver:
             return self._last
         moment = now or datetime.now(UTC)
         try:
-            tables = await asyncio.to_thread(self._read_tables)
-        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+            tables = await self._read_tables()
+        except (KubernetesApiError, StoreUnavailableError) as exc:
             if not self._unreadable_logged:
                 _log.warning(
                     "peering objects unreadable; keeping the last leadership verdict",
                     peering=self._name,
                     active=self._last.active,
-                    error=f"{type(exc).__name__}: {getattr(exc, 'status', '')} {getattr(exc, 'reason', exc)}",
+                    error=str(exc),
                 )
                 self._unreadable_logged = True
             return self._last
@@ -140,42 +143,39 @@ class PeeringObserver:
         self._last = verdict
         return verdict
 
-    def _read_tables(self) -> list[Mapping[str, Any]]:
-        if self._api is None:
-            configure_client()
-            self._api = kubernetes.client.CustomObjectsApi()
-        api = self._api
-        tables: list[Mapping[str, Any]] = []
+    async def _read_tables(self) -> list[Mapping[str, Any]]:
+        assert self._kube is not None  # checked in __init__ for observers with peering
         if self._clusterwide:
-            found = _absent_as_none(
-                lambda: api.get_cluster_custom_object(
+            found = await self._read_absent_as_none(
+                "clusterkopfpeerings", None,
+                lambda api: api.get_cluster_custom_object_without_preload_content(
                     PEERING_GROUP, PEERING_VERSION, "clusterkopfpeerings", self._name,
                     _request_timeout=REQUEST_TIMEOUT_SECONDS,
-                )
+                ),
             )
-            if found is not None:
-                tables.append(found.get("status") or {})
-            return tables
+            return [found.get("status") or {}] if found is not None else []
+        tables: list[Mapping[str, Any]] = []
         for namespace in self._namespaces:
-            found = _absent_as_none(
-                lambda namespace=namespace: api.get_namespaced_custom_object(
+            found = await self._read_absent_as_none(
+                "kopfpeerings", namespace,
+                lambda api, namespace=namespace: api.get_namespaced_custom_object_without_preload_content(
                     PEERING_GROUP, PEERING_VERSION, namespace, "kopfpeerings", self._name,
                     _request_timeout=REQUEST_TIMEOUT_SECONDS,
-                )
+                ),
             )
             if found is not None:
                 tables.append(found.get("status") or {})
         return tables
 
-
-def _absent_as_none(read: Any) -> dict[str, Any] | None:
-    try:
-        found: dict[str, Any] = read()
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    return found
+    async def _read_absent_as_none(self, plural: str, namespace: str | None, request: Any) -> dict[str, Any] | None:
+        assert self._kube is not None
+        where = f"{namespace}/" if namespace else ""
+        try:
+            return await self._kube.call(CustomObjectsApi, f"read {plural} {where}{self._name}", request)
+        except KubernetesApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
 
 
 def ensure_peering_objects(name: str, namespaces: Sequence[str]) -> None:
@@ -187,7 +187,11 @@ def ensure_peering_objects(name: str, namespaces: Sequence[str]) -> None:
     otherwise (globs cannot be created by name, so they are skipped). Failures are logged, not
     raised: the object may have been created by an administrator, and Kopf says what it waits for.
     """
-    configure_client()
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    # The synchronous client: this runs once, before the operator's event loop exists.
     api = kubernetes.client.CustomObjectsApi()
     labels = {"app.kubernetes.io/name": "flywheel", "app.kubernetes.io/managed-by": "flywheel"}
     targets: list[str | None] = list(literal_namespaces(namespaces)) if namespaces else [None]

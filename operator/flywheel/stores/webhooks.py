@@ -10,7 +10,6 @@ each other; it removes them again when it stops.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import ipaddress
@@ -20,16 +19,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-import kubernetes
-import urllib3
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from kubernetes.client.exceptions import ApiException
+from kubernetes.aio.client import AdmissionregistrationV1Api, AuthenticationV1Api
 
+from flywheel.errors import KubernetesApiError
 from flywheel.logs import get_logger
-from flywheel.stores.kube import GROUP, api_error, configure_client, unreachable_error
+from flywheel.stores.kube import GROUP, KubeApi
 
 log = get_logger(__name__)
 
@@ -183,80 +181,76 @@ def webhook_entries(
     return entries
 
 
-async def own_identity() -> str:
+async def own_identity(kube: KubeApi) -> str:
     """The username this process authenticates as (a SelfSubjectReview: no permission needed)."""
-    configure_client()
-    api = kubernetes.client.AuthenticationV1Api()
     body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
-    try:
-        review = await asyncio.to_thread(api.create_self_subject_review, body)
-    except ApiException as exc:
-        raise api_error(exc, "who am I (SelfSubjectReview)") from exc
-    except urllib3.exceptions.HTTPError as exc:
-        raise unreachable_error(exc, "who am I (SelfSubjectReview)") from exc
-    return str(review.status.user_info.username)
+    review = await kube.call(
+        AuthenticationV1Api, "who am I (SelfSubjectReview)",
+        lambda api: api.create_self_subject_review_without_preload_content(body, _request_timeout=kube.request_timeout),
+    )
+    return str(review["status"]["userInfo"]["username"])
 
 
 class WebhookConfigurations:
     """Create, replace and delete the loopback webhook configurations."""
 
-    def __init__(self, api: kubernetes.client.AdmissionregistrationV1Api | None = None) -> None:
-        if api is None:
-            configure_client()
-        self._api = api or kubernetes.client.AdmissionregistrationV1Api()
+    def __init__(self, kube: KubeApi) -> None:
+        self._kube = kube
 
     async def apply(self, name: str, *, base_url: str, ca_pem: bytes, namespaces: Sequence[str], version: str) -> None:
-        await asyncio.to_thread(self._apply, name, base_url, ca_pem, list(namespaces), version)
-
-    async def delete(self, name: str) -> None:
-        await asyncio.to_thread(self._delete, name)
-
-    def _apply(self, name: str, base_url: str, ca_pem: bytes, namespaces: list[str], version: str) -> None:
         labels = {"app.kubernetes.io/name": "flywheel", "app.kubernetes.io/managed-by": "flywheel-loopback"}
-        for mutating in (True, False):
-            kind = "MutatingWebhookConfiguration" if mutating else "ValidatingWebhookConfiguration"
-            body = {
+        for flavour in ("mutating", "validating"):
+            body: dict[str, Any] = {
                 "apiVersion": "admissionregistration.k8s.io/v1",
-                "kind": kind,
+                "kind": f"{flavour.capitalize()}WebhookConfiguration",
                 "metadata": {"name": name, "labels": labels},
                 "webhooks": webhook_entries(
-                    base_url=base_url, ca_pem=ca_pem, namespaces=namespaces, mutating=mutating, version=version
+                    base_url=base_url, ca_pem=ca_pem, namespaces=list(namespaces), mutating=flavour == "mutating",
+                    version=version,
                 ),
             }
-            create, read, replace = (
-                (self._api.create_mutating_webhook_configuration, self._api.read_mutating_webhook_configuration,
-                 self._api.replace_mutating_webhook_configuration)
-                if mutating
-                else (self._api.create_validating_webhook_configuration,
-                      self._api.read_validating_webhook_configuration,
-                      self._api.replace_validating_webhook_configuration)
-            )
-            what = f"apply {kind} {name}"
-            try:
-                try:
-                    create(body)
-                except ApiException as exc:
-                    if exc.status != 409:
-                        raise
-                    existing = read(name)
-                    body["metadata"]["resourceVersion"] = existing.metadata.resource_version
-                    replace(name, body)
-            except ApiException as exc:
-                raise api_error(exc, what) from exc
-            except urllib3.exceptions.HTTPError as exc:
-                raise unreachable_error(exc, what) from exc
-        log.info("webhook_configurations_applied", name=name, url=base_url, namespaces=namespaces or "all")
+            await self._apply_one(flavour, name, body)
+        log.info("webhook_configurations_applied", name=name, url=base_url, namespaces=list(namespaces) or "all")
 
-    def _delete(self, name: str) -> None:
-        for delete in (self._api.delete_mutating_webhook_configuration, self._api.delete_validating_webhook_configuration):
-            try:
-                delete(name)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise api_error(exc, f"delete webhook configuration {name}") from exc
-            except urllib3.exceptions.HTTPError as exc:
-                raise unreachable_error(exc, f"delete webhook configuration {name}") from exc
+    async def _apply_one(self, flavour: str, name: str, body: dict[str, Any]) -> None:
+        """Create the ``flavour`` (mutating|validating) configuration, or replace the one there."""
+        timeout = self._kube.request_timeout
+        what = f"apply {body['kind']} {name}"
+        method = f"{flavour}_webhook_configuration_without_preload_content"
+        try:
+            await self._kube.call(
+                AdmissionregistrationV1Api, what,
+                lambda api: getattr(api, f"create_{method}")(body, _request_timeout=timeout),
+            )
+            return
+        except KubernetesApiError as exc:
+            if exc.status != 409:
+                raise
+        existing = await self._kube.call(
+            AdmissionregistrationV1Api, what, lambda api: getattr(api, f"read_{method}")(name, _request_timeout=timeout)
+        )
+        body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
+        await self._kube.call(
+            AdmissionregistrationV1Api, what,
+            lambda api: getattr(api, f"replace_{method}")(name, body, _request_timeout=timeout),
+        )
+
+    async def delete(self, name: str) -> None:
+        for flavour in ("mutating", "validating"):
+            await self._delete_one(flavour, name)
         log.info("webhook_configurations_deleted", name=name)
+
+    async def _delete_one(self, flavour: str, name: str) -> None:
+        timeout = self._kube.request_timeout
+        method = f"delete_{flavour}_webhook_configuration_without_preload_content"
+        try:
+            await self._kube.call(
+                AdmissionregistrationV1Api, f"delete {flavour} webhook configuration {name}",
+                lambda api: getattr(api, method)(name, _request_timeout=timeout),
+            )
+        except KubernetesApiError as exc:
+            if exc.status != 404:
+                raise
 
 
 __all__ = [

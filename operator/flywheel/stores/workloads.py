@@ -12,29 +12,27 @@ Shadow mode sends the same patch as a server-side dry run (``dryRun=All``): admi
 validation and defaulting run, nothing is stored, and the would-be object tells what
 would change.
 
-The official client is synchronous; each operation runs in a worker thread.
+Requests go through the operator's shared asyncio client (:class:`~flywheel.stores.kube.KubeApi`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-import kubernetes
-import urllib3
-from kubernetes.client.exceptions import ApiException
+import aiohttp
+from kubernetes.aio.client import AppsV1Api
 
 from flywheel.api.enums import ActionType, TargetKind
 from flywheel.domain.actions import ProposedAction, effective_replicas
 from flywheel.domain.run_state import ActionNotApplicableError, RolloutFacts
-from flywheel.errors import KubernetesApiError, StoreUnavailableError
+from flywheel.errors import KubernetesApiError
 from flywheel.logs import get_logger
-from flywheel.stores.kube import configure_client
+from flywheel.stores.kube import MERGE_PATCH, KubeApi
 
 log = get_logger(__name__)
 
@@ -53,7 +51,6 @@ DEPLOYMENT_REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 POD_TEMPLATE_HASH_LABEL = "pod-template-hash"
 PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
 FIELD_MANAGER = "flywheel"
-MERGE_PATCH = "application/merge-patch+json"
 # A workload changed by someone else between our read and our write: read again, this often.
 CONFLICT_RETRIES = 3
 
@@ -234,10 +231,8 @@ def choose_revision(
 class WorkloadStore:
     """Apply remediation actions to Deployments and StatefulSets, and read their rollouts."""
 
-    def __init__(self, api: kubernetes.client.AppsV1Api | None = None) -> None:
-        if api is None:
-            configure_client()
-        self._api = api or kubernetes.client.AppsV1Api()
+    def __init__(self, kube: KubeApi) -> None:
+        self._kube = kube
 
     async def apply(
         self,
@@ -254,26 +249,10 @@ class WorkloadStore:
         may not change it, ...), :class:`StoreUnavailableError` when the API cannot be
         reached, and :class:`ActionNotApplicableError` when the action cannot apply.
         """
-        return await asyncio.to_thread(self._apply, namespace, action, stamp, dry_run, max_replicas)
-
-    async def rollout(self, namespace: str, kind: TargetKind, name: str) -> RolloutFacts:
-        """The rollout progress of the workload (raises 404 as :class:`KubernetesApiError`)."""
-        workload = await asyncio.to_thread(self._read, namespace, kind, name)
-        return rollout_facts(kind, workload)
-
-    async def read(self, namespace: str, kind: TargetKind, name: str) -> dict[str, Any]:
-        """The workload as the API server returns it (raw JSON)."""
-        return await asyncio.to_thread(self._read, namespace, kind, name)
-
-    # -- synchronous internals (worker thread) -------------------------------------------
-
-    def _apply(
-        self, namespace: str, action: ProposedAction, stamp: ActionStamp, dry_run: bool, max_replicas: int
-    ) -> ActionResult:
         kind, name = action.target_kind, action.target_name
         what = _describe(kind, name)
         for _ in range(CONFLICT_RETRIES):
-            workload = self._read(namespace, kind, name)
+            workload = await self.read(namespace, kind, name)
             generation = int(workload["metadata"].get("generation") or 0)
             if not dry_run and already_applied(workload, stamp, action.type):
                 log.info(
@@ -292,7 +271,7 @@ class WorkloadStore:
                     generation_before=generation,
                     generation_after=generation,
                 )
-            plan = self._plan(namespace, workload, action, stamp, max_replicas)
+            plan = await self._plan(namespace, workload, action, stamp, max_replicas)
             body = copy.deepcopy(plan.patch)
             metadata = body.setdefault("metadata", {})
             metadata["resourceVersion"] = workload["metadata"]["resourceVersion"]
@@ -301,7 +280,7 @@ class WorkloadStore:
                 **stamp_annotations(workload, stamp, action.type, plan.extra_annotations),
             }
             try:
-                patched = self._patch(namespace, kind, name, body, dry_run=dry_run)
+                patched = await self._patch(namespace, kind, name, body, dry_run=dry_run)
             except KubernetesApiError as exc:
                 if exc.status == 409:
                     log.info(
@@ -338,7 +317,30 @@ class WorkloadStore:
             f"{what} kept changing under Flywheel ({CONFLICT_RETRIES} conflicts in a row)", status=409
         )
 
-    def _plan(
+    async def rollout(self, namespace: str, kind: TargetKind, name: str) -> RolloutFacts:
+        """The rollout progress of the workload (raises 404 as :class:`KubernetesApiError`)."""
+        return rollout_facts(kind, await self.read(namespace, kind, name))
+
+    async def read(self, namespace: str, kind: TargetKind, name: str) -> dict[str, Any]:
+        """The workload as the API server returns it (raw JSON)."""
+        timeout = self._kube.request_timeout
+        if kind is TargetKind.DEPLOYMENT:
+            return await self._call(
+                f"read {_describe(kind, name)}",
+                lambda api: api.read_namespaced_deployment_without_preload_content(
+                    name, namespace, _request_timeout=timeout
+                ),
+            )
+        return await self._call(
+            f"read {_describe(kind, name)}",
+            lambda api: api.read_namespaced_stateful_set_without_preload_content(
+                name, namespace, _request_timeout=timeout
+            ),
+        )
+
+    # -- internals --------------------------------------------------------------------------
+
+    async def _plan(
         self,
         namespace: str,
         workload: Mapping[str, Any],
@@ -382,11 +384,11 @@ class WorkloadStore:
             )
         if action.type is ActionType.ROLLOUT_UNDO:
             if action.target_kind is TargetKind.DEPLOYMENT:
-                current_revision, revision, template = self._deployment_undo_target(
+                current_revision, revision, template = await self._deployment_undo_target(
                     namespace, workload, action
                 )
             else:
-                current_revision, revision, template = self._statefulset_undo_target(
+                current_revision, revision, template = await self._statefulset_undo_target(
                     namespace, workload, action
                 )
             current_template = (workload.get("spec") or {}).get("template") or {}
@@ -409,7 +411,7 @@ class WorkloadStore:
             f"unsupported action {action.type!r}"
         )  # pragma: no cover - closed enum
 
-    def _deployment_undo_target(
+    async def _deployment_undo_target(
         self, namespace: str, deployment: Mapping[str, Any], action: ProposedAction
     ) -> tuple[int, int, dict[str, Any]]:
         """(current revision, chosen revision, its pod template) from the Deployment's ReplicaSets."""
@@ -420,12 +422,13 @@ class WorkloadStore:
             current = int(annotations.get(DEPLOYMENT_REVISION_ANNOTATION, "0"))
         except ValueError as exc:
             raise ActionNotApplicableError(f"{what} has an unreadable revision annotation") from exc
-        replica_sets = self._call(
-            lambda: self._api.list_namespaced_replica_set(
-                namespace, label_selector=_selector(deployment), _preload_content=False
-            ),
+        timeout = self._kube.request_timeout
+        replica_sets = (await self._call(
             f"list ReplicaSets of {what}",
-        )["items"]
+            lambda api: api.list_namespaced_replica_set_without_preload_content(
+                namespace, label_selector=_selector(deployment), _request_timeout=timeout
+            ),
+        ))["items"]
         templates: dict[int, dict[str, Any]] = {}
         for replica_set in replica_sets:
             if not _owned_by(replica_set, uid):
@@ -441,19 +444,20 @@ class WorkloadStore:
         revision, template = choose_revision(templates, current, action.to_revision, what)
         return current, revision, template
 
-    def _statefulset_undo_target(
+    async def _statefulset_undo_target(
         self, namespace: str, statefulset: Mapping[str, Any], action: ProposedAction
     ) -> tuple[int, int, dict[str, Any]]:
         """(current revision, chosen revision, its pod template) from the ControllerRevisions."""
         what = _describe(action.target_kind, action.target_name)
         uid = statefulset["metadata"]["uid"]
         update_revision = (statefulset.get("status") or {}).get("updateRevision")
-        items = self._call(
-            lambda: self._api.list_namespaced_controller_revision(
-                namespace, label_selector=_selector(statefulset), _preload_content=False
-            ),
+        timeout = self._kube.request_timeout
+        items = (await self._call(
             f"list ControllerRevisions of {what}",
-        )["items"]
+            lambda api: api.list_namespaced_controller_revision_without_preload_content(
+                namespace, label_selector=_selector(statefulset), _request_timeout=timeout
+            ),
+        ))["items"]
         templates: dict[int, dict[str, Any]] = {}
         current = 0
         for item in items:
@@ -472,63 +476,29 @@ class WorkloadStore:
         revision, template = choose_revision(templates, current, action.to_revision, what)
         return current, revision, template
 
-    def _read(self, namespace: str, kind: TargetKind, name: str) -> dict[str, Any]:
-        what = _describe(kind, name)
-        if kind is TargetKind.DEPLOYMENT:
-            return self._call(
-                lambda: self._api.read_namespaced_deployment(name, namespace, _preload_content=False),
-                f"read {what}",
-            )
-        return self._call(
-            lambda: self._api.read_namespaced_stateful_set(name, namespace, _preload_content=False),
-            f"read {what}",
-        )
-
-    def _patch(
+    async def _patch(
         self, namespace: str, kind: TargetKind, name: str, body: dict[str, Any], *, dry_run: bool
     ) -> dict[str, Any]:
-        what = _describe(kind, name)
         options: dict[str, Any] = {
             "field_manager": FIELD_MANAGER,
             "_content_type": MERGE_PATCH,
-            "_preload_content": False,
+            "_request_timeout": self._kube.request_timeout,
         }
         if dry_run:
             options["dry_run"] = "All"
+        what = f"patch {_describe(kind, name)}"
         if kind is TargetKind.DEPLOYMENT:
-            return self._call(
-                lambda: self._api.patch_namespaced_deployment(name, namespace, body, **options),
-                f"patch {what}",
+            return await self._call(
+                what, lambda api: api.patch_namespaced_deployment_without_preload_content(name, namespace, body, **options)
             )
-        return self._call(
-            lambda: self._api.patch_namespaced_stateful_set(name, namespace, body, **options), f"patch {what}"
+        return await self._call(
+            what, lambda api: api.patch_namespaced_stateful_set_without_preload_content(name, namespace, body, **options)
         )
 
-    @staticmethod
-    def _call(request: Callable[[], Any], what: str) -> dict[str, Any]:
-        """Run one request and decode its JSON, mapping failures onto Flywheel's errors."""
-        try:
-            response = request()
-        except ApiException as exc:
-            if exc.status in (None, 0, 429, 500, 502, 503, 504):
-                raise StoreUnavailableError(
-                    f"{what}: Kubernetes API unavailable ({exc.status} {exc.reason})"
-                ) from exc
-            raise KubernetesApiError(
-                f"{what}: {exc.status} {exc.reason}: {_api_message(exc)}", status=exc.status
-            ) from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StoreUnavailableError(f"{what}: Kubernetes API unreachable: {exc}") from exc
-        decoded: dict[str, Any] = json.loads(response.data)
-        return decoded
-
-
-def _api_message(exc: ApiException) -> str:
-    """The Status message of an API error, else its raw body."""
-    try:
-        return str(json.loads(exc.body or "")["message"])
-    except (ValueError, KeyError, TypeError):
-        return str(exc.body)
+    def _call(
+        self, what: str, request: Callable[[AppsV1Api], Awaitable[aiohttp.ClientResponse]]
+    ) -> Awaitable[dict[str, Any]]:
+        return self._kube.call(AppsV1Api, what, request)
 
 
 __all__ = [
