@@ -49,3 +49,33 @@ def test_the_anomaly_counts_ride_on_the_next_normal_event_and_never_on_a_warning
     assert posted[1].message == "anomaly k seen 2x/1h; RolloutRestart chosen"
     alone = IncidentOutcome(status=IncidentStatus(), events=[counts]).events_to_post()
     assert alone == [counts], "with nothing else to say the counts still get their Event"
+    duplicate = Event("Normal", "Duplicate", "duplicate of oom-1")
+    assert [(e.reason, e.message) for e in IncidentOutcome(IncidentStatus(), events=[counts, duplicate]).events_to_post()] == [
+        ("Duplicate", "anomaly k seen 2x/1h; duplicate of oom-1"),
+    ]
+
+
+def test_a_decision_and_the_run_it_starts_are_one_event() -> None:
+    from flywheel.api.incident import IncidentStatus
+    from flywheel.controllers.incident import (
+        ANOMALY_EVENT_REASON,
+        DECISION_EVENT_REASON,
+        RUN_CREATED_EVENT_REASON,
+        Event,
+        IncidentOutcome,
+    )
+
+    events = [
+        Event("Normal", ANOMALY_EVENT_REASON, "anomaly k seen 3x/1h"),
+        Event("Normal", DECISION_EVENT_REASON, "DEC-1: restart checkout"),
+        Event("Warning", "NeedsPermanentFix", "needs a permanent fix"),
+        Event("Normal", RUN_CREATED_EVENT_REASON, "Run oom-1 created (waits for approval)"),
+    ]
+    posted = IncidentOutcome(status=IncidentStatus(), events=events).events_to_post()
+    assert [(event.type, event.reason) for event in posted] == [
+        ("Normal", DECISION_EVENT_REASON),
+        ("Warning", "NeedsPermanentFix"),
+    ]
+    assert posted[0].message == "anomaly k seen 3x/1h; DEC-1: restart checkout; Run oom-1 created (waits for approval)"
+    long = [Event("Normal", DECISION_EVENT_REASON, "x" * 900), Event("Normal", RUN_CREATED_EVENT_REASON, "y" * 900)]
+    assert len(IncidentOutcome(IncidentStatus(), events=long).events_to_post()[0].message) == 1024

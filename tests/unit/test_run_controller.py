@@ -163,7 +163,8 @@ DONE = RolloutFacts(generation=2, observed_generation=2, desired=1, total=1, upd
 
 def incident_body(mode: str = "Auto", uid: str = INCIDENT_UID, **status: Any) -> dict[str, Any]:
     return {
-        "metadata": {"name": "checkout-oom", "namespace": NAMESPACE, "uid": uid, "generation": 1},
+        "metadata": {"name": "checkout-oom", "namespace": NAMESPACE, "uid": uid, "generation": 1,
+                     "creationTimestamp": T0.isoformat()},
         "spec": {"remediation": {"mode": mode}},
         "status": {
             "phase": "Mitigating",

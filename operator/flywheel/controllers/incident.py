@@ -53,9 +53,12 @@ DECIDED = "Decided"
 REMEDIATION_STARTED = "RemediationStarted"
 RESOLVED = "Resolved"
 
-# The Event carrying the recurrence counts (merged into the pass's next Normal Event, see
-# IncidentOutcome.events_to_post), and the longest Event message the API server accepts.
+# Event reasons: the recurrence counts and the Run's creation ride on the pass's DecisionReady
+# (or the counts on its next Normal Event, see IncidentOutcome.events_to_post); and the longest
+# Event message the API server accepts.
 ANOMALY_EVENT_REASON = "AnomalyRecorded"
+DECISION_EVENT_REASON = "DecisionReady"
+RUN_CREATED_EVENT_REASON = "RunCreated"
 EVENT_MESSAGE_LIMIT = 1024
 
 LABEL_INCIDENT = "flywheel.dev/incident"
@@ -153,12 +156,23 @@ class IncidentOutcome:
         return {key: value for key, value in new.items() if old.get(key) != value}
 
     def events_to_post(self) -> list[Event]:
-        """The Events to post, the anomaly counts riding along at the head of the next Normal Event.
+        """The Events to post: the pass's routine Normal Events ride on its main one.
 
         Every Event is an API write, and in an alert storm writes are what the API server runs
-        out of: the counts read as well at the head of the DecisionReady or Duplicate Event (and
-        stay in ``status.anomaly``) as in an Event of their own. Warnings are never merged.
+        out of. The anomaly counts (also in ``status.anomaly``) and the Run's creation (also in
+        ``status.runRef``) read as well in the DecisionReady Event of the same pass, or the counts
+        at the head of the pass's next Normal Event (Duplicate, Resolved…). Warnings are never
+        merged; the messages keep the order in which things happened.
         """
+        decision = next((e for e in self.events if e.type == "Normal" and e.reason == DECISION_EVENT_REASON), None)
+        riders = ANOMALY_EVENT_REASON, RUN_CREATED_EVENT_REASON
+        if decision is not None:
+            merged = [e for e in self.events if e.type == "Normal" and (e is decision or e.reason in riders)]
+            message = "; ".join(e.message for e in merged)[:EVENT_MESSAGE_LIMIT]
+            riding = {id(e) for e in merged if e is not decision}
+            return [
+                Event(e.type, e.reason, message) if e is decision else e for e in self.events if id(e) not in riding
+            ]
         posted: list[Event] = []
         pending_counts: Event | None = None
         for event in self.events:
@@ -355,7 +369,7 @@ class IncidentReconciler:
         )
         self._condition(outcome, incident, DECIDED, ConditionStatus.TRUE, "DecisionReady",
                         f"{decision.action.describe()} ({decision.source.value}, risk {decision.risk.value})", now)
-        outcome.events.append(Event("Normal", "DecisionReady", f"{status.decision.id}: {decision.action.describe()}; {decision.reasoning}"[:1024]))
+        outcome.events.append(Event("Normal", DECISION_EVENT_REASON, f"{status.decision.id}: {decision.action.describe()}; {decision.reasoning}"[:1024]))
         for warning in decision.warnings:
             reason = "NeedsPermanentFix" if warning == NEEDS_PERMANENT_FIX_WARNING else "DecisionWarning"
             outcome.events.append(Event("Warning", reason, warning))
@@ -373,7 +387,7 @@ class IncidentReconciler:
         waiting = " (waits for approval)" if decision.requires_approval else ""
         self._condition(outcome, incident, REMEDIATION_STARTED, ConditionStatus.TRUE, "RunCreated",
                         f"Run {run['metadata']['name']} created{waiting}", now)
-        outcome.events.append(Event("Normal", "RunCreated", f"Run {run['metadata']['name']}: {decision.action.describe()}{waiting}"))
+        outcome.events.append(Event("Normal", RUN_CREATED_EVENT_REASON, f"Run {run['metadata']['name']} created{waiting}"))
 
     async def _decide(
         self, incident: IncidentObject, anomaly: AnomalyStatus | None, recorded_stats: dict[str, ActionStats] | None

@@ -125,14 +125,21 @@ APPROVAL_EVENT_REASONS = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class IncidentView:
-    """What a Run needs to know about its Incident (from the operator's index)."""
+    """What the operator keeps in memory of every Incident (Kopf's index): enough for a Run to
+    see its Incident go away or turn remediation Off, and for the metrics to count it."""
 
+    namespace: str
     name: str
     uid: str
+    created_at: datetime
     remediation_mode: RemediationMode
     phase: IncidentPhase | None
     deleting: bool
-    anomaly_key: str | None
+    anomaly_key: str | None  # as recorded (status.anomaly.key)
+    alert_name: str | None = None
+    source: str | None = None
+    has_decision: bool = False
+    run_uid: str | None = None  # status.runRef.uid (or its name, before a uid is known)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> IncidentView:
@@ -140,15 +147,22 @@ class IncidentView:
         spec = body.get("spec") or {}
         status = body.get("status") or {}
         phase = status.get("phase")
+        run_ref = status.get("runRef") or {}
         return cls(
+            namespace=meta["namespace"],
             name=meta["name"],
             uid=meta["uid"],
+            created_at=_parse_time(meta["creationTimestamp"]),
             remediation_mode=RemediationMode(
                 (spec.get("remediation") or {}).get("mode", RemediationMode.AUTO.value)
             ),
             phase=IncidentPhase(phase) if phase else None,
             deleting=bool(meta.get("deletionTimestamp")),
             anomaly_key=(status.get("anomaly") or {}).get("key"),
+            alert_name=spec.get("alertName") or None,
+            source=spec.get("source") or None,
+            has_decision=bool(status.get("decision")),
+            run_uid=(run_ref.get("uid") or run_ref.get("name")) if run_ref else None,
         )
 
 

@@ -11,7 +11,7 @@ and the watch event it echoes back.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import kopf
@@ -19,6 +19,7 @@ import kopf
 from flywheel.api.enums import IncidentPhase
 from flywheel.controllers.driver import ObjectDriver
 from flywheel.controllers.incident import IncidentObject, IncidentReconciler, PeerIncident
+from flywheel.controllers.run import IncidentView
 from flywheel.domain.signature import anomaly_key
 from flywheel.errors import KubernetesApiError, StoreUnavailableError
 from flywheel.handlers.driving import build_driver, retry_after, stop_driver
@@ -37,14 +38,50 @@ UNAVAILABLE_RETRY_SECONDS = 10.0
 MEMO_INCIDENT_DRIVER = "incident_driver"
 
 
+# Keys of the Incident index: (namespace, name) → IncidentView; (namespace, ANOMALY, key) → PeerIncident.
+ANOMALY = "anomaly"
+IncidentIndexKey = tuple[str, str] | tuple[str, str, str]
+IncidentIndex = kopf.Index[IncidentIndexKey, IncidentView | PeerIncident]
+
+
 @kopf.index(GROUP, VERSION, "incidents")
-async def incidents_by_anomaly(
-    namespace: str, name: str, uid: str, spec: kopf.Spec, status: kopf.Status, **_: Any
-) -> dict[tuple[str, str], PeerIncident]:
-    """Incidents grouped by (namespace, anomaly key): deduplication asks the API only for new twins."""
+async def incident_index(
+    namespace: str | None, name: str, uid: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> dict[IncidentIndexKey, IncidentView | PeerIncident] | None:
+    """Every Incident in memory, by name and by anomaly key: deduplication, the Runs and the metrics
+    read it instead of the API.
+
+    One index for every use: Kopf calls each index function of a kind on every watch event of
+    that kind, and the call, not the function, is what costs.
+    """
+    if namespace is None:
+        return None
     key = anomaly_key(spec.get("alertName"), spec.get("service"), namespace, spec.get("errorType"))
     phase = status.get("phase")
-    return {(namespace, key): PeerIncident(name=name, uid=uid, phase=IncidentPhase(phase) if phase else None)}
+    try:
+        view = IncidentView.from_body(body)
+        peer = PeerIncident(name=name, uid=uid, phase=IncidentPhase(phase) if phase else None)
+    except (KeyError, ValueError):
+        return None  # an invalid Incident is refused by its own pass
+    return {(namespace, name): view, (namespace, ANOMALY, key): peer}
+
+
+def incident_of(index: IncidentIndex, namespace: str, name: str) -> IncidentView | None:
+    """The Incident ``namespace/name`` as the operator last saw it."""
+    found = next(iter(index.get((namespace, name), ())), None)
+    return found if isinstance(found, IncidentView) else None
+
+
+def incidents_with_anomaly(index: IncidentIndex, namespace: str, key: str) -> list[PeerIncident]:
+    """The Incidents of ``namespace`` with the anomaly ``key``."""
+    return [peer for peer in index.get((namespace, ANOMALY, key), ()) if isinstance(peer, PeerIncident)]
+
+
+def all_incidents(index: IncidentIndex) -> Iterator[IncidentView]:
+    """Every Incident the operator sees (each once)."""
+    for key, store in index.items():
+        if len(key) == 2:
+            yield from (view for view in store if isinstance(view, IncidentView))
 
 
 def _spec_unseen(body: Mapping[str, Any]) -> bool:
@@ -60,11 +97,9 @@ def _degraded(body: Mapping[str, Any]) -> bool:
 class IncidentPasses:
     """One pass over an Incident: reconcile, write the status patch, post the Events."""
 
-    def __init__(
-        self, deps: Dependencies, incidents_by_anomaly: kopf.Index[tuple[str, str], PeerIncident]
-    ) -> None:
+    def __init__(self, deps: Dependencies, incident_index: IncidentIndex) -> None:
         self._deps = deps
-        self._incidents_by_anomaly = incidents_by_anomaly
+        self._incident_index = incident_index
 
     async def __call__(self, body: Mapping[str, Any], slot: dict[str, Any]) -> float | None:
         try:
@@ -73,7 +108,7 @@ class IncidentPasses:
             # The CRD schema refuses almost everything; what slips through cannot be retried into shape.
             kopf.warn(dict(body), reason="InvalidIncident", message=f"invalid Incident spec: {exc}")
             return None
-        peers = list(self._incidents_by_anomaly.get((incident.namespace, incident.anomaly_key), []))
+        peers = incidents_with_anomaly(self._incident_index, incident.namespace, incident.anomaly_key)
         try:
             outcome = await IncidentReconciler(self._deps).reconcile(incident, peers)
             status_patch = outcome.status_patch()
@@ -91,13 +126,11 @@ class IncidentPasses:
 
 
 @kopf.on.startup()
-async def start_incident_driver(
-    memo: kopf.Memo, incidents_by_anomaly: kopf.Index[tuple[str, str], PeerIncident], **_: Any
-) -> None:
+async def start_incident_driver(memo: kopf.Memo, incident_index: IncidentIndex, **_: Any) -> None:
     deps = getattr(memo, "deps", None)
     if deps is None:
         raise kopf.TemporaryError("shared dependencies are not built yet", delay=1)
-    memo[MEMO_INCIDENT_DRIVER] = build_driver(memo, "incidents", IncidentPasses(deps, incidents_by_anomaly))
+    memo[MEMO_INCIDENT_DRIVER] = build_driver(memo, "incidents", IncidentPasses(deps, incident_index))
 
 
 @kopf.on.cleanup()

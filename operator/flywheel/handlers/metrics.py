@@ -1,7 +1,8 @@
-"""Kopf wiring of the metrics: two indexes of the watched resources, the timer and the HTTP server.
+"""Kopf wiring of the metrics: the timer and the HTTP server, over the indexes of the watched resources.
 
-The indexes keep what the metrics need of every Incident and Run in memory (Kopf updates them
-from its watch streams, so reading them costs no API call). The startup handler builds the
+The Incident and Run indexes (``flywheel.handlers.incident`` and ``.run``) keep what the metrics
+need of every Incident and Run in memory (Kopf updates them from its watch streams, so reading
+them costs no API call). The startup handler builds the
 snapshot computer, the notifier and the server and starts the timer; the cleanup handler stops
 them. Nothing here blocks the event loop: SQL runs in worker threads.
 """
@@ -10,16 +11,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Final
 
 import kopf
 from sqlalchemy import Engine
 
-from flywheel.api.enums import IncidentPhase, RunMode, RunState
 from flywheel.domain.funnel import funnel_period
 from flywheel.domain.health import WatchedIncident, WatchedRun
+from flywheel.domain.run_state import ObservedRun
 from flywheel.errors import FlywheelError
+from flywheel.handlers.incident import IncidentIndex, all_incidents
 from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
 from flywheel.logs import get_logger
 from flywheel.metrics.collector import OperatorCounters, ReconcileErrorCounter, build_registry
@@ -30,7 +31,6 @@ from flywheel.metrics.snapshot import LiveView, SnapshotComputer, SnapshotHolder
 from flywheel.settings import FlywheelSettings, get_settings
 from flywheel.stores.events import KubernetesEventPoster
 from flywheel.stores.history.engine import create_history_engine
-from flywheel.stores.kube import GROUP, VERSION
 from flywheel.stores.metrics_queries import AnomalyMetricsReader, HistoryMetricsQueries
 from flywheel.stores.peering import PeeringObserver
 
@@ -40,53 +40,33 @@ MEMO_METRICS: Final = "metrics"
 KOPF_OBJECT_LOGGER: Final = "kopf.objects"
 
 
-def _created_at(meta: kopf.Meta) -> datetime:
-    return datetime.fromisoformat(str(meta["creationTimestamp"]))
-
-
-def _enum_or_none(enum: type[Any], value: object) -> Any:
-    try:
-        return enum(value) if value else None
-    except ValueError:
-        return None
-
-
-@kopf.index(GROUP, VERSION, "incidents")
-async def metrics_watched_incidents(
-    namespace: str, name: str, uid: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, **_: Any
-) -> dict[str, WatchedIncident]:
-    """Every Incident, reduced to what the health and funnel figures need."""
-    run_ref = status.get("runRef") or {}
-    return {
-        namespace: WatchedIncident(
-            namespace=namespace,
-            name=name,
-            uid=uid,
-            created_at=_created_at(meta),
-            phase=_enum_or_none(IncidentPhase, status.get("phase")),
-            alert_name=spec.get("alertName") or None,
-            source=spec.get("source") or None,
-            has_decision=bool(status.get("decision")),
-            run_uid=(run_ref.get("uid") or run_ref.get("name")) if run_ref else None,
-        )
-    }
-
-
-@kopf.index(GROUP, VERSION, "runs")
-async def metrics_watched_runs(
-    namespace: str, name: str, uid: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, **_: Any
-) -> dict[str, WatchedRun]:
-    """Every Run, reduced to its state and mode."""
-    return {
-        namespace: WatchedRun(
-            namespace=namespace,
-            name=name,
-            uid=uid,
-            created_at=_created_at(meta),
-            state=_enum_or_none(RunState, status.get("state")),
-            mode=_enum_or_none(RunMode, spec.get("mode")) or RunMode.AUTO,
-        )
-    }
+def live_view(incident_index: IncidentIndex, run_views: kopf.Index[str, ObservedRun]) -> LiveView:
+    """The watched Incidents and Runs, from the indexes their handlers keep (no index of our own:
+    Kopf would call it on every watch event)."""
+    return LiveView(
+        incidents=tuple(
+            WatchedIncident(
+                namespace=view.namespace,
+                name=view.name,
+                uid=view.uid,
+                created_at=view.created_at,
+                phase=view.phase,
+                alert_name=view.alert_name,
+                source=view.source,
+                has_decision=view.has_decision,
+                run_uid=view.run_uid,
+            )
+            for view in all_incidents(incident_index)
+        ),
+        runs=tuple(
+            WatchedRun(
+                namespace=run.namespace, name=run.name, uid=run.uid, created_at=run.created_at, state=run.state,
+                mode=run.mode,
+            )
+            for runs in run_views.values()
+            for run in runs
+        ),
+    )
 
 
 @dataclass
@@ -126,8 +106,8 @@ def notification_scope(settings: FlywheelSettings, namespaces: tuple[str, ...]) 
 async def start_metrics(
     settings: kopf.OperatorSettings,
     memo: kopf.Memo,
-    metrics_watched_incidents: kopf.Index[str, WatchedIncident],
-    metrics_watched_runs: kopf.Index[str, WatchedRun],
+    incident_index: IncidentIndex,
+    run_views: kopf.Index[str, ObservedRun],
     **_: Any,
 ) -> None:
     deps = getattr(memo, "deps", None)
@@ -162,7 +142,7 @@ async def start_metrics(
     computer = SnapshotComputer(
         history=HistoryMetricsQueries(engine),
         anomalies=AnomalyMetricsReader(deps.redis, deps.anomalies.thresholds, tenant=config.tenant),
-        live_view=lambda: LiveView.from_indexes(metrics_watched_incidents, metrics_watched_runs),
+        live_view=lambda: live_view(incident_index, run_views),
         playbook_count=lambda: deps.catalogue.playbook_count,
         period=period,
         internal_sources=config.internal_sources,

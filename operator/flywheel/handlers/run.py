@@ -22,7 +22,6 @@ from flywheel.controllers.driver import ObjectDriver
 from flywheel.controllers.run import (
     APPROVAL_EVENT_REASONS,
     OUTCOME_RECORDED,
-    IncidentView,
     RunController,
     RunGuard,
     RunObject,
@@ -33,6 +32,7 @@ from flywheel.domain.run_state import TERMINAL_STATES, ObservedRun
 from flywheel.errors import KubernetesApiError, StoreUnavailableError
 from flywheel.handlers.driving import build_driver, retry_after, stop_driver
 from flywheel.handlers.history import project
+from flywheel.handlers.incident import IncidentIndex, incident_of
 from flywheel.stores.history import HistoryKind
 from flywheel.stores.kube import API_VERSION, GROUP, VERSION
 
@@ -57,26 +57,13 @@ async def run_views(
     status: kopf.Status,
     **_: Any,
 ) -> dict[str, ObservedRun] | None:
-    """Runs by namespace, for the safety limits (concurrency, circuit breaker) without API calls."""
+    """Runs by namespace: the safety limits (concurrency, circuit breaker) and the metrics without API calls."""
     if namespace is None:
         return None
     try:
         return {namespace: observed_run(namespace, name, uid, meta, spec, status)}
     except (KeyError, ValueError):
         return None  # an invalid Run is refused by its own handler; it occupies no slot
-
-
-@kopf.index(GROUP, VERSION, "incidents")
-async def incident_views(
-    namespace: str | None, name: str, body: kopf.Body, **_: Any
-) -> dict[tuple[str, str], IncidentView] | None:
-    """Incidents by (namespace, name), so that a Run sees its Incident go away or turn remediation Off."""
-    if namespace is None:
-        return None
-    try:
-        return {(namespace, name): IncidentView.from_body(body)}
-    except (KeyError, ValueError):
-        return None
 
 
 _FINAL_STATE_NAMES = frozenset(state.value for state in TERMINAL_STATES)
@@ -100,12 +87,12 @@ class RunPasses:
         self,
         deps: Dependencies,
         run_views: kopf.Index[str, ObservedRun],
-        incident_views: kopf.Index[tuple[str, str], IncidentView],
+        incident_index: IncidentIndex,
         approvals_by_run: kopf.Index[tuple[str, str], dict[str, Any]],
     ) -> None:
         self._deps = deps
         self._run_views = run_views
-        self._incident_views = incident_views
+        self._incident_index = incident_index
         self._approvals_by_run = approvals_by_run
 
     async def __call__(self, body: Mapping[str, Any], slot: dict[str, Any]) -> float | None:
@@ -118,14 +105,14 @@ class RunPasses:
         if guard.is_stale(run.status, time.monotonic()):
             # Our last write has not come back on the watch yet: wait for it, not act twice.
             return POLL_SECONDS
-        incidents = self._incident_views.get((run.namespace, run.spec.incident_ref.name), [])
+        incident = incident_of(self._incident_index, run.namespace, run.spec.incident_ref.name)
         approvals = self._approvals_by_run.get((run.namespace, run.name), [])
         deps = self._deps
         controller = RunController(deps.settings, deps.anomalies, deps.run_stores)
         try:
             outcome = await controller.reconcile(
                 run,
-                next(iter(incidents), None),
+                incident,
                 # Read in place: admission looks at the peers only for Runs that act.
                 self._run_views.get(run.namespace, ()),
                 # Only the Approval named after the Run is its own; others are for the approvals handler.
@@ -167,7 +154,7 @@ class RunPasses:
 async def start_run_driver(
     memo: kopf.Memo,
     run_views: kopf.Index[str, ObservedRun],
-    incident_views: kopf.Index[tuple[str, str], IncidentView],
+    incident_index: IncidentIndex,
     approvals_by_run: kopf.Index[tuple[str, str], dict[str, Any]],
     **_: Any,
 ) -> None:
@@ -175,7 +162,7 @@ async def start_run_driver(
     if deps is None:
         raise kopf.TemporaryError("shared dependencies are not built yet", delay=1)
     memo[MEMO_RUN_DRIVER] = build_driver(
-        memo, "runs", RunPasses(deps, run_views, incident_views, approvals_by_run)
+        memo, "runs", RunPasses(deps, run_views, incident_index, approvals_by_run)
     )
 
 

@@ -17,10 +17,9 @@ are frozen while Kopf pauses it, so whatever it published would describe the pas
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -70,18 +69,6 @@ class LiveView:
 
     incidents: tuple[WatchedIncident, ...] = ()
     runs: tuple[WatchedRun, ...] = ()
-
-    @classmethod
-    def from_indexes(
-        cls,
-        incidents: Mapping[Any, Iterable[WatchedIncident]],
-        runs: Mapping[Any, Iterable[WatchedRun]],
-    ) -> LiveView:
-        """Flatten Kopf indexes (key → store of values); the keys do not matter here."""
-        return cls(
-            incidents=tuple(itertools.chain.from_iterable(incidents.values())),
-            runs=tuple(itertools.chain.from_iterable(runs.values())),
-        )
 
 
 # --------------------------------------------------------------------------- snapshot

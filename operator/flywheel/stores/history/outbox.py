@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from functools import partial
-from typing import Any, Final, TypeAlias, cast
+from typing import Any, Final, TypeAlias
 
 from flywheel.errors import ConfigurationError, DatabaseUnavailableError
 from flywheel.logs import get_logger
@@ -99,10 +99,25 @@ def _item_key(kind: HistoryKind, payload: HistoryPayload) -> str:
     raise TypeError(f"unsupported history payload {type(payload).__name__}")
 
 
+# What a projection reads of a resource's metadata (the rest — managedFields above all — is most
+# of a body, and copying it for every watch event was a twentieth of the operator's CPU in an
+# alert storm).
+_PROJECTED_METADATA: Final = ("uid", "name", "namespace", "creationTimestamp", "resourceVersion")
+
+
 def _snapshot(kind: HistoryKind, payload: HistoryPayload) -> HistoryPayload:
-    """What the payload is now, immune to the caller changing its objects after submit()."""
+    """What the payload is now, immune to the caller changing its objects after submit().
+
+    Of a resource body, what the projection stores: its identity, spec and status.
+    """
     if kind in _RESOURCE_KINDS:
-        return cast(HistoryPayload, plain_copy(payload))
+        assert isinstance(payload, Mapping)  # checked by _item_key
+        metadata = payload.get("metadata") or {}
+        return {
+            "metadata": {key: metadata[key] for key in _PROJECTED_METADATA if key in metadata},
+            "spec": plain_copy(payload.get("spec") or {}),
+            "status": plain_copy(payload.get("status") or {}),
+        }
     if isinstance(payload, AuditEvent):
         return replace(payload, payload=plain_copy(payload.payload))
     return payload  # frozen records of immutable values
@@ -241,8 +256,8 @@ class HistoryWriter:
     def submit(self, kind: HistoryKind | str, payload: HistoryPayload) -> None:
         """Queue ``payload`` for the history database. Never blocks, never raises.
 
-        Resource bodies (``incident``, ``run``, ``approval``) are copied at once, so the caller's
-        object may keep changing. A payload that can never be stored is dropped with an error log.
+        Of resource bodies (``incident``, ``run``, ``approval``) what the projection stores is copied
+        at once, so the caller's object may keep changing. A payload that can never be stored is dropped with an error log.
         """
         try:
             history_kind = HistoryKind(kind)
