@@ -34,7 +34,7 @@ import psutil
 import redis
 import yaml
 
-from flywheel.devcluster import DevCluster
+from flywheel.devcluster import DevCluster, kwok_workdir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CLUSTER = "flywheel-bench"
@@ -45,6 +45,8 @@ TERMINAL_RUN_STATES = frozenset({"Succeeded", "Failed", "Cancelled", "TimedOut"}
 # A Run that left Pending (and WaitingApproval) has been admitted and is executing or done.
 STARTED_RUN_STATES = frozenset({"Running", "Verifying"}) | TERMINAL_RUN_STATES
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE", "DELETECOLLECTION", "APPLY"})
+# The processes whose CPU a phase reports (kwokctl keeps a pid file for each).
+CONTROL_PLANE_COMPONENTS = ("kube-apiserver", "etcd", "kube-controller-manager", "kwok-controller")
 # KWOK runs pods only on its fake nodes, which carry this taint.
 KWOK_TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}
 
@@ -235,6 +237,22 @@ class BenchCluster:
         self.kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
         self.kubectl("wait", "--for=condition=Available", "deployment", "--all", "-n", namespace,
                      f"--timeout={timeout_seconds}s")
+
+    def control_plane_cpu(self) -> dict[str, float]:
+        """CPU seconds (user + system) each control-plane process has used so far, from /proc.
+
+        The API server shares the machine with the operator: what it spends per Incident bounds
+        the throughput as much as the operator's own CPU does.
+        """
+        pids = kwok_workdir() / "clusters" / self.dev.name / "pids"
+        used: dict[str, float] = {}
+        for component in CONTROL_PLANE_COMPONENTS:
+            try:
+                times = psutil.Process(int((pids / f"{component}.pid").read_text().strip())).cpu_times()
+            except (FileNotFoundError, ValueError, psutil.Error):
+                continue
+            used[component] = times.user + times.system
+        return used
 
     def request_counts(self) -> Counter[tuple[str, str, str, str]]:
         """The API server's request counter: (verb, resource, subresource, dry_run) -> requests."""

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import tempfile
@@ -118,6 +119,11 @@ class PhaseResult:
     usage_before: ProcessUsage
     usage_after: ProcessUsage
     operator_errors: int
+    control_plane_cpu: dict[str, float]  # CPU seconds per component during the phase
+
+    @property
+    def api_server_cpu_per_incident(self) -> float:
+        return self.control_plane_cpu.get("kube-apiserver", 0.0) / self.scenario.incidents
 
     @property
     def runs(self) -> int:
@@ -266,6 +272,7 @@ def run_phase(cluster: BenchCluster, scenario: Scenario, noise: dict[Any, float]
             time.sleep(2.0)  # let the start-up listing settle
             usage_before = operator.usage()
             counts_before = cluster.request_counts()
+            cpu_before = cluster.control_plane_cpu()
             measured_from = time.monotonic()
             seen, first, last, completed, client = asyncio.run(
                 drive_phase(cluster.kubeconfig, namespace, scenario, run_id, timeout, operator)
@@ -273,12 +280,13 @@ def run_phase(cluster: BenchCluster, scenario: Scenario, noise: dict[Any, float]
             finished = time.monotonic()
             usage_after = operator.usage()
             counts_after = cluster.request_counts()
+            cpu_after = cluster.control_plane_cpu()
         finally:
             operator.stop()
     tally = RequestTally.between(counts_before, counts_after, noise_per_second=noise,
                                  seconds=time.monotonic() - measured_from, own=client.requests)
     result = PhaseResult(scenario, seen, completed, first, last, finished, tally, usage_before, usage_after,
-                         operator.errors_in_log())
+                         operator.errors_in_log(), cpu_between(cpu_before, cpu_after))
     # Deleted at the very end: a namespace being deleted keeps the API server busy and would
     # show up in the next phase's request count.
     cluster.leftover_namespaces.append(namespace)
@@ -306,12 +314,20 @@ def report_phase(result: PhaseResult) -> None:
     print(f"  operator: {cpu:.1f} CPU s ({cpu / n * 1000:.1f} ms per incident), "
           f"RSS {megabytes(result.usage_after.rss_bytes)}, peak RSS {megabytes(result.usage_after.peak_rss_bytes)}, "
           f"errors in log: {result.operator_errors}")
+    print("  control plane: " + ", ".join(
+        f"{component} {seconds:.1f} CPU s ({seconds / n * 1000:.1f} ms per incident)"
+        for component, seconds in result.control_plane_cpu.items()
+    ))
     tally = result.requests
     print(f"  API requests per incident: {tally.total() / n:.2f} "
           f"(writes {tally.writes() / n:.2f}: persisted {tally.writes(dry_run=False) / n:.2f}, "
           f"dry-run {tally.writes(dry_run=True) / n:.2f})")
     for row in tally.breakdown(n):
         print(f"    {row}")
+
+
+def cpu_between(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {component: after[component] - before.get(component, 0.0) for component in after}
 
 
 async def ceiling(kubeconfig: Path, namespace: str, incidents: int, runs: int) -> float:
@@ -406,12 +422,15 @@ def main(argv: list[str] | None = None) -> int:
             runs = results["storm"].runs if "storm" in results else round(incidents * arguments.distinct_fraction)
             namespace = f"bench-ceiling-{uuid.uuid4().hex[:5]}"
             cluster.create_namespace(namespace)
+            cpu_before = cluster.control_plane_cpu()
             seconds = asyncio.run(ceiling(cluster.kubeconfig, namespace, incidents, runs))
+            ceiling_api_cpu = cpu_between(cpu_before, cluster.control_plane_cpu()).get("kube-apiserver", 0.0)
             cluster.leftover_namespaces.append(namespace)
             ceiling_rate = incidents / seconds
             print(f"\n== ceiling: plain asyncio client, {incidents} Incident creates + status patches, {runs} Run "
                   f"creates + 2 status patches each, {CREATE_CONCURRENCY} in flight: {seconds:.1f} s, "
-                  f"{ceiling_rate:.1f} incidents/s ({(2 * incidents + 3 * runs) / seconds:.0f} requests/s)")
+                  f"{ceiling_rate:.1f} incidents/s ({(2 * incidents + 3 * runs) / seconds:.0f} requests/s); "
+                  f"kube-apiserver {ceiling_api_cpu:.1f} CPU s ({ceiling_api_cpu / incidents * 1000:.1f} ms per incident)")
         summarize(results, ceiling_rate)
     finally:
         if arguments.keep_cluster:
@@ -436,6 +455,9 @@ def summarize(results: dict[str, PhaseResult], ceiling_rate: float | None) -> No
         print(f"  API writes per Incident, Shadow path: {storm.requests.writes(dry_run=False) / n:.2f} persisted + "
               f"{storm.requests.writes(dry_run=True) / n:.2f} dry-run (target <= {TARGET_SHADOW_WRITES:g})")
         print(f"  operator peak RSS after {n} Incidents: {megabytes(storm.usage_after.peak_rss_bytes)}")
+        operator_cpu = storm.usage_after.cpu_seconds - storm.usage_before.cpu_seconds
+        print(f"  CPU per Incident on this machine's {os.cpu_count()} cores: operator {operator_cpu / n * 1000:.1f} ms, "
+              f"kube-apiserver {storm.api_server_cpu_per_incident * 1000:.1f} ms")
     paced = results.get("paced")
     if paced is not None:
         p99 = percentile(paced.latencies, 0.99)

@@ -12,8 +12,10 @@ On a named local control plane (``flywheel dev up --name flywheel-bench``), with
 redis-server and SQLite file and ``flywheel run --standalone`` as a subprocess:
 
 1. fill: ``--population`` Incidents with distinct anomaly keys are created (64 requests in
-   flight), each gets a Run; once every Run is terminal the operator's RSS is printed — the
-   memory with that many Incidents and Runs present;
+   flight; at ``--fill-rate`` per second when given, so that the memory measured is that of
+   the objects present rather than what a burst leaves behind), each gets a Run; once every Run
+   is terminal the operator's RSS is printed — the memory with that many Incidents and Runs
+   present (with ``--fill-rate``, also every ``--interval`` seconds while they arrive);
 2. soak: for ``--duration`` seconds a new Incident is created every 1/``--rate`` s and the
    oldest one is deleted (its Run goes with it, by owner reference), so the population stays
    the same and a growing RSS means something is kept that should not be. Every ``--interval``
@@ -84,8 +86,24 @@ async def soak(kubeconfig: Path, namespace: str, operator: OperatorProcess, argu
 
         started = time.monotonic()
         usage = operator.usage()
-        print(f"fill: creating {arguments.population} Incidents (RSS before {megabytes(usage.rss_bytes)})", flush=True)
-        await asyncio.gather(*(create(index) for index in range(arguments.population)))
+        pace = f" at {arguments.fill_rate:g}/s" if arguments.fill_rate else ""
+        print(f"fill: creating {arguments.population} Incidents{pace} (RSS before {megabytes(usage.rss_bytes)})",
+              flush=True)
+
+        async def paced_create(index: int) -> None:
+            if arguments.fill_rate:
+                await asyncio.sleep(max(0.0, started + index / arguments.fill_rate - time.monotonic()))
+            await create(index)
+
+        async def report_fill() -> None:
+            while arguments.fill_rate:
+                await asyncio.sleep(arguments.interval)
+                usage = operator.usage()
+                print(f"fill: {time.monotonic() - started:6.0f}s {len(seen.created_at):>7} created "
+                      f"{len(seen.processed_at):>7} processed, RSS {megabytes(usage.rss_bytes)}", flush=True)
+
+        reporter = asyncio.create_task(report_fill())
+        await asyncio.gather(*(paced_create(index) for index in range(arguments.population)))
         live = [f"{prefix}-{index:06d}" for index in range(arguments.population)]
         counter = arguments.population
         while not fill_done(seen, live):
@@ -94,6 +112,7 @@ async def soak(kubeconfig: Path, namespace: str, operator: OperatorProcess, argu
                       f"{len(seen.processed_at)} processed, {len(seen.run_finished_at)} Runs terminal **")
                 break
             await asyncio.sleep(1.0)
+        reporter.cancel()
         filled = time.monotonic() - started
         usage = operator.usage()
         print(f"fill: {len(seen.processed_at)} Incidents and {len(seen.run_finished_at)} Runs terminal after "
@@ -163,14 +182,16 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--interval", type=float, default=15.0, help="seconds between RSS samples (default 15)")
     parser.add_argument("--mode", choices=("Shadow", "Auto"), default="Shadow", help="remediation mode (default Shadow)")
     parser.add_argument("--workloads", type=int, default=20, help="fake Deployments (default 20)")
+    parser.add_argument("--fill-rate", type=float, default=0.0,
+                        help="create the population at this many Incidents/s (default: all at once)")
     parser.add_argument("--fill-timeout", type=float, default=1800.0, help="give up the fill after (default 1800 s)")
     parser.add_argument("--cluster", default=DEFAULT_CLUSTER, help=f"local control plane (default {DEFAULT_CLUSTER})")
     parser.add_argument("--keep-cluster", action="store_true", help="leave the control plane running afterwards")
     parser.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()) / "flywheel-bench",
                         help="directory for the operator log")
     arguments = parser.parse_args(argv)
-    if arguments.rate <= 0 or arguments.duration <= 0 or arguments.population < 1:
-        parser.error("--rate and --duration must be positive, --population at least 1")
+    if arguments.rate <= 0 or arguments.duration <= 0 or arguments.population < 1 or arguments.fill_rate < 0:
+        parser.error("--rate and --duration must be positive, --population at least 1, --fill-rate not negative")
     return arguments
 
 

@@ -7,7 +7,9 @@ Put this directory on the operator's PYTHONPATH (the benchmarks pass their envir
 Every ``CENSUS_INTERVAL`` seconds (default 15) the operator process appends one line to
 ``$CENSUS_DIR/census-<pid>.txt`` (default: the temp directory): how many complete object bodies
 (dicts with apiVersion, metadata and spec) are alive, and the types of what refers to a sample
-of them. A diagnostic, not a benchmark: walking every object holds the GIL for a while.
+of them; with ``CENSUS_TYPES=1`` also the types with the most live objects, each with their
+count and shallow size (``sys.getsizeof``). A diagnostic, not a benchmark: walking every
+object holds the GIL for a while.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from collections import Counter
 
 SAMPLE = 100
+TYPES = 25
 
 
 def _census(path: str, interval: float) -> None:
@@ -40,6 +43,15 @@ def _census(path: str, interval: float) -> None:
                 f"{time.strftime('%H:%M:%S')} objects={len(objects)} bodies={len(bodies)} "
                 f"holders of {len(sample)}: {holders.most_common(8)}\n"
             )
+            if os.environ.get("CENSUS_TYPES") == "1":
+                counts: Counter[str] = Counter()
+                sizes: Counter[str] = Counter()
+                for item in objects:
+                    name = f"{type(item).__module__}.{type(item).__qualname__}"
+                    counts[name] += 1
+                    sizes[name] += sys.getsizeof(item)
+                for name, size in sizes.most_common(TYPES):
+                    out.write(f"    {size / 2**20:8.1f} MB {counts[name]:>9} {name}\n")
         del objects, bodies, sample
 
 

@@ -87,11 +87,12 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 330
     # Kopf keeps a worker per object alive idle_timeout (5 s) after its last event, and each
     # worker takes a slot: with 64 slots the operator could not take up more than ~13 objects
-    # per second, whatever its CPU (bench/e2e_throughput.py). Workers are small tasks; the
-    # blocking-I/O pool (BLOCKING_IO_THREADS) is what bounds the calls they make.
+    # per second, whatever its CPU (bench/e2e_throughput.py). Workers are small tasks; the API
+    # client's connection pool (flywheel.stores.kube.DEFAULT_CONNECTIONS) bounds the calls they make.
     settings.queueing.worker_limit = 256
     settings.queueing.idle_timeout = 0.5
-    settings.execution.max_workers = 16
+    # Kopf's threads for synchronous handlers: ours are all async (see flywheel.handlers).
+    settings.execution.max_workers = 4
     settings.networking.request_timeout = 30
     quiet_routine_kopf_successes()
     settings.peering.lifetime = PEERING_LIFETIME_SECONDS

@@ -7,6 +7,8 @@ Scenarios:
   upgrading again is harmless;
 - idempotent projections: the same Run body twice is one row with its steps once; a later body
   adds only its new steps, keeps steps the bounded status journal dropped, and its row wins;
+  the same holds inside one batch (one transaction, one executemany per statement), which stores
+  all of its items or none;
   Incidents, Approvals, audit events, repair executions and knowledge entries likewise;
 - bodies that can never be stored are refused with InvalidInputError;
 - secrets and email addresses are redacted before storage (checked in the raw rows);
@@ -223,6 +225,38 @@ def test_a_later_body_adds_only_its_new_steps_and_its_row_wins(store: HistorySto
         (2, "execute", "first wording"),
         (3, "verify", None),
     ]
+
+
+def test_a_batch_stores_what_writing_the_items_in_turn_would_and_all_or_nothing(
+    store: HistoryStore, engine: Engine
+) -> None:
+    uid = new_uid()
+    first = steps(BASE, ("admit", "Succeeded", None), ("execute", "Succeeded", "first wording"))
+    later = [first[0], first[1].model_copy(update={"message": "other wording"}),
+             RunStep(seq=3, name="verify", result="Succeeded", at=BASE + timedelta(seconds=3))]
+    with store.batch():
+        store.upsert_run(run_body(uid=uid, name="r1", namespace=NAMESPACE, created_at=BASE, state=RunState.RUNNING,
+                                  journal=first))
+        store.upsert_run(run_body(uid=uid, name="r1", namespace=NAMESPACE, created_at=BASE,
+                                  state=RunState.SUCCEEDED, journal=later, resource_version=2))
+        store.upsert_run(run_body(name="r2", namespace=NAMESPACE, created_at=BASE, state=RunState.PENDING))
+        store.upsert_incident(incident_body(name="i1", namespace=NAMESPACE, created_at=BASE))
+        assert count(engine, RunRow) == 0, "nothing is written before the batch ends"
+    with engine.connect() as connection:
+        states = dict(connection.execute(select(RunRow.name, RunRow.state)).all())
+        journal = connection.execute(
+            select(RunStepRow.seq, RunStepRow.message).where(RunStepRow.run_uid == uid).order_by(RunStepRow.seq)
+        ).all()
+    assert states == {"r1": RunState.SUCCEEDED.value, "r2": RunState.PENDING.value}
+    assert [tuple(step) for step in journal] == [(1, None), (2, "first wording"), (3, None)]
+    assert count(engine, IncidentRow) == 1
+
+    refused = run_body(name="r3", namespace=NAMESPACE, created_at=BASE)
+    refused["spec"]["action"]["type"] = "Delete"
+    with pytest.raises(InvalidInputError), store.batch():
+        store.upsert_run(run_body(name="r4", namespace=NAMESPACE, created_at=BASE))
+        store.upsert_run(refused)
+    assert count(engine, RunRow) == 2, "a refused item leaves nothing of its batch behind"
 
 
 def test_steps_dropped_from_the_bounded_status_journal_stay_in_history(

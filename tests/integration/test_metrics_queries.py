@@ -35,6 +35,7 @@ from flywheel.domain.escalation import EscalationThresholds
 from flywheel.domain.funnel import ObjectSample
 from flywheel.domain.health import SUCCESS_RATE_WINDOW, ExecutionTally, FlywheelNode, flywheel_health
 from flywheel.errors import DatabaseUnavailableError, RedisUnavailableError
+from flywheel.stores import metrics_queries
 from flywheel.stores.anomaly_redis import AnomalyStore, connect_redis
 from flywheel.stores.history import create_history_engine, upgrade
 from flywheel.stores.metrics_queries import AnomalyMetricsReader, HistoryFigures, HistoryMetricsQueries
@@ -321,11 +322,19 @@ class RoundTrips:
         monkeypatch.setattr(redis.asyncio.connection.AbstractConnection, "send_packed_command", counting)
 
 
-async def test_top_keys_levels_and_dispositions(client: redis.asyncio.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("batch_keys", [metrics_queries.SCRIPT_BATCH_KEYS, 4])
+async def test_top_keys_levels_and_dispositions(
+    client: redis.asyncio.Redis, monkeypatch: pytest.MonkeyPatch, batch_keys: int
+) -> None:
     await seed_anomalies(client)
+    monkeypatch.setattr(metrics_queries, "SCRIPT_BATCH_KEYS", batch_keys)
+    reader = AnomalyMetricsReader(client, THRESHOLDS, tenant="shop")
+    await reader.read(NOW)  # the first read per server loads the scripts (NOSCRIPT, SCRIPT LOAD)
     trips = RoundTrips(monkeypatch)
-    figures = await AnomalyMetricsReader(client, THRESHOLDS, tenant="shop").read(NOW)
-    assert trips.count <= 4  # SCAN timelines, SCAN dispositions, two pipelines
+    figures = await reader.read(NOW)
+    # SCAN timelines, SCAN dispositions, a script call per batch of each, one pipeline for the top keys.
+    timeline_batches, disposition_batches = -(-25 // batch_keys), -(-3 // batch_keys)
+    assert trips.count == 2 + timeline_batches + disposition_batches + 1
     assert [series.key for series in figures.top] == [f"{number:016x}" for number in range(25, 5, -1)]
     first = figures.top[0]
     assert (first.tenant, first.alert_name, first.service) == ("shop", "Alert25", "svc25")

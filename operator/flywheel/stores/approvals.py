@@ -20,7 +20,6 @@ from typing import Final
 
 import redis.asyncio
 import redis.exceptions
-from kubernetes.aio.client import CoreV1Api
 
 from flywheel.errors import (
     ConfigurationError,
@@ -29,7 +28,7 @@ from flywheel.errors import (
     StoreUnavailableError,
 )
 from flywheel.logs import get_logger
-from flywheel.stores.kube import KubeApi
+from flywheel.stores.kube import KubeApi, resource_path
 
 log = get_logger(__name__)
 
@@ -57,15 +56,10 @@ class SigningKeyStore:
 
     async def _load_or_create(self) -> bytes:
         where = f"secret {self._namespace}/{self._name}"
-        timeout = self._kube.request_timeout
+        secrets_path = resource_path("", "v1", "secrets", namespace=self._namespace)
         for _ in range(3):
             try:
-                secret = await self._kube.call(
-                    CoreV1Api, f"read {where}",
-                    lambda api: api.read_namespaced_secret_without_preload_content(
-                        self._name, self._namespace, _request_timeout=timeout
-                    ),
-                )
+                secret = await self._kube.request("GET", f"{secrets_path}/{self._name}", f"read {where}")
                 return self._decode(secret.get("data") or {})
             except KubernetesApiError as exc:
                 if exc.status != 404:
@@ -82,12 +76,7 @@ class SigningKeyStore:
                 "data": {SIGNING_KEY_FIELD: base64.b64encode(secrets.token_bytes(SIGNING_KEY_BYTES)).decode()},
             }
             try:
-                created = await self._kube.call(
-                    CoreV1Api, f"create {where}",
-                    lambda api, body=body: api.create_namespaced_secret_without_preload_content(
-                        self._namespace, body, _request_timeout=timeout
-                    ),
-                )
+                created = await self._kube.request("POST", secrets_path, f"create {where}", body=body)
                 log.info("approval_signing_key_created", secret=self._name, namespace=self._namespace)
                 return self._decode(created.get("data") or {})
             except KubernetesApiError as exc:

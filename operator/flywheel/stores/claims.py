@@ -13,10 +13,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes.aio.client import CoordinationV1Api
-
 from flywheel.errors import KubernetesApiError, StoreUnavailableError
-from flywheel.stores.kube import KubeApi
+from flywheel.stores.kube import KubeApi, resource_path
 
 LEASE_PREFIX = "flywheel-anomaly-"
 # Claims this process won, remembered for the twins that follow (the most recent ones).
@@ -27,6 +25,10 @@ HOLDER_NAME_ANNOTATION = "flywheel.dev/incident"
 
 def lease_name(anomaly_key: str) -> str:
     return f"{LEASE_PREFIX}{anomaly_key}"
+
+
+def _leases(namespace: str, name: str | None = None) -> str:
+    return resource_path("coordination.k8s.io", "v1", "leases", namespace=namespace, name=name)
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,6 @@ class AnomalyClaims:
     async def _claim_lease(
         self, namespace: str, name: str, claimant: Holder, is_active: HolderIsActive
     ) -> Holder | None:
-        timeout = self._kube.request_timeout
         body: dict[str, Any] = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
@@ -75,20 +76,12 @@ class AnomalyClaims:
             "spec": {"holderIdentity": claimant.uid},
         }
         try:
-            await self._kube.call(
-                CoordinationV1Api, f"create lease {name}",
-                lambda api: api.create_namespaced_lease_without_preload_content(
-                    namespace, body, _request_timeout=timeout
-                ),
-            )
+            await self._kube.request("POST", _leases(namespace), f"create lease {name}", body=body)
             return None
         except KubernetesApiError as exc:
             if exc.status != 409:
                 raise
-        lease = await self._kube.call(
-            CoordinationV1Api, f"read lease {name}",
-            lambda api: api.read_namespaced_lease_without_preload_content(name, namespace, _request_timeout=timeout),
-        )
+        lease = await self._kube.request("GET", _leases(namespace, name), f"read lease {name}")
         annotations = dict(lease["metadata"].get("annotations") or {})
         spec = lease.setdefault("spec", {})
         holder = Holder(name=annotations.get(HOLDER_NAME_ANNOTATION, ""), uid=spec.get("holderIdentity") or "")
@@ -100,12 +93,7 @@ class AnomalyClaims:
         lease["metadata"]["annotations"] = {**annotations, HOLDER_NAME_ANNOTATION: claimant.name}
         try:
             # replace carries the read resourceVersion: a concurrent take-over gets 409.
-            await self._kube.call(
-                CoordinationV1Api, f"take over lease {name}",
-                lambda api: api.replace_namespaced_lease_without_preload_content(
-                    name, namespace, lease, _request_timeout=timeout
-                ),
-            )
+            await self._kube.request("PUT", _leases(namespace, name), f"take over lease {name}", body=lease)
         except KubernetesApiError as exc:
             if exc.status == 409:
                 raise StoreUnavailableError(f"lease {name} changed while taking it over; retrying") from exc

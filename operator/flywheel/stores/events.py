@@ -11,10 +11,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Final
 
-from kubernetes.aio.client import CoreV1Api
-
 from flywheel.domain.funnel import ObjectSample
-from flywheel.stores.kube import API_VERSION, KubeApi
+from flywheel.stores.kube import API_VERSION, KubeApi, resource_path
 
 EVENT_COMPONENT: Final = "flywheel-operator"
 # The API server refuses longer messages.
@@ -60,11 +58,9 @@ class KubernetesEventPoster:
             "source": {"component": self._component},
             "reportingComponent": self._component,
         }
-        await self._kube.call(
-            CoreV1Api, f"post event {reason} on {subject.kind} {subject}",
-            lambda api: api.create_namespaced_event_without_preload_content(
-                subject.namespace, body, _request_timeout=REQUEST_TIMEOUT_SECONDS
-            ),
+        await self._kube.request(
+            "POST", resource_path("", "v1", "events", namespace=subject.namespace),
+            f"post event {reason} on {subject.kind} {subject}", body=body, timeout=REQUEST_TIMEOUT_SECONDS,
         )
 
 

@@ -3,9 +3,11 @@
 The stores talk to the API server through :class:`KubeApi`, a thin owner of one
 ``kubernetes.aio`` client (the official client's asyncio flavour, on aiohttp): calls run on
 the event loop, so an alert storm's requests neither queue for worker threads nor fight
-over the GIL with them. Responses are read as raw JSON (``*_without_preload_content``):
-Flywheel works on plain dicts, and building the client's models for every workload read
-would only cost CPU.
+over the GIL with them. Requests go through the client's generic ``param_serialize`` and
+``call_api`` (its credentials, TLS and token refresh) with the resource path the store names,
+and answers are read as raw JSON: Flywheel works on plain dicts. The client's typed API
+classes would import hundreds of models for their signatures (35 MB of the operator's
+memory for the four groups it uses) and validate every call's arguments with pydantic.
 
 Every failure comes out as Flywheel's own error: :class:`~flywheel.errors.StoreUnavailableError`
 for what is worth retrying (unreachable, timed out, 429, 5xx), else
@@ -18,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol, TypeVar, cast
+from collections.abc import Mapping
+from typing import Any, Protocol, cast
+from urllib.parse import quote
 
 import aiohttp
 import kubernetes.aio.client
@@ -41,8 +44,7 @@ READ_BUFFER_BYTES = 2**16
 # HTTP statuses that mean "try again later" rather than "no".
 TRANSIENT_STATUSES = frozenset({None, 0, 429, 500, 502, 503, 504})
 MERGE_PATCH = "application/merge-patch+json"
-
-ApiT = TypeVar("ApiT")
+JSON = "application/json"
 
 
 class _HttpFailure(Protocol):
@@ -96,8 +98,29 @@ async def load_configuration(config_file: str | None = None) -> kubernetes.aio.c
     return configuration
 
 
+def resource_path(
+    group: str,
+    version: str,
+    plural: str,
+    *,
+    namespace: str | None = None,
+    name: str | None = None,
+    subresource: str | None = None,
+) -> str:
+    """The API path of a collection or an object: ``/api/v1/...`` for the core group (``""``)."""
+    parts = ["/api", version] if not group else ["/apis", group, version]
+    if namespace is not None:
+        parts += ["namespaces", quote(namespace, safe="")]
+    parts.append(plural)
+    if name is not None:
+        parts.append(quote(name, safe=""))
+    if subresource is not None:
+        parts.append(subresource)
+    return "/".join(parts)
+
+
 class KubeApi:
-    """One ``kubernetes.aio`` client: typed API groups on demand, errors translated, JSON answers.
+    """One ``kubernetes.aio`` client: JSON requests by resource path, errors translated.
 
     The credentials (``configuration``, else the kubeconfig ``config_file``, else those of
     :func:`load_configuration`) are loaded on first use, so building the object never blocks;
@@ -118,7 +141,6 @@ class KubeApi:
         self._connections = connections
         self.request_timeout = request_timeout
         self._client: kubernetes.aio.client.ApiClient | None = None
-        self._apis: dict[type[Any], Any] = {}
         self._lock = asyncio.Lock()
 
     async def client(self) -> kubernetes.aio.client.ApiClient:
@@ -144,39 +166,47 @@ class KubeApi:
         }
         return kubernetes.aio.client.ApiClient(configuration)
 
-    async def api(self, group: type[ApiT]) -> ApiT:
-        """The typed API group (``CustomObjectsApi``, ``AppsV1Api``…) on the shared client."""
-        found = self._apis.get(group)
-        if found is None:
-            found = self._apis[group] = cast(Callable[..., ApiT], group)(await self.client())
-        return cast(ApiT, found)
-
-    async def call(
-        self, group: type[ApiT], what: str, request: Callable[[ApiT], Awaitable[aiohttp.ClientResponse]]
+    async def request(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        *,
+        body: Any = None,
+        query: Mapping[str, str] | None = None,
+        content_type: str = JSON,
+        timeout: float | None = None,
     ) -> dict[str, Any]:
-        """Send ``request`` (a ``*_without_preload_content`` method) and decode the JSON answer.
+        """Send one request to ``path`` (see :func:`resource_path`) and decode the JSON answer.
 
         ``what`` says what was attempted, for the error messages (``create runs/x``).
         """
-        api = await self.api(group)
+        client = await self.client()
         try:
-            response = await request(api)
-            async with response:
-                payload = await response.read()
-                status, reason = response.status, response.reason
+            _, url, headers, payload, _ = await client.param_serialize(
+                method,
+                path,
+                query_params=[(key, value) for key, value in (query or {}).items() if value is not None] or None,
+                header_params={"Accept": JSON, "Content-Type": content_type},
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            response = await client.call_api(
+                method, url, headers, payload, _request_timeout=timeout or self.request_timeout
+            )
+            answer = await response.read()
         except ApiException as exc:
             raise api_error(exc, what) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise unreachable_error(exc, what) from exc
-        if not 200 <= status < 300:
-            raise status_error(status, reason, payload, what)
-        decoded: dict[str, Any] = json.loads(payload) if payload else {}
+        if not 200 <= response.status < 300:
+            raise status_error(response.status, response.reason, answer, what)
+        decoded: dict[str, Any] = json.loads(answer) if answer else {}
         return decoded
 
     async def close(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
-            self._apis.clear()
             await client.close()
 
 
@@ -185,11 +215,6 @@ class FlywheelResources:
 
     def __init__(self, kube: KubeApi) -> None:
         self._kube = kube
-
-    def _call(
-        self, what: str, request: Callable[[kubernetes.aio.client.CustomObjectsApi], Awaitable[aiohttp.ClientResponse]]
-    ) -> Awaitable[dict[str, Any]]:
-        return self._kube.call(kubernetes.aio.client.CustomObjectsApi, what, request)
 
     async def create_or_get(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create the object; if it already exists (a retried handler), return the existing one.
@@ -213,13 +238,8 @@ class FlywheelResources:
         return await self.get(plural, namespace, name), False
 
     async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
-        timeout = self._kube.request_timeout
-        return await self._call(
-            f"get {plural}/{name}",
-            lambda api: api.get_namespaced_custom_object_without_preload_content(
-                GROUP, VERSION, namespace, plural, name, _request_timeout=timeout
-            ),
-        )
+        path = resource_path(GROUP, VERSION, plural, namespace=namespace, name=name)
+        return await self._kube.request("GET", path, f"get {plural}/{name}")
 
     async def find(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
@@ -243,12 +263,9 @@ class FlywheelResources:
         body: dict[str, Any] = {"status": dict(status)}
         if resource_version is not None:
             body["metadata"] = {"resourceVersion": resource_version}
-        timeout = self._kube.request_timeout
-        return await self._call(
-            f"update the status of {plural}/{name}",
-            lambda api: api.patch_namespaced_custom_object_status_without_preload_content(
-                GROUP, VERSION, namespace, plural, name, body, _content_type=MERGE_PATCH, _request_timeout=timeout
-            ),
+        path = resource_path(GROUP, VERSION, plural, namespace=namespace, name=name, subresource="status")
+        return await self._kube.request(
+            "PATCH", path, f"update the status of {plural}/{name}", body=body, content_type=MERGE_PATCH
         )
 
     # -- guarded writes, for writers racing with others (the Alertmanager intake) -------
@@ -261,12 +278,9 @@ class FlywheelResources:
         self, plural: str, namespace: str, label_selector: str, *, request_timeout: float | None = None
     ) -> list[dict[str, Any]]:
         """Objects of ``plural`` in ``namespace`` matching ``label_selector`` (a quorum read)."""
-        timeout = request_timeout or self._kube.request_timeout
-        found = await self._call(
-            f"list {plural} -l {label_selector}",
-            lambda api: api.list_namespaced_custom_object_without_preload_content(
-                GROUP, VERSION, namespace, plural, label_selector=label_selector, _request_timeout=timeout
-            ),
+        found = await self._kube.request(
+            "GET", resource_path(GROUP, VERSION, plural, namespace=namespace), f"list {plural} -l {label_selector}",
+            query={"labelSelector": label_selector}, timeout=request_timeout,
         )
         return cast(list[dict[str, Any]], found.get("items") or [])
 
@@ -280,12 +294,10 @@ class FlywheelResources:
         request_timeout: float | None = None,
     ) -> dict[str, Any]:
         """Create the object; an existing one of that name is a :class:`KubernetesApiError` with status 409."""
-        timeout = request_timeout or self._kube.request_timeout
-        return await self._call(
+        return await self._kube.request(
+            "POST", resource_path(GROUP, VERSION, plural, namespace=namespace),
             f"create {plural}/{body['metadata']['name']}",
-            lambda api: api.create_namespaced_custom_object_without_preload_content(
-                GROUP, VERSION, namespace, plural, body, field_manager=field_manager, _request_timeout=timeout
-            ),
+            body=body, query={"fieldManager": field_manager} if field_manager else None, timeout=request_timeout,
         )
 
     async def patch_spec_if_unchanged(
@@ -306,11 +318,7 @@ class FlywheelResources:
         since it was read, so a read-modify-write never overwrites a concurrent one.
         """
         patch = {"metadata": {"resourceVersion": resource_version}, "spec": spec}
-        timeout = request_timeout or self._kube.request_timeout
-        return await self._call(
-            f"patch {plural}/{name}",
-            lambda api: api.patch_namespaced_custom_object_without_preload_content(
-                GROUP, VERSION, namespace, plural, name, patch,
-                field_manager=field_manager, _content_type=MERGE_PATCH, _request_timeout=timeout,
-            ),
+        return await self._kube.request(
+            "PATCH", resource_path(GROUP, VERSION, plural, namespace=namespace, name=name), f"patch {plural}/{name}",
+            body=patch, query={"fieldManager": field_manager}, content_type=MERGE_PATCH, timeout=request_timeout,
         )

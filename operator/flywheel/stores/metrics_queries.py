@@ -12,8 +12,9 @@ from the shared database keeps them identical on every replica and across restar
 an index, not the table (see the covering indexes in ``tables.py``).
 
 Redis (async): the anomaly recurrence keys of every tenant (or of the configured one) are
-found with SCAN and read in two pipelines, so a snapshot costs the SCAN pages plus two round
-trips whatever the number of keys.
+found with SCAN and counted by server-side scripts, a batch of keys per round trip: with
+10,000 keys, a pipeline of two ZCOUNTs per key was a fifth of the operator's CPU, spent
+packing commands and parsing replies one by one.
 """
 
 from __future__ import annotations
@@ -58,6 +59,29 @@ _log = get_logger(__name__)
 
 TOP_ANOMALY_KEYS: Final = 20
 SCAN_PAGE_SIZE: Final = 1000
+# Keys counted per script call: each call blocks Redis for a moment, never long.
+SCRIPT_BATCH_KEYS: Final = 500
+
+# KEYS: timelines; ARGV: start_1h, start_24h. Returns the two counts of each key, in order.
+_COUNT_WINDOWS_LUA: Final = """
+local counts = {}
+for i, key in ipairs(KEYS) do
+  counts[2 * i - 1] = redis.call('ZCOUNT', key, ARGV[1], '+inf')
+  counts[2 * i] = redis.call('ZCOUNT', key, ARGV[2], '+inf')
+end
+return counts
+"""
+
+# KEYS: disposition hashes; ARGV: the disposition names. Returns their totals over the keys.
+_SUM_DISPOSITIONS_LUA: Final = """
+local totals = {}
+for j = 1, #ARGV do totals[j] = 0 end
+for _, key in ipairs(KEYS) do
+  local values = redis.call('HMGET', key, unpack(ARGV))
+  for j = 1, #ARGV do totals[j] = totals[j] + (tonumber(values[j]) or 0) end
+end
+return totals
+"""
 NO_ESCALATION: Final = "none"
 
 # Bucket bounds in seconds. Runs take seconds to tens of minutes (the default deadline is 10
@@ -568,6 +592,8 @@ class AnomalyMetricsReader:
         self._thresholds = thresholds
         self._prefix = _glob_escape(tenant) if tenant else "*"
         self._top = top
+        self._count_windows = client.register_script(_COUNT_WINDOWS_LUA)
+        self._sum_dispositions = client.register_script(_SUM_DISPOSITIONS_LUA)
 
     async def ping(self) -> None:
         try:
@@ -590,21 +616,18 @@ class AnomalyMetricsReader:
         disposition_keys = sorted(set(await self._scan("disposition")))
         starts = {label: _window_start(now, window) for label, window in zip(_WINDOW_LABELS, COUNTING_WINDOWS, strict=True)}
 
-        # Round trip 1: the 1 h and 24 h counts of every key, and every disposition hash.
-        pipeline = self._client.pipeline(transaction=False)
-        for key in timelines:
-            pipeline.zcount(key, starts["1h"], "+inf")
-            pipeline.zcount(key, starts["24h"], "+inf")
-        for key in disposition_keys:
-            pipeline.hmget(key, list(ALLOWED_DISPOSITIONS))
-        replies = await pipeline.execute()
-
-        counts_1h = [int(value) for value in replies[0 : 2 * len(timelines) : 2]]
-        counts_24h = [int(value) for value in replies[1 : 2 * len(timelines) : 2]]
+        # The 1 h and 24 h counts of every key, and the disposition totals, a batch per round trip.
+        counts_1h: list[int] = []
+        counts_24h: list[int] = []
+        for batch in _batches(timelines):
+            pairs = await self._count_windows(keys=batch, args=[starts["1h"], starts["24h"]])
+            counts_1h += (int(value) for value in pairs[0::2])
+            counts_24h += (int(value) for value in pairs[1::2])
         dispositions = dict.fromkeys(ALLOWED_DISPOSITIONS, 0)
-        for values in replies[2 * len(timelines) :]:
-            for name, value in zip(ALLOWED_DISPOSITIONS, values, strict=True):
-                dispositions[name] += int(_text(value) or 0)
+        for batch in _batches(disposition_keys):
+            totals = await self._sum_dispositions(keys=batch, args=list(ALLOWED_DISPOSITIONS))
+            for name, value in zip(ALLOWED_DISPOSITIONS, totals, strict=True):
+                dispositions[name] += int(value)
 
         keys_by_level = dict.fromkeys([NO_ESCALATION, *(level.value for level in EscalationLevel)], 0)
         for count in counts_24h:
@@ -620,7 +643,7 @@ class AnomalyMetricsReader:
             key=lambda item: (-item[0], item[2]),
         )[: self._top]
 
-        # Round trip 2: the long windows and the signature of the top keys only.
+        # One more round trip: the long windows and the signature of the top keys only.
         top: list[AnomalySeries] = []
         if ranked:
             pipeline = self._client.pipeline(transaction=False)
@@ -650,6 +673,10 @@ class AnomalyMetricsReader:
             occurrences_last_hour=sum(counts_1h),
             tracked_keys=len(timelines),
         )
+
+
+def _batches(keys: Sequence[str]) -> list[Sequence[str]]:
+    return [keys[start : start + SCRIPT_BATCH_KEYS] for start in range(0, len(keys), SCRIPT_BATCH_KEYS)]
 
 
 def _split_timeline_key(timeline: str) -> tuple[str, str]:

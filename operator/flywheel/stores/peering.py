@@ -19,12 +19,11 @@ from typing import Any, Final
 
 import kubernetes
 import urllib3
-from kubernetes.aio.client import CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
 from flywheel.errors import KubernetesApiError, StoreUnavailableError
 from flywheel.logs import get_logger
-from flywheel.stores.kube import KubeApi
+from flywheel.stores.kube import KubeApi, resource_path
 
 _log = get_logger(__name__)
 
@@ -144,34 +143,24 @@ class PeeringObserver:
         return verdict
 
     async def _read_tables(self) -> list[Mapping[str, Any]]:
-        assert self._kube is not None  # checked in __init__ for observers with peering
         if self._clusterwide:
-            found = await self._read_absent_as_none(
-                "clusterkopfpeerings", None,
-                lambda api: api.get_cluster_custom_object_without_preload_content(
-                    PEERING_GROUP, PEERING_VERSION, "clusterkopfpeerings", self._name,
-                    _request_timeout=REQUEST_TIMEOUT_SECONDS,
-                ),
-            )
+            found = await self._read_absent_as_none("clusterkopfpeerings", None)
             return [found.get("status") or {}] if found is not None else []
         tables: list[Mapping[str, Any]] = []
         for namespace in self._namespaces:
-            found = await self._read_absent_as_none(
-                "kopfpeerings", namespace,
-                lambda api, namespace=namespace: api.get_namespaced_custom_object_without_preload_content(
-                    PEERING_GROUP, PEERING_VERSION, namespace, "kopfpeerings", self._name,
-                    _request_timeout=REQUEST_TIMEOUT_SECONDS,
-                ),
-            )
+            found = await self._read_absent_as_none("kopfpeerings", namespace)
             if found is not None:
                 tables.append(found.get("status") or {})
         return tables
 
-    async def _read_absent_as_none(self, plural: str, namespace: str | None, request: Any) -> dict[str, Any] | None:
-        assert self._kube is not None
+    async def _read_absent_as_none(self, plural: str, namespace: str | None) -> dict[str, Any] | None:
+        assert self._kube is not None  # checked in __init__ for observers with peering
+        path = resource_path(PEERING_GROUP, PEERING_VERSION, plural, namespace=namespace, name=self._name)
         where = f"{namespace}/" if namespace else ""
         try:
-            return await self._kube.call(CustomObjectsApi, f"read {plural} {where}{self._name}", request)
+            return await self._kube.request(
+                "GET", path, f"read {plural} {where}{self._name}", timeout=REQUEST_TIMEOUT_SECONDS
+            )
         except KubernetesApiError as exc:
             if exc.status == 404:
                 return None

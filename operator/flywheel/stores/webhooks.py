@@ -23,11 +23,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from kubernetes.aio.client import AdmissionregistrationV1Api, AuthenticationV1Api
 
 from flywheel.errors import KubernetesApiError
 from flywheel.logs import get_logger
-from flywheel.stores.kube import GROUP, KubeApi
+from flywheel.stores.kube import GROUP, KubeApi, resource_path
 
 log = get_logger(__name__)
 
@@ -184,9 +183,9 @@ def webhook_entries(
 async def own_identity(kube: KubeApi) -> str:
     """The username this process authenticates as (a SelfSubjectReview: no permission needed)."""
     body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
-    review = await kube.call(
-        AuthenticationV1Api, "who am I (SelfSubjectReview)",
-        lambda api: api.create_self_subject_review_without_preload_content(body, _request_timeout=kube.request_timeout),
+    review = await kube.request(
+        "POST", resource_path("authentication.k8s.io", "v1", "selfsubjectreviews"), "who am I (SelfSubjectReview)",
+        body=body,
     )
     return str(review["status"]["userInfo"]["username"])
 
@@ -214,43 +213,32 @@ class WebhookConfigurations:
 
     async def _apply_one(self, flavour: str, name: str, body: dict[str, Any]) -> None:
         """Create the ``flavour`` (mutating|validating) configuration, or replace the one there."""
-        timeout = self._kube.request_timeout
         what = f"apply {body['kind']} {name}"
-        method = f"{flavour}_webhook_configuration_without_preload_content"
+        collection = _configurations(flavour)
         try:
-            await self._kube.call(
-                AdmissionregistrationV1Api, what,
-                lambda api: getattr(api, f"create_{method}")(body, _request_timeout=timeout),
-            )
+            await self._kube.request("POST", collection, what, body=body)
             return
         except KubernetesApiError as exc:
             if exc.status != 409:
                 raise
-        existing = await self._kube.call(
-            AdmissionregistrationV1Api, what, lambda api: getattr(api, f"read_{method}")(name, _request_timeout=timeout)
-        )
+        existing = await self._kube.request("GET", f"{collection}/{name}", what)
         body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
-        await self._kube.call(
-            AdmissionregistrationV1Api, what,
-            lambda api: getattr(api, f"replace_{method}")(name, body, _request_timeout=timeout),
-        )
+        await self._kube.request("PUT", f"{collection}/{name}", what, body=body)
 
     async def delete(self, name: str) -> None:
         for flavour in ("mutating", "validating"):
-            await self._delete_one(flavour, name)
+            try:
+                await self._kube.request(
+                    "DELETE", f"{_configurations(flavour)}/{name}", f"delete {flavour} webhook configuration {name}"
+                )
+            except KubernetesApiError as exc:
+                if exc.status != 404:
+                    raise
         log.info("webhook_configurations_deleted", name=name)
 
-    async def _delete_one(self, flavour: str, name: str) -> None:
-        timeout = self._kube.request_timeout
-        method = f"delete_{flavour}_webhook_configuration_without_preload_content"
-        try:
-            await self._kube.call(
-                AdmissionregistrationV1Api, f"delete {flavour} webhook configuration {name}",
-                lambda api: getattr(api, method)(name, _request_timeout=timeout),
-            )
-        except KubernetesApiError as exc:
-            if exc.status != 404:
-                raise
+
+def _configurations(flavour: str) -> str:
+    return resource_path("admissionregistration.k8s.io", "v1", f"{flavour}webhookconfigurations")
 
 
 __all__ = [

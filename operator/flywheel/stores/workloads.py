@@ -19,20 +19,17 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
-
-import aiohttp
-from kubernetes.aio.client import AppsV1Api
 
 from flywheel.api.enums import ActionType, TargetKind
 from flywheel.domain.actions import ProposedAction, effective_replicas
 from flywheel.domain.run_state import ActionNotApplicableError, RolloutFacts
 from flywheel.errors import KubernetesApiError
 from flywheel.logs import get_logger
-from flywheel.stores.kube import MERGE_PATCH, KubeApi
+from flywheel.stores.kube import MERGE_PATCH, KubeApi, resource_path
 
 log = get_logger(__name__)
 
@@ -323,20 +320,7 @@ class WorkloadStore:
 
     async def read(self, namespace: str, kind: TargetKind, name: str) -> dict[str, Any]:
         """The workload as the API server returns it (raw JSON)."""
-        timeout = self._kube.request_timeout
-        if kind is TargetKind.DEPLOYMENT:
-            return await self._call(
-                f"read {_describe(kind, name)}",
-                lambda api: api.read_namespaced_deployment_without_preload_content(
-                    name, namespace, _request_timeout=timeout
-                ),
-            )
-        return await self._call(
-            f"read {_describe(kind, name)}",
-            lambda api: api.read_namespaced_stateful_set_without_preload_content(
-                name, namespace, _request_timeout=timeout
-            ),
-        )
+        return await self._kube.request("GET", _apps(namespace, _PLURALS[kind], name), f"read {_describe(kind, name)}")
 
     # -- internals --------------------------------------------------------------------------
 
@@ -422,12 +406,9 @@ class WorkloadStore:
             current = int(annotations.get(DEPLOYMENT_REVISION_ANNOTATION, "0"))
         except ValueError as exc:
             raise ActionNotApplicableError(f"{what} has an unreadable revision annotation") from exc
-        timeout = self._kube.request_timeout
-        replica_sets = (await self._call(
-            f"list ReplicaSets of {what}",
-            lambda api: api.list_namespaced_replica_set_without_preload_content(
-                namespace, label_selector=_selector(deployment), _request_timeout=timeout
-            ),
+        replica_sets = (await self._kube.request(
+            "GET", _apps(namespace, "replicasets"), f"list ReplicaSets of {what}",
+            query={"labelSelector": _selector(deployment)},
         ))["items"]
         templates: dict[int, dict[str, Any]] = {}
         for replica_set in replica_sets:
@@ -451,12 +432,9 @@ class WorkloadStore:
         what = _describe(action.target_kind, action.target_name)
         uid = statefulset["metadata"]["uid"]
         update_revision = (statefulset.get("status") or {}).get("updateRevision")
-        timeout = self._kube.request_timeout
-        items = (await self._call(
-            f"list ControllerRevisions of {what}",
-            lambda api: api.list_namespaced_controller_revision_without_preload_content(
-                namespace, label_selector=_selector(statefulset), _request_timeout=timeout
-            ),
+        items = (await self._kube.request(
+            "GET", _apps(namespace, "controllerrevisions"), f"list ControllerRevisions of {what}",
+            query={"labelSelector": _selector(statefulset)},
         ))["items"]
         templates: dict[int, dict[str, Any]] = {}
         current = 0
@@ -479,26 +457,18 @@ class WorkloadStore:
     async def _patch(
         self, namespace: str, kind: TargetKind, name: str, body: dict[str, Any], *, dry_run: bool
     ) -> dict[str, Any]:
-        options: dict[str, Any] = {
-            "field_manager": FIELD_MANAGER,
-            "_content_type": MERGE_PATCH,
-            "_request_timeout": self._kube.request_timeout,
-        }
-        if dry_run:
-            options["dry_run"] = "All"
-        what = f"patch {_describe(kind, name)}"
-        if kind is TargetKind.DEPLOYMENT:
-            return await self._call(
-                what, lambda api: api.patch_namespaced_deployment_without_preload_content(name, namespace, body, **options)
-            )
-        return await self._call(
-            what, lambda api: api.patch_namespaced_stateful_set_without_preload_content(name, namespace, body, **options)
+        query = {"fieldManager": FIELD_MANAGER, **({"dryRun": "All"} if dry_run else {})}
+        return await self._kube.request(
+            "PATCH", _apps(namespace, _PLURALS[kind], name), f"patch {_describe(kind, name)}",
+            body=body, query=query, content_type=MERGE_PATCH,
         )
 
-    def _call(
-        self, what: str, request: Callable[[AppsV1Api], Awaitable[aiohttp.ClientResponse]]
-    ) -> Awaitable[dict[str, Any]]:
-        return self._kube.call(AppsV1Api, what, request)
+
+_PLURALS = {TargetKind.DEPLOYMENT: "deployments", TargetKind.STATEFULSET: "statefulsets"}
+
+
+def _apps(namespace: str, plural: str, name: str | None = None) -> str:
+    return resource_path("apps", "v1", plural, namespace=namespace, name=name)
 
 
 __all__ = [

@@ -190,8 +190,10 @@ class HistoryStore:
             raise ConfigurationError(f"history database must be PostgreSQL or SQLite, got {backend!r}")
         # Upsert statements by (table, columns): built once, executed with each row's values.
         self._upserts: dict[tuple[str, frozenset[str]], Any] = {}
-        # The connection of an open batch (see batch()): writes join its transaction.
+        # The connection of an open batch (see batch()): writes join its transaction, and the
+        # rows of each statement wait to go out in one executemany when the batch ends.
         self._batch: Connection | None = None
+        self._deferred: dict[tuple[str, str, frozenset[str]], tuple[Any, dict[tuple[Any, ...], dict[str, Any]]]] = {}
 
     @property
     def database(self) -> str:
@@ -226,10 +228,15 @@ class HistoryStore:
         """
         with self._transaction() as connection:
             self._batch = connection
+            self._deferred = {}
             try:
                 yield
+                # One executemany per statement: per-row execute() calls were most of the writer's CPU.
+                for statement, rows in self._deferred.values():
+                    connection.execute(statement, list(rows.values()))
             finally:
                 self._batch = None
+                self._deferred = {}
 
     @contextmanager
     def _reading(self) -> Iterator[Session]:
@@ -254,7 +261,29 @@ class HistoryStore:
                 set_={name: insert.excluded[name] for name in values if name not in keys},
             )
             self._upserts[cache_key] = statement
-        connection.execute(statement, dict(values))
+        self._execute(connection, ("upsert", *cache_key), statement, table, [values], newest_wins=True)
+
+    def _execute(
+        self,
+        connection: Connection,
+        key: tuple[str, str, frozenset[str]],
+        statement: Any,
+        table: Table,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        newest_wins: bool,
+    ) -> None:
+        """Execute now, or (inside a batch) when the batch ends with one row per primary key:
+        the newest (upserts) or the first (facts inserted once), as executing them in turn would."""
+        if self._batch is None:
+            connection.execute(statement, dict(rows[0]) if len(rows) == 1 else [dict(row) for row in rows])
+            return
+        _, pending = self._deferred.setdefault(key, (statement, {}))
+        primary_key = [column.name for column in table.primary_key.columns]
+        for row in rows:
+            row_key = tuple(row[name] for name in primary_key)
+            if newest_wins or row_key not in pending:
+                pending[row_key] = dict(row)
 
     def _insert_once(self, connection: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert rows whose key is not stored yet; existing rows are facts and stay as they are."""
@@ -262,7 +291,7 @@ class HistoryStore:
             return
         keys = [column.name for column in table.primary_key.columns]
         statement = self._insert(table).on_conflict_do_nothing(index_elements=keys)
-        connection.execute(statement, [dict(row) for row in rows])
+        self._execute(connection, ("insert", table.name, frozenset(rows[0])), statement, table, rows, newest_wins=False)
 
     # ---------------------------------------------------------------- projections
 
