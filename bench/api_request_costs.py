@@ -68,6 +68,10 @@ def run_manifest(name: str, incident_uid: str) -> dict[str, Any]:
     }
 
 
+def index_of(name: str) -> int:
+    return int(name.rsplit("-", 1)[1])
+
+
 def incident_status(key: str) -> dict[str, Any]:
     """A status of the size a Shadow pass writes (counts, a decision, three conditions)."""
     now = "2026-12-01T20:00:00Z"
@@ -107,7 +111,7 @@ async def measure(cluster: BenchCluster, namespace: str, requests: int) -> list[
                 "get Incident (baseline)": lambda name: client.request("GET", f"{base}/incidents/{name}",
                                                                        resource="incidents"),
                 "patch Incident status": lambda name: client.patch_status("incidents", namespace, name,
-                                                                          incident_status(name[-16:])),
+                                                                          incident_status(f"{index_of(name):016x}")),
                 "create Run": lambda name: client.create("runs", namespace, run_manifest(name, uids[name])),
                 "patch Run status": lambda name: client.patch_status(
                     "runs", namespace, name, {"state": "Succeeded", "attempt": 1, "startedAt": "2026-12-01T20:00:00Z",
