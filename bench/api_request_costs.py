@@ -40,7 +40,7 @@ STORM_MIX = {
     "patch Incident status": 1.0,
     "create Run": 0.6,
     "patch Run status": 0.6,
-    "post Event": 1.58,
+    "post Event": 1.60,
     "create Lease": 0.6,
     "get Deployment": 0.6,
     "dry-run patch Deployment": 0.6,

@@ -3,7 +3,8 @@
 Usage::
 
     python bench/soak.py [--duration SECONDS] [--rate R] [--population P] [--interval S]
-                         [--mode Shadow|Auto] [--workloads W] [--cluster NAME] [--keep-cluster]
+                         [--fill-rate R] [--mode Shadow|Auto] [--workloads W] [--cluster NAME]
+                         [--keep-cluster]
 
 The smoke run is the default (3 minutes at 5 Incidents/s over a population of 1,000); the real
 soak is ``--duration 1800``, and the 10,000-object memory check is ``--population 10000``.

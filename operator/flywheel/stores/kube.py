@@ -39,7 +39,7 @@ API_VERSION = f"{GROUP}/{VERSION}"
 DEFAULT_CONNECTIONS = 32
 # A request that takes longer is abandoned and reported as the API being unavailable.
 DEFAULT_REQUEST_TIMEOUT_SECONDS = 30.0
-# Answers are small JSON objects; aiohttp's default read limit (2 MiB per connection) is for watches.
+# Answers are small JSON objects; aiohttp's default read limit (256 KiB per connection) is for streams.
 READ_BUFFER_BYTES = 2**16
 # HTTP statuses that mean "try again later" rather than "no".
 TRANSIENT_STATUSES = frozenset({None, 0, 429, 500, 502, 503, 504})
