@@ -57,9 +57,10 @@ class SigningKeyStore:
     async def _load_or_create(self) -> bytes:
         where = f"secret {self._namespace}/{self._name}"
         secrets_path = resource_path("", "v1", "secrets", namespace=self._namespace)
+        secret_path = resource_path("", "v1", "secrets", namespace=self._namespace, name=self._name)
         for _ in range(3):
             try:
-                secret = await self._kube.request("GET", f"{secrets_path}/{self._name}", f"read {where}")
+                secret = await self._kube.request("GET", secret_path, f"read {where}")
                 return self._decode(secret.get("data") or {})
             except KubernetesApiError as exc:
                 if exc.status != 404:

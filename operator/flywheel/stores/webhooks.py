@@ -214,22 +214,21 @@ class WebhookConfigurations:
     async def _apply_one(self, flavour: str, name: str, body: dict[str, Any]) -> None:
         """Create the ``flavour`` (mutating|validating) configuration, or replace the one there."""
         what = f"apply {body['kind']} {name}"
-        collection = _configurations(flavour)
         try:
-            await self._kube.request("POST", collection, what, body=body)
+            await self._kube.request("POST", _configurations(flavour), what, body=body)
             return
         except KubernetesApiError as exc:
             if exc.status != 409:
                 raise
-        existing = await self._kube.request("GET", f"{collection}/{name}", what)
+        existing = await self._kube.request("GET", _configurations(flavour, name), what)
         body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
-        await self._kube.request("PUT", f"{collection}/{name}", what, body=body)
+        await self._kube.request("PUT", _configurations(flavour, name), what, body=body)
 
     async def delete(self, name: str) -> None:
         for flavour in ("mutating", "validating"):
             try:
                 await self._kube.request(
-                    "DELETE", f"{_configurations(flavour)}/{name}", f"delete {flavour} webhook configuration {name}"
+                    "DELETE", _configurations(flavour, name), f"delete {flavour} webhook configuration {name}"
                 )
             except KubernetesApiError as exc:
                 if exc.status != 404:
@@ -237,8 +236,8 @@ class WebhookConfigurations:
         log.info("webhook_configurations_deleted", name=name)
 
 
-def _configurations(flavour: str) -> str:
-    return resource_path("admissionregistration.k8s.io", "v1", f"{flavour}webhookconfigurations")
+def _configurations(flavour: str, name: str | None = None) -> str:
+    return resource_path("admissionregistration.k8s.io", "v1", f"{flavour}webhookconfigurations", name=name)
 
 
 __all__ = [
