@@ -14,12 +14,15 @@ Scenario matrix:
 - a target that never becomes ready → the Run retries, then fails with E-VERIFY-TIMEOUT;
 - two Incidents on one target at once → one waits Throttled; after two remediations the
   circuit breaker makes the next Run wait for approval, with a condition and a Warning Event;
+- four Incidents on one target created in one request → their Runs act one after the other,
+  never two at once (a Run started moments ago counts before the watch brings it back);
 - remediation turned Off on the Incident → its waiting Run is Cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -426,6 +429,50 @@ def test_throttling_and_the_circuit_breaker(
         ]
         == "3"
     ), "the third Run did not touch the target"
+
+
+def test_runs_created_together_on_one_target_act_one_after_the_other(
+    test_cluster: TestCluster, namespace: str, clean_redis_url: str, start_operator: OperatorFactory
+) -> None:
+    create_deployment(test_cluster, "basket", namespace)
+    start_operator(**QUIET, redis_url=clean_redis_url, circuit_breaker_max_remediations="10")
+    # Applied in this order, each Run queues ahead of the ones before it by name (same second):
+    # only a Run that counts its started peers before the watch echoes them waits.
+    names = [f"basket-{index}" for index in reversed(range(4))]
+    incidents = {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "flywheel.dev/v1alpha1",
+                "kind": "Incident",
+                "metadata": {"name": name},
+                "spec": {
+                    "alertName": "KubePodOOMKilled",
+                    "service": "basket",
+                    "errorType": f"OOMKilled-{name}",  # one anomaly each: no deduplication
+                    "severity": "P2",
+                    "source": "alertmanager",
+                    "summary": "basket is unwell",
+                    "targetRef": {"kind": "Deployment", "name": "basket"},
+                },
+            }
+            for name in names
+        ],
+    }
+    test_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(incidents))
+    runs = {name: wait_for_run(test_cluster, namespace, f"{name}-1", *FINAL, timeout=120) for name in names}
+
+    assert {name: status["state"] for name, status in runs.items()} == dict.fromkeys(names, "Succeeded")
+    spans = sorted(
+        (datetime.fromisoformat(status["startedAt"]), datetime.fromisoformat(status["completedAt"]), name)
+        for name, status in runs.items()
+    )
+    for (_, previous_end, previous), (start, _, name) in itertools.pairwise(spans):
+        assert start >= previous_end, f"{name}-1 started at {start} while {previous}-1 ran until {previous_end}"
+    assert sum(1 for status in runs.values() if steps(status, "throttle")) >= len(names) - 1
+    annotations = get(test_cluster, namespace, "deployment", "basket")["metadata"]["annotations"]
+    assert annotations["deployment.kubernetes.io/revision"] == str(1 + len(names)), "one restart per Run"
 
 
 def test_remediation_off_cancels_a_waiting_run(

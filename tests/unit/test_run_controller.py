@@ -17,7 +17,9 @@ Scenario matrix:
 - outcome recording retried while Redis is down; an Incident resolved by a person keeps
   its disposition; Shadow runs record nothing;
 - a Run moved to Running by someone else (an approval) starts its attempt;
-- heartbeats, the merge patch (changed fields only, deletions as null) and the RunGuard.
+- heartbeats, the merge patch (changed fields only, deletions as null) and the RunGuard;
+- AdmittedRuns: a Run started within the watch lag counts for the next admission, until
+  the index catches up or the Run is gone.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from flywheel.controllers.incident import Event
 from flywheel.controllers.run import (
     GUARD_PATIENCE_SECONDS,
     HEARTBEAT_INTERVAL,
+    AdmittedRuns,
     AttemptRecord,
     IncidentView,
     RunController,
@@ -46,7 +49,14 @@ from flywheel.controllers.run import (
     resolution_patch,
 )
 from flywheel.domain.actions import ProposedAction
-from flywheel.domain.run_state import ActionNotApplicableError, ObservedRun, RolloutFacts
+from flywheel.domain.run_state import (
+    ActionNotApplicableError,
+    AdmissionKind,
+    ObservedRun,
+    RolloutFacts,
+    SafetyLimits,
+    admit,
+)
 from flywheel.errors import KubernetesApiError, RedisUnavailableError, StoreUnavailableError
 from flywheel.settings import FlywheelSettings
 from flywheel.stores.incidents import StatusMutation, StatusUpdate, UpdateResult
@@ -605,6 +615,72 @@ def test_the_guard_skips_bodies_older_than_its_own_write_for_a_while() -> None:
     assert guard.is_stale(old, 100.5)
     assert not guard.is_stale(new, 100.5)
     assert not guard.is_stale(old, 100.0 + GUARD_PATIENCE_SECONDS), "a lost write is not waited for forever"
+
+
+ONE_PER_TARGET = SafetyLimits(
+    max_running_per_namespace=5,
+    max_running_per_target=1,
+    breaker_max_remediations=10,
+    breaker_window=timedelta(hours=1),
+)
+
+
+def pending_on_web(name: str) -> ObservedRun:
+    """An Auto Run on Deployment/web as the index has it before its first pass."""
+    return ObservedRun(
+        NAMESPACE, name, f"uid-{name}", T0, TargetKind.DEPLOYMENT, "web", RunMode.AUTO, False, None, None
+    )
+
+
+def started() -> RunStatus:
+    return RunStatus(state=RunState.RUNNING, started_at=T0)
+
+
+def test_a_run_started_within_the_watch_lag_counts_for_the_next_admission() -> None:
+    first, second = pending_on_web("cart-b-1"), pending_on_web("cart-a-1")
+    # Created in the same second, "cart-a-1" queues ahead by name: with only the index to go
+    # by, it would start next to the Run just started before the watch brings that write back.
+    assert admit(second, [first, second], ONE_PER_TARGET, T0).kind is AdmissionKind.ADMIT
+    admitted = AdmittedRuns()
+    # The first one was passed before the second existed.
+    assert admit(first, admitted.peers(NAMESPACE, [first]), ONE_PER_TARGET, T0).kind is AdmissionKind.ADMIT
+    admitted.wrote(first, started())
+
+    admission = admit(second, admitted.peers(NAMESPACE, [first, second]), ONE_PER_TARGET, T0)
+    assert (admission.kind, admission.reason) == (AdmissionKind.THROTTLE, "TargetLimitReached")
+    assert "1 Runs executing" in admission.message
+    other_namespace = ObservedRun(
+        "other", "x-1", "uid-x", T0, TargetKind.DEPLOYMENT, "web", RunMode.AUTO, False, None, None
+    )
+    assert list(admitted.peers("other", [other_namespace])) == [other_namespace]
+
+
+def test_the_written_view_gives_way_once_the_index_moves_on_or_the_run_is_gone() -> None:
+    first, second = pending_on_web("cart-b-1"), pending_on_web("cart-a-1")
+    admitted = AdmittedRuns()
+    admitted.wrote(first, started())
+    finished = ObservedRun(
+        NAMESPACE, first.name, first.uid, T0, TargetKind.DEPLOYMENT, "web", RunMode.AUTO, False,
+        RunState.SUCCEEDED, T0,
+    )
+    assert list(admitted.peers(NAMESPACE, [finished, second])) == [finished, second]
+    assert admit(second, admitted.peers(NAMESPACE, [first, second]), ONE_PER_TARGET, T0).kind is (
+        AdmissionKind.ADMIT
+    ), "once the index caught up, an old body of the Run is taken as it is"
+
+    admitted.wrote(first, started())
+    assert list(admitted.peers(NAMESPACE, [second])) == [second]
+    assert list(admitted.peers(NAMESPACE, [first, second])) == [first, second], "a deleted Run is forgotten"
+
+
+def test_a_pass_that_keeps_the_state_leaves_the_index_as_it_is() -> None:
+    waiting = pending_on_web("cart-a-1")
+    admitted = AdmittedRuns()
+    admitted.wrote(waiting, RunStatus(state=None))
+    indexed = [waiting]
+    assert admitted.peers(NAMESPACE, indexed) is indexed
+    assert admitted.lock(NAMESPACE) is admitted.lock(NAMESPACE)
+    assert admitted.lock(NAMESPACE) is not admitted.lock("other")
 
 
 def test_resolution_patch_leaves_final_incidents_alone_and_keeps_other_conditions() -> None:

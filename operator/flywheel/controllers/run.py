@@ -12,16 +12,20 @@ as one merge patch. Any pass may run twice or die half-way:
   only resolved if it is not already, so finishing twice counts once;
 - within one process, passes over a Run never overlap (``flywheel.controllers.driver``), and
   :class:`RunGuard` skips a pass that sees a status older than one this process already
-  wrote (the watch event that brings the write back may lag behind the next pass).
+  wrote (the watch event that brings the write back may lag behind the next pass);
+- the safety limits count the peers as this process last wrote them
+  (:class:`AdmittedRuns`), so two Runs on one target are never started in the same
+  watch lag.
 
 The decisions themselves are pure, in :mod:`flywheel.domain.run_state`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -340,6 +344,56 @@ class RunGuard:
     def wrote(self, status: RunStatus, monotonic_now: float) -> None:
         self._written_seq = last_seq(status.steps)
         self._written_at = monotonic_now
+
+
+class AdmittedRuns:
+    """Read-your-writes for the safety limits, across the Runs of one operator process.
+
+    Admission counts a namespace's Runs from the operator's index, which learns of a
+    status write only when the watch brings it back. Without this, two Runs on one target
+    passed within that lag both start: the first is still Pending in the index when the
+    second looks (and, created in the same second, it may even queue behind the second).
+
+    So a pass that may start its Run holds the namespace's :meth:`lock` from reading the
+    peers until its status is written, then reports what it wrote (:meth:`wrote`). Until
+    the index shows that Run in another state than it had before the write, the written
+    view stands in for the indexed one (:meth:`peers`).
+    """
+
+    def __init__(self) -> None:
+        # namespace -> uid -> (state the index had before our write, the view we wrote)
+        self._written: dict[str, dict[str, tuple[RunState | None, ObservedRun]]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def lock(self, namespace: str) -> asyncio.Lock:
+        return self._locks.setdefault(namespace, asyncio.Lock())
+
+    def peers(self, namespace: str, indexed: Iterable[ObservedRun]) -> Iterable[ObservedRun]:
+        written = self._written.get(namespace)
+        if not written:
+            return indexed
+        views: list[ObservedRun] = []
+        echo_pending: dict[str, tuple[RunState | None, ObservedRun]] = {}
+        for view in indexed:
+            entry = written.get(view.uid)
+            if entry is not None and entry[0] == view.state:
+                echo_pending[view.uid] = entry
+                views.append(entry[1])
+            else:
+                views.append(view)
+        # Entries the index has caught up with, or whose Run is gone from it, are dropped.
+        if echo_pending:
+            self._written[namespace] = echo_pending
+        else:
+            del self._written[namespace]
+        return views
+
+    def wrote(self, before: ObservedRun, status: RunStatus) -> None:
+        """The pass stored ``status`` for the Run the index showed as ``before``."""
+        if status.state == before.state:
+            return
+        after = replace(before, state=status.state, started_at=status.started_at)
+        self._written.setdefault(before.namespace, {})[before.uid] = (before.state, after)
 
 
 # --------------------------------------------------------------------------- one pass
@@ -1118,6 +1172,7 @@ __all__ = [
     "OUTCOME_RECORDED",
     "SUCCEEDED",
     "THROTTLED",
+    "AdmittedRuns",
     "AttemptRecord",
     "AttemptSink",
     "IncidentStatusWriter",

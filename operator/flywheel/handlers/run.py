@@ -10,6 +10,7 @@ Nothing here blocks: a Run that has to wait simply asks to be looked at again.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -17,18 +18,19 @@ from typing import TYPE_CHECKING, Any
 import kopf
 
 from flywheel.api.common import find_condition
-from flywheel.api.enums import ConditionStatus
+from flywheel.api.enums import ConditionStatus, RunState
 from flywheel.controllers.driver import ObjectDriver
 from flywheel.controllers.run import (
     APPROVAL_EVENT_REASONS,
     OUTCOME_RECORDED,
+    AdmittedRuns,
     RunController,
     RunGuard,
     RunObject,
     RunOutcome,
     observed_run,
 )
-from flywheel.domain.run_state import TERMINAL_STATES, ObservedRun
+from flywheel.domain.run_state import TERMINAL_STATES, ObservedRun, current_state
 from flywheel.errors import KubernetesApiError, StoreUnavailableError
 from flywheel.handlers.driving import build_driver, retry_after, stop_driver
 from flywheel.handlers.history import project
@@ -67,6 +69,8 @@ async def run_views(
 
 
 _FINAL_STATE_NAMES = frozenset(state.value for state in TERMINAL_STATES)
+# States a pass can start its Run from (admitted, or approved).
+_STARTABLE_STATES = frozenset({RunState.PENDING, RunState.WAITING_APPROVAL})
 
 
 def needs_driving(body: Mapping[str, Any]) -> bool:
@@ -94,6 +98,7 @@ class RunPasses:
         self._run_views = run_views
         self._incident_index = incident_index
         self._approvals_by_run = approvals_by_run
+        self._admitted = AdmittedRuns()
 
     async def __call__(self, body: Mapping[str, Any], slot: dict[str, Any]) -> float | None:
         try:
@@ -105,23 +110,15 @@ class RunPasses:
         if guard.is_stale(run.status, time.monotonic()):
             # Our last write has not come back on the watch yet: wait for it, not act twice.
             return POLL_SECONDS
-        incident = incident_of(self._incident_index, run.namespace, run.spec.incident_ref.name)
-        approvals = self._approvals_by_run.get((run.namespace, run.name), [])
-        deps = self._deps
-        controller = RunController(deps.settings, deps.anomalies, deps.run_stores)
+        observed = run.observed()
+        # A pass that may start its Run decides and writes under the namespace's lock, so that
+        # the next one counts it as started (AdmittedRuns), whatever the watch has brought back.
+        may_start = observed.acts and current_state(observed.state) in _STARTABLE_STATES
         try:
-            outcome = await controller.reconcile(
-                run,
-                incident,
-                # Read in place: admission looks at the peers only for Runs that act.
-                self._run_views.get(run.namespace, ()),
-                # Only the Approval named after the Run is its own; others are for the approvals handler.
-                approval=next((a for a in approvals if a["metadata"]["name"] == run.name), None),
-            )
-            status_patch = outcome.status_patch(run.status)
-            if status_patch:
-                await deps.resources.patch_status("runs", run.namespace, run.name, status_patch)
-                guard.wrote(outcome.status, time.monotonic())
+            async with self._admitted.lock(run.namespace) if may_start else contextlib.nullcontext():
+                outcome = await self._reconcile(run, guard)
+                if may_start:
+                    self._admitted.wrote(observed, outcome.status)
         except (KubernetesApiError, StoreUnavailableError) as exc:
             return retry_after(exc, "Run", run.namespace, run.name, UNAVAILABLE_RETRY_SECONDS)
         self._post(body, run.namespace, outcome)
@@ -133,6 +130,26 @@ class RunPasses:
         ):
             return None
         return POLL_SECONDS
+
+    async def _reconcile(self, run: RunObject, guard: RunGuard) -> RunOutcome:
+        """One pass's decisions, with its status patch written (raises if the write failed)."""
+        incident = incident_of(self._incident_index, run.namespace, run.spec.incident_ref.name)
+        approvals = self._approvals_by_run.get((run.namespace, run.name), [])
+        deps = self._deps
+        controller = RunController(deps.settings, deps.anomalies, deps.run_stores)
+        outcome = await controller.reconcile(
+            run,
+            incident,
+            # Read in place: admission looks at the peers only for Runs that act.
+            self._admitted.peers(run.namespace, self._run_views.get(run.namespace, ())),
+            # Only the Approval named after the Run is its own; others are for the approvals handler.
+            approval=next((a for a in approvals if a["metadata"]["name"] == run.name), None),
+        )
+        status_patch = outcome.status_patch(run.status)
+        if status_patch:
+            await deps.resources.patch_status("runs", run.namespace, run.name, status_patch)
+            guard.wrote(outcome.status, time.monotonic())
+        return outcome
 
     @staticmethod
     def _post(body: Mapping[str, Any], namespace: str, outcome: RunOutcome) -> None:
