@@ -33,6 +33,9 @@ if [[ -f "${STATE}/operator.pid" ]] && kill -0 "$(cat "${STATE}/operator.pid")" 
   # A previous demo's operator may run older code: replace it.
   kill "$(cat "${STATE}/operator.pid")" && sleep 2
 fi
+# Like the Redis counts below, the history starts from zero: a previous demo's Runs had the
+# same names and would show up beside this one's in `flywheel history`.
+rm -f "${STATE}/flywheel.db" "${STATE}/flywheel.db-wal" "${STATE}/flywheel.db-shm"
 "${FLYWHEEL}" db upgrade >/dev/null
 nohup "${FLYWHEEL}" run --standalone --all-namespaces >"${STATE}/operator.log" 2>&1 &
 echo $! >"${STATE}/operator.pid"
