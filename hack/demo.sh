@@ -33,8 +33,11 @@ if [[ -f "${STATE}/operator.pid" ]] && kill -0 "$(cat "${STATE}/operator.pid")" 
   # A previous demo's operator may run older code: replace it.
   kill "$(cat "${STATE}/operator.pid")" && sleep 2
 fi
-# Like the Redis counts below, the history starts from zero: a previous demo's Runs had the
-# same names and would show up beside this one's in `flywheel history`.
+# Like the Redis counts below, the demo starts from zero: a previous demo's Incidents, Runs and
+# Approvals have this demo's names, and would show up beside its own in `flywheel history`.
+if kubectl get namespace "${NS}" >/dev/null 2>&1; then
+  kubectl delete incidents,runs,approvals -n "${NS}" --all --wait=true >/dev/null
+fi
 rm -f "${STATE}/flywheel.db" "${STATE}/flywheel.db-wal" "${STATE}/flywheel.db-shm"
 "${FLYWHEEL}" db upgrade >/dev/null
 nohup "${FLYWHEEL}" run --standalone --all-namespaces >"${STATE}/operator.log" 2>&1 &
@@ -57,7 +60,6 @@ step "Filing an Incident: checkout was OOM-killed"
 # Each demo starts from zero recurrences (the demo's own Redis), so it shows the automatic
 # path; repeat the Incident by hand afterwards to watch it escalate towards approval.
 redis-cli -u "${FLYWHEEL_REDIS_URL}" FLUSHDB >/dev/null
-kubectl delete incident -n "${NS}" checkout-oom --ignore-not-found --wait=true >/dev/null
 kubectl apply -n "${NS}" -f examples/incident-oom.yaml
 for _ in $(seq 1 30); do
   run="$(kubectl get incident -n "${NS}" checkout-oom -o jsonpath='{.status.runRef.name}' 2>/dev/null || true)"
@@ -88,7 +90,6 @@ done
 "${FLYWHEEL}" history -n "${NS}"
 
 step "An approval round trip: sre-alice files an Incident that needs a person's approval"
-kubectl delete incident -n "${NS}" checkout-oom-again --ignore-not-found --wait=true >/dev/null
 kubectl --as sre-alice create -n "${NS}" -f examples/incident-approval.yaml
 approval=""
 for _ in $(seq 1 60); do
