@@ -3,6 +3,8 @@
 Scenario matrix:
 - an Incident gets an anomaly key, counts, a decision (DEC-…, rules) and a Run owned by it;
 - the same anomaly while the first is active → Duplicate, counted, no second Run;
+- the anomaly claim (a Lease) is owned by the Incident that holds it: taken over by the
+  next Incident once the first is resolved, and collected when its holder is deleted;
 - recurrences escalate: ESCALATE → the Run requires approval; PERMANENT_FIX without a
   permanent fix → approval required and a Warning Event "needs a permanent fix";
 - manual resolution → Resolved with disposition manual_resolved;
@@ -128,6 +130,40 @@ def test_same_anomaly_while_active_is_a_duplicate_without_a_second_run(
     assert "runRef" not in status or status["runRef"] is None
     runs = test_cluster.kubectl_json("get", "runs", "-n", namespace)["items"]
     assert [r["spec"]["incidentRef"]["name"] for r in runs] == ["first"]
+
+
+def anomaly_lease(cluster: TestCluster, namespace: str, key: str) -> dict[str, Any] | None:
+    result = cluster.kubectl("get", "lease", f"flywheel-anomaly-{key}", "-n", namespace, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def test_the_anomaly_claim_goes_with_the_incident_that_holds_it(
+    test_cluster: TestCluster, namespace: str, workload: str, clean_redis_url: str, start_operator: OperatorFactory
+) -> None:
+    start_operator(redis_url=clean_redis_url)
+    apply_incident(test_cluster, namespace, "first", remediation={"mode": "Shadow"})
+    key = wait_for_phase(test_cluster, namespace, "first", "Mitigating", "Resolved")["anomaly"]["key"]
+    lease = anomaly_lease(test_cluster, namespace, key)
+    assert lease is not None
+    first_uid = incident(test_cluster, namespace, "first")["metadata"]["uid"]
+    assert [(o["kind"], o["name"], o["uid"]) for o in lease["metadata"]["ownerReferences"]] == [
+        ("Incident", "first", first_uid)]
+
+    test_cluster.kubectl("patch", "incident", "first", "-n", namespace, "--type=merge",
+                         "-p", json.dumps({"spec": {"resolution": {"note": "fixed by hand"}}}))
+    wait_for_phase(test_cluster, namespace, "first", "Resolved")
+    apply_incident(test_cluster, namespace, "second", remediation={"mode": "Shadow"})
+    second = wait_for_phase(test_cluster, namespace, "second", "Mitigating", "Resolved", "Duplicate")
+    assert second["phase"] != "Duplicate", "a resolved holder gives the claim up"
+    second_uid = incident(test_cluster, namespace, "second")["metadata"]["uid"]
+    lease = anomaly_lease(test_cluster, namespace, key)
+    assert lease is not None and lease["spec"]["holderIdentity"] == second_uid
+    assert [o["uid"] for o in lease["metadata"]["ownerReferences"]] == [second_uid]
+
+    test_cluster.kubectl("delete", "incident", "first", "-n", namespace)
+    test_cluster.kubectl("delete", "incident", "second", "-n", namespace)
+    wait_for(lambda: anomaly_lease(test_cluster, namespace, key) is None, timeout=30,
+             what="the claim Lease collected with its holder")
 
 
 def test_escalation_requires_approval_and_permanent_fix_warns(

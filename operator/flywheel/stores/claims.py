@@ -4,6 +4,10 @@ Kopf's cache can miss a twin created in the same instant, so "who is primary" is
 by an atomic write instead: creating the Lease succeeds for exactly one Incident; a later
 one takes it over only from a holder that is no longer active, with a resourceVersion
 precondition so two contenders cannot both win.
+
+The Lease is owned by its holder (an ownerReference, moved on take-over), so Kubernetes'
+garbage collector deletes it with the Incident that holds it: a namespace keeps one Lease
+per anomaly key that an existing Incident holds, not one per key ever seen.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flywheel.errors import KubernetesApiError, StoreUnavailableError
-from flywheel.stores.kube import KubeApi, resource_path
+from flywheel.stores.kube import API_VERSION, KubeApi, resource_path
 
 LEASE_PREFIX = "flywheel-anomaly-"
 # Claims this process won, remembered for the twins that follow (the most recent ones).
@@ -35,6 +39,9 @@ def _leases(namespace: str, name: str | None = None) -> str:
 class Holder:
     name: str
     uid: str
+
+    def owner_references(self) -> list[dict[str, Any]]:
+        return [{"apiVersion": API_VERSION, "kind": "Incident", "name": self.name, "uid": self.uid}]
 
 
 # Whether the Incident (name, uid) still holds a claim: it exists and is not resolved/closed/duplicate.
@@ -72,6 +79,7 @@ class AnomalyClaims:
                 "name": name,
                 "labels": {"app.kubernetes.io/managed-by": "flywheel"},
                 "annotations": {HOLDER_NAME_ANNOTATION: claimant.name},
+                "ownerReferences": claimant.owner_references(),
             },
             "spec": {"holderIdentity": claimant.uid},
         }
@@ -81,7 +89,13 @@ class AnomalyClaims:
         except KubernetesApiError as exc:
             if exc.status != 409:
                 raise
-        lease = await self._kube.request("GET", _leases(namespace, name), f"read lease {name}")
+        try:
+            lease = await self._kube.request("GET", _leases(namespace, name), f"read lease {name}")
+        except KubernetesApiError as exc:
+            if exc.status == 404:
+                # Collected with its holder between our create and this read.
+                raise StoreUnavailableError(f"lease {name} was deleted while claiming it; retrying") from exc
+            raise
         annotations = dict(lease["metadata"].get("annotations") or {})
         spec = lease.setdefault("spec", {})
         holder = Holder(name=annotations.get(HOLDER_NAME_ANNOTATION, ""), uid=spec.get("holderIdentity") or "")
@@ -91,11 +105,12 @@ class AnomalyClaims:
             return holder
         spec["holderIdentity"] = claimant.uid
         lease["metadata"]["annotations"] = {**annotations, HOLDER_NAME_ANNOTATION: claimant.name}
+        lease["metadata"]["ownerReferences"] = claimant.owner_references()
         try:
             # replace carries the read resourceVersion: a concurrent take-over gets 409.
             await self._kube.request("PUT", _leases(namespace, name), f"take over lease {name}", body=lease)
         except KubernetesApiError as exc:
-            if exc.status == 409:
+            if exc.status in (404, 409):
                 raise StoreUnavailableError(f"lease {name} changed while taking it over; retrying") from exc
             raise
         return None
