@@ -93,7 +93,7 @@ class AnomalyClaims:
             lease = await self._kube.request("GET", _leases(namespace, name), f"read lease {name}")
         except KubernetesApiError as exc:
             if exc.status == 404:
-                # Collected with its holder between our create and this read.
+                # Collected with its holder between the conflict and this read.
                 raise StoreUnavailableError(f"lease {name} was deleted while claiming it; retrying") from exc
             raise
         annotations = dict(lease["metadata"].get("annotations") or {})
