@@ -11,7 +11,8 @@ Scenario matrix:
 - Shadow mode changes nothing (same generation, one ReplicaSet) and journals a "would" step;
 - the operator SIGKILLed mid-Run, even with the Run's last status write lost, restarts and
   finishes the Run with the action applied exactly once;
-- a target that never becomes ready → the Run retries, then fails with E-VERIFY-TIMEOUT;
+- a target that never becomes ready → the Run retries, then fails with E-VERIFY-TIMEOUT, and
+  the Incident, still Mitigating, says so (Resolved=False, NotRemediated);
 - two Incidents on one target at once → one waits Throttled; after two remediations the
   circuit breaker makes the next Run wait for approval, with a condition and a Warning Event;
 - four Incidents on one target created in one request → their Runs act one after the other,
@@ -383,13 +384,16 @@ def test_a_target_that_never_becomes_ready_fails_verification_after_retrying(
     assert json.loads(deployment["metadata"]["annotations"]["flywheel.dev/actions"])[-1]["attempt"] == 2
     incident = get(test_cluster, namespace, "incident", "stuck-oom")["status"]
     assert incident["phase"] == "Mitigating"
+    not_remediated = condition(incident, "Resolved")
+    assert (not_remediated["status"], not_remediated["reason"]) == ("False", "NotRemediated")
+    assert not_remediated["message"].startswith("Run stuck-oom-1 failed: E-VERIFY-TIMEOUT: ")
     client = redis.Redis.from_url(clean_redis_url, decode_responses=True)
     assert client.hgetall(f"{namespace}:anomaly:repair_outcomes:{incident['anomaly']['key']}") == {
         "RolloutRestart": "0"
     }
     client.close()
     reasons = {event["reason"] for event in events_for(test_cluster, namespace, "stuck-oom-1")}
-    assert {"Retrying", "Failed"} <= reasons
+    assert {"Retrying", "Failed", "IncidentNotRemediated"} <= reasons
 
 
 def test_throttling_and_the_circuit_breaker(

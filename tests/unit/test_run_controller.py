@@ -8,7 +8,9 @@ Scenario matrix:
 - the happy path pass by pass: admit → execute → verify → Succeeded, Incident resolved
   (auto_repair, or human_approved with an approvalRef), repair attempt and disposition
   recorded, attempts handed to the history;
-- a verification that never completes: retry, then Failed E-VERIFY-TIMEOUT;
+- a verification that never completes: retry, then Failed E-VERIFY-TIMEOUT, and the
+  Incident (still open) is told once: Resolved=False NotRemediated, retried while its store
+  is down, never written when it is final or a Duplicate;
 - deadlines: a Pending Run throttled past its deadline times out (E-RUN-TIMEOUT); a
   Verifying Run abandoned across a restart is reaped (E-RUN-STALE);
 - failures: 403 → Failed E-ACTION-FORBIDDEN; API unavailable → still Running, retried;
@@ -111,6 +113,8 @@ class Workloads:
 class Incidents:
     def __init__(self, body: dict[str, Any] | None) -> None:
         self.body = body
+        self.fail_next: Exception | None = None
+        self.writes = 0
 
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.body)
@@ -118,11 +122,15 @@ class Incidents:
     async def update_status(
         self, namespace: str, name: str, uid: str, mutation: StatusMutation
     ) -> StatusUpdate:
+        if self.fail_next is not None:
+            error, self.fail_next = self.fail_next, None
+            raise error
         if self.body is None or self.body["metadata"]["uid"] != uid:
             return StatusUpdate(UpdateResult.GONE, self.body)
         patch = mutation(copy.deepcopy(self.body))
         if patch is None:
             return StatusUpdate(UpdateResult.UNCHANGED, self.body)
+        self.writes += 1
         status = self.body.setdefault("status", {})
         for key, value in patch["status"].items():
             if isinstance(value, dict) and isinstance(status.get(key), dict):
@@ -347,6 +355,49 @@ async def test_verification_that_never_completes_retries_then_fails() -> None:
         (2, False, "E-VERIFY-TIMEOUT"),
     ]
     assert "Retrying" in h.events() and "Failed" in h.events()
+    told = resolved_condition(h)
+    assert (told["status"], told["reason"]) == ("False", "NotRemediated")
+    assert told["message"].startswith("Run checkout-oom-1 failed: E-VERIFY-TIMEOUT: ")
+    assert "until a person resolves it (spec.resolution)" in told["message"]
+    assert h.events()[-1] == "IncidentNotRemediated"
+    assert condition(status, "OutcomeRecorded") == ("True", "Recorded")
+
+
+def resolved_condition(h: Harness) -> dict[str, Any]:
+    assert h.incidents.body is not None
+    return next(c for c in h.incidents.body["status"]["conditions"] if c["type"] == "Resolved")
+
+
+async def test_the_incident_is_told_once_and_only_while_it_is_open() -> None:
+    h = Harness(run_body(timeoutSeconds=60))
+    h.peers = [
+        ObservedRun(
+            NAMESPACE, "other-1", "other-uid", T0, TargetKind.DEPLOYMENT, "checkout", RunMode.AUTO, False,
+            RunState.RUNNING, T0,
+        )
+    ]
+    await h.step()
+    h.incidents.fail_next = StoreUnavailableError("API down")
+    status = await h.step(60)
+    assert status.state is RunState.TIMED_OUT
+    assert condition(status, "OutcomeRecorded") == ("False", "Retrying"), "the Incident still has to be told"
+    assert "Resolved" not in {c["type"] for c in (h.incidents.body or {})["status"].get("conditions", [])}
+    status = await h.step(2)
+    assert condition(status, "OutcomeRecorded") == ("True", "NothingToRecord")
+    told = resolved_condition(h)
+    assert told["reason"] == "NotRemediated" and "timed out: E-RUN-TIMEOUT" in told["message"]
+    writes = h.incidents.writes
+    await h.step(2)
+    assert h.incidents.writes == writes and h.events().count("IncidentNotRemediated") == 1
+
+    for phase in ("Resolved", "Closed", "Duplicate"):
+        final = Harness(run_body(timeoutSeconds=60), incident=incident_body(phase=phase))
+        final.peers = h.peers
+        await final.step()
+        status = await final.step(60)
+        assert status.state is RunState.TIMED_OUT
+        assert final.incidents.writes == 0, phase
+        assert "IncidentNotRemediated" not in final.events()
 
 
 async def test_a_failed_rollout_fails_without_waiting_for_the_deadline() -> None:
@@ -393,7 +444,7 @@ async def test_a_throttled_run_waits_then_times_out() -> None:
     assert condition(status, "Throttled") == ("False", "Finished")
     assert condition(status, "OutcomeRecorded") == ("True", "NothingToRecord")
     assert h.workloads.applied == [] and h.repairs.attempts == {}
-    assert h.events() == ["Throttled", "TimedOut"]
+    assert h.events() == ["Throttled", "TimedOut", "IncidentNotRemediated"]
 
 
 async def test_a_run_abandoned_across_a_restart_is_reaped_as_stale() -> None:

@@ -100,6 +100,10 @@ SUCCEEDED = "Succeeded"  # Unknown while in flight, True / False once final
 THROTTLED = "Throttled"
 AWAITING_APPROVAL = "AwaitingApproval"
 OUTCOME_RECORDED = "OutcomeRecorded"
+# The reason of the Incident's condition Resolved=False once its Run ended without remediating it.
+NOT_REMEDIATED = "NotRemediated"
+# Final states of a Run that leave its Incident to a person.
+UNREMEDIATED_STATES = frozenset({RunState.FAILED, RunState.TIMED_OUT})
 
 # Journal step names.
 STEP_ADMIT = "admit"
@@ -983,7 +987,7 @@ class RunController:
     # -- after the end -------------------------------------------------------------------
 
     async def _finish(self, ctx: _Pass, incident: IncidentView | None) -> None:
-        """Record the outcome: the repair attempt, and on success the Incident's resolution.
+        """Record the outcome: the repair attempt, and the Incident's resolution or why it has none.
 
         Each part is idempotent; the condition OutcomeRecorded stays False (and the timer
         keeps coming back) until all of them are stored.
@@ -993,20 +997,27 @@ class RunController:
             return
         run, status = ctx.run, ctx.status
         state = ctx.state
+        missing: list[str] = []
+        notes: list[str] = []
+        if not run.shadow and state in UNREMEDIATED_STATES:
+            await self._report_unremediated(ctx, missing, notes)
         acted = not run.shadow and status.started_at is not None and status.attempt >= 1
         if not acted or state is RunState.CANCELLED:
+            if missing:
+                ctx.condition(
+                    OUTCOME_RECORDED, ConditionStatus.FALSE, "Retrying", "still to record: " + "; ".join(missing)
+                )
+                return
+            nothing = "cancelled" if state is RunState.CANCELLED else "no action was executed on the target"
             ctx.condition(
                 OUTCOME_RECORDED,
                 ConditionStatus.TRUE,
                 "NothingToRecord",
-                "not a repair attempt: "
-                + ("cancelled" if state is RunState.CANCELLED else "no action was executed on the target"),
+                "; ".join([f"not a repair attempt: {nothing}", *notes]),
             )
             return
         key = run.labels.get(LABEL_ANOMALY_KEY) or (incident.anomaly_key if incident is not None else None)
         tenant = self.tenant(run.namespace)
-        missing: list[str] = []
-        notes: list[str] = []
         success = state is RunState.SUCCEEDED
         at = status.completed_at or ctx.now
         if key is None:
@@ -1089,6 +1100,31 @@ class RunController:
         except RedisUnavailableError:
             missing.append(f"disposition {disposition.value} (Redis unavailable)")
 
+    async def _report_unremediated(self, ctx: _Pass, missing: list[str], notes: list[str]) -> None:
+        """Say on the Incident that its Run ended without remediating it, and that a person must."""
+        run, status = ctx.run, ctx.status
+        ref = run.spec.incident_ref
+        outcome = "failed" if ctx.state is RunState.FAILED else "timed out"
+        cause = status.steps[-1].message if status.steps else ""
+        code = f"{status.error_code}: " if status.error_code else ""
+        message = (
+            f"Run {run.name} {outcome}: {code}{cause}; the Incident stays open until a person resolves it "
+            "(spec.resolution)"
+        )
+
+        def mutation(body: Mapping[str, Any]) -> dict[str, Any] | None:
+            return unremediated_patch(body, run_ref=ObjectRef(name=run.name, uid=run.uid), message=message, now=ctx.now)
+
+        try:
+            update = await self._incidents.update_status(run.namespace, ref.name, ref.uid, mutation)
+        except (StoreUnavailableError, KubernetesApiError) as exc:
+            log.warning("run_incident_report_pending", run=run.name, incident=ref.name, error=str(exc))
+            missing.append(f"Incident condition ({exc})")
+            return
+        if update.result is UpdateResult.UPDATED:
+            notes.append(f"Incident {ref.name} told the remediation {outcome}")
+            ctx.event("Warning", "IncidentNotRemediated", f"Incident {ref.name} stays open: {message}")
+
     def _heartbeat(self, ctx: _Pass) -> None:
         status = ctx.status
         if ctx.state not in ACTIVE_STATES:
@@ -1129,6 +1165,38 @@ class RunController:
                     attempt=attempt,
                     error=str(exc),
                 )
+
+
+def unremediated_patch(
+    incident: Mapping[str, Any], *, run_ref: ObjectRef, message: str, now: datetime
+) -> dict[str, Any] | None:
+    """The Incident status merge patch saying its Run ended without remediating it.
+
+    Condition Resolved turns False (reason NotRemediated) and the phase stays as it is. None when
+    the Incident is final already, its Run is another one, or the condition says so already.
+    """
+    status = IncidentStatus.model_validate(_own_status(incident.get("status") or {}, IncidentStatus))
+    if status.phase in FINAL_PHASES or status.phase is IncidentPhase.DUPLICATE:
+        return None
+    if status.run_ref is not None and status.run_ref.uid != run_ref.uid:
+        return None
+    existing = find_condition(status.conditions, RESOLVED)
+    if existing is not None and existing.reason == NOT_REMEDIATED and existing.message == message:
+        return None
+    generation = int((incident.get("metadata") or {}).get("generation") or 1)
+    conditions = set_condition(
+        status.conditions,
+        new_condition(
+            RESOLVED, ConditionStatus.FALSE, NOT_REMEDIATED, message, now=now, observed_generation=generation
+        ),
+    )
+    return {
+        "status": {
+            "conditions": [
+                condition.model_dump(mode="json", by_alias=True, exclude_none=True) for condition in conditions
+            ]
+        }
+    }
 
 
 def resolution_patch(
@@ -1187,4 +1255,5 @@ __all__ = [
     "observed_run",
     "resolution_patch",
     "safety_limits",
+    "unremediated_patch",
 ]
