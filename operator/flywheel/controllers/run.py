@@ -1122,8 +1122,8 @@ class RunController:
             missing.append(f"Incident condition ({exc})")
             return
         if update.result is UpdateResult.UPDATED:
-            notes.append(f"Incident {ref.name} told the remediation {outcome}")
-            ctx.event("Warning", "IncidentNotRemediated", f"Incident {ref.name} stays open: {message}")
+            notes.append(f"Incident {ref.name} marked not remediated")
+            ctx.event("Warning", "IncidentNotRemediated", f"Incident {ref.name}: {message}")
 
     def _heartbeat(self, ctx: _Pass) -> None:
         status = ctx.status
