@@ -1062,11 +1062,8 @@ class RunController:
                 now=ctx.now,
             )
 
-        try:
-            update = await self._incidents.update_status(run.namespace, ref.name, ref.uid, mutation)
-        except (StoreUnavailableError, KubernetesApiError) as exc:
-            log.warning("run_incident_resolution_pending", run=run.name, incident=ref.name, error=str(exc))
-            missing.append(f"Incident resolution ({exc})")
+        update = await self._update_incident(ctx, mutation, "resolution", missing)
+        if update is None:
             return
         if update.result is UpdateResult.GONE:
             notes.append(f"Incident {ref.name} is gone; nothing to resolve")
@@ -1115,15 +1112,23 @@ class RunController:
         def mutation(body: Mapping[str, Any]) -> dict[str, Any] | None:
             return unremediated_patch(body, run_ref=ObjectRef(name=run.name, uid=run.uid), message=message, now=ctx.now)
 
-        try:
-            update = await self._incidents.update_status(run.namespace, ref.name, ref.uid, mutation)
-        except (StoreUnavailableError, KubernetesApiError) as exc:
-            log.warning("run_incident_report_pending", run=run.name, incident=ref.name, error=str(exc))
-            missing.append(f"Incident condition ({exc})")
-            return
-        if update.result is UpdateResult.UPDATED:
+        update = await self._update_incident(ctx, mutation, "condition", missing)
+        if update is not None and update.result is UpdateResult.UPDATED:
             notes.append(f"Incident {ref.name} marked not remediated")
             ctx.event("Warning", "IncidentNotRemediated", f"Incident {ref.name}: {message}")
+
+    async def _update_incident(
+        self, ctx: _Pass, mutation: StatusMutation, what: str, missing: list[str]
+    ) -> StatusUpdate | None:
+        """Update the Run's Incident; None (and ``what`` still missing) if the API is unavailable."""
+        run = ctx.run
+        ref = run.spec.incident_ref
+        try:
+            return await self._incidents.update_status(run.namespace, ref.name, ref.uid, mutation)
+        except (StoreUnavailableError, KubernetesApiError) as exc:
+            log.warning("run_incident_update_pending", run=run.name, incident=ref.name, update=what, error=str(exc))
+            missing.append(f"Incident {what} ({exc})")
+            return None
 
     def _heartbeat(self, ctx: _Pass) -> None:
         status = ctx.status
@@ -1183,20 +1188,25 @@ def unremediated_patch(
     existing = find_condition(status.conditions, RESOLVED)
     if existing is not None and existing.reason == NOT_REMEDIATED and existing.message == message:
         return None
+    conditions = _with_resolved(incident, status, ConditionStatus.FALSE, NOT_REMEDIATED, message, now)
+    return {"status": {"conditions": conditions}}
+
+
+def _with_resolved(
+    incident: Mapping[str, Any],
+    status: IncidentStatus,
+    value: ConditionStatus,
+    reason: str,
+    message: str,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """The Incident's conditions, as written, with Resolved set to ``value``."""
     generation = int((incident.get("metadata") or {}).get("generation") or 1)
     conditions = set_condition(
         status.conditions,
-        new_condition(
-            RESOLVED, ConditionStatus.FALSE, NOT_REMEDIATED, message, now=now, observed_generation=generation
-        ),
+        new_condition(RESOLVED, value, reason, message, now=now, observed_generation=generation),
     )
-    return {
-        "status": {
-            "conditions": [
-                condition.model_dump(mode="json", by_alias=True, exclude_none=True) for condition in conditions
-            ]
-        }
-    }
+    return [condition.model_dump(mode="json", by_alias=True, exclude_none=True) for condition in conditions]
 
 
 def resolution_patch(
@@ -1211,21 +1221,12 @@ def resolution_patch(
     status = IncidentStatus.model_validate(_own_status(incident.get("status") or {}, IncidentStatus))
     if status.phase in FINAL_PHASES:
         return None
-    generation = int((incident.get("metadata") or {}).get("generation") or 1)
     reason = "HumanApproved" if disposition is Disposition.HUMAN_APPROVED else "AutoRepaired"
-    conditions = set_condition(
-        status.conditions,
-        new_condition(
-            RESOLVED, ConditionStatus.TRUE, reason, message, now=now, observed_generation=generation
-        ),
-    )
     patch: dict[str, Any] = {
         "phase": IncidentPhase.RESOLVED.value,
         "disposition": disposition.value,
         "resolvedAt": now.isoformat().replace("+00:00", "Z"),
-        "conditions": [
-            condition.model_dump(mode="json", by_alias=True, exclude_none=True) for condition in conditions
-        ],
+        "conditions": _with_resolved(incident, status, ConditionStatus.TRUE, reason, message, now),
     }
     if status.run_ref is None:
         patch["runRef"] = run_ref.model_dump(mode="json", by_alias=True)
