@@ -42,6 +42,19 @@ class DatabaseUnavailableError(StoreUnavailableError):
     """The history database cannot be reached."""
 
 
+class StoreRefusedError(FlywheelError):
+    """A backing store refused the request itself (a script error, a value of the wrong type).
+
+    Permanent, unlike :class:`StoreUnavailableError`: the same request is refused again until
+    the code, the data or the configuration changes, so callers do not retry it sooner than
+    their backoff allows and the error is reported, not degraded around.
+    """
+
+
+class RedisRefusedError(StoreRefusedError):
+    """Redis answered, and refused the command (see ``flywheel.stores.redis_errors``)."""
+
+
 class KubernetesApiError(FlywheelError):
     """The Kubernetes API refused a request for a reason other than unavailability."""
 
