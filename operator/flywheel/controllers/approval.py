@@ -39,6 +39,7 @@ from flywheel.domain.approval import (
 )
 from flywheel.domain.escalation import ActionStats
 from flywheel.domain.legacy_actions import current_action_stats
+from flywheel.domain.names import label_value
 from flywheel.domain.run_state import RunErrorCode
 from flywheel.errors import RedisRefusedError, RedisUnavailableError
 from flywheel.logs import get_logger
@@ -454,7 +455,10 @@ class ApprovalGate:
         metadata: dict[str, Any] = {
             "name": run.name,
             "namespace": run.namespace,
-            "labels": {**{k: v for k, v in run.labels.items() if k.startswith("flywheel.dev/")}, LABEL_RUN: run.name},
+            "labels": {
+                **{k: v for k, v in run.labels.items() if k.startswith("flywheel.dev/")},
+                LABEL_RUN: label_value(run.name),
+            },
             "ownerReferences": [
                 {"apiVersion": API_VERSION, "kind": "Run", "name": run.name, "uid": run.uid, "controller": True}
             ],
