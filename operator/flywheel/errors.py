@@ -63,5 +63,23 @@ class KubernetesApiError(FlywheelError):
         self.status = status
 
 
+class InvalidWriteError(KubernetesApiError):
+    """The API server refused a write as invalid (422): the same write is refused again.
+
+    ``causes`` are the API server's ``(field, message)`` pairs (``details.causes`` of its
+    Status answer), so that the error can name the field.
+    """
+
+    def __init__(self, message: str, causes: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message, status=422)
+        self.causes = causes
+
+    def describe(self) -> str:
+        """The refused fields and why, as the API server said: ``field: message; ...``."""
+        if not self.causes:
+            return str(self)
+        return "; ".join(f"{field}: {message}" if field else message for field, message in self.causes)
+
+
 class DevClusterError(FlywheelError):
     """The local development control plane could not be built, started or stopped."""
