@@ -85,6 +85,10 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.posting.level = 20  # INFO and above become Kubernetes Events
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # A stream that brings no event and no bookmark (requested every minute) for this long is
+    # restarted by Kopf itself — a watch that silently stopped (Kopf issues #787, #1276);
+    # flywheel_watch_restarts_total counts the restarts.
+    settings.watching.inactivity_timeout = 70
     # Kopf keeps a worker per object alive idle_timeout (5 s) after its last event, and each
     # worker takes a slot: with 64 slots the operator could not take up more than ~13 objects
     # per second, whatever its CPU (bench/e2e_throughput.py). Workers are small tasks; the API

@@ -2,7 +2,8 @@
 
 What an operator would notice if it were wrong: a Run whose rollout is being polled never
 looked at again, a deleted Run still acted on, two passes over one Run at once (an action
-applied twice), a paused replica still acting, one failing Run stopping the others.
+applied twice), a paused replica still acting, one failing Run stopping the others, a
+failing object hammered without backoff, failures the metrics do not see.
 """
 
 from __future__ import annotations
@@ -14,9 +15,19 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from flywheel.controllers import driver as driver_module
-from flywheel.controllers.driver import ObjectDriver
+from flywheel.controllers.driver import (
+    MAX_RETRY_SECONDS,
+    ObjectDriver,
+    PassDeferred,
+    PassStalled,
+    backoff_delay,
+)
+from flywheel.metrics.runtime import DriverCollector
 
 pytestmark = pytest.mark.unit
 
@@ -224,3 +235,82 @@ async def test_an_object_waiting_for_its_next_watch_event_does_not_keep_its_body
     gc.collect()
     assert driver.tracks("a"), "still tracked until a watch event shows it done"
     assert kept() is None, "10,000 bodies kept this way were most of the operator's memory"
+
+
+# --------------------------------------------------------------------------- backoff and stats
+
+
+def test_backoff_doubles_from_the_pass_s_own_delay_up_to_the_cap() -> None:
+    assert [backoff_delay(5.0, failures) for failures in range(1, 9)] == [5, 10, 20, 40, 80, 160, 300, 300]
+    assert backoff_delay(5.0, 10_000) == MAX_RETRY_SECONDS
+
+
+@given(st.floats(min_value=0, max_value=600), st.integers(min_value=1, max_value=10_000))
+def test_backoff_never_shrinks_and_never_passes_the_cap(first: float, failures: int) -> None:
+    delay = backoff_delay(first, failures)
+    assert 0 <= delay <= MAX_RETRY_SECONDS
+    assert backoff_delay(first, failures + 1) >= delay
+
+
+class Scripted:
+    """A pass that raises what it is told to, in order, then succeeds."""
+
+    def __init__(self, *outcomes: BaseException) -> None:
+        self.outcomes = list(outcomes)
+
+    async def __call__(self, seen: Mapping[str, Any], slot: dict[str, Any]) -> float | None:
+        if self.outcomes:
+            raise self.outcomes.pop(0)
+        return None
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+async def test_failed_passes_back_off_are_counted_by_reason_and_reset_by_a_success(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(driver_module, "FAILED_PASS_RETRY_SECONDS", 0.01)
+    passes = Scripted(PassDeferred("Http403", 0.01), PassDeferred("Http403", 0.01), RuntimeError("boom"))
+    driver = ObjectDriver("incidents", passes, is_active=always_active, refresh=refresh_from({}))
+    registry = CollectorRegistry()
+    registry.register(DriverCollector(lambda: [driver]))
+    await driver.drive(body("bad"))
+    assert driver.failing() == 1
+    assert sample(registry, "flywheel_reconcile_failing_objects", kind="incidents") == 1
+    driver.start()
+    try:
+        await wait_until(lambda: driver.stats.passes["succeeded"] == 1)
+    finally:
+        await driver.stop()
+    assert driver.failing() == 0
+    assert sample(registry, "flywheel_reconcile_passes_total", kind="incidents", result="deferred") == 2
+    assert sample(registry, "flywheel_reconcile_passes_total", kind="incidents", result="error") == 1
+    assert sample(registry, "flywheel_reconcile_passes_total", kind="incidents", result="succeeded") == 1
+    assert sample(registry, "flywheel_reconcile_pass_errors_total", kind="incidents", reason="Http403") == 2
+    assert sample(registry, "flywheel_reconcile_pass_errors_total", kind="incidents", reason="RuntimeError") == 1
+    assert sample(registry, "flywheel_reconcile_retries_total", kind="incidents") == 3
+    assert sample(registry, "flywheel_reconcile_pass_duration_seconds_count", kind="incidents") == 4
+    assert sample(registry, "flywheel_reconcile_pass_duration_seconds_bucket", kind="incidents", le="+Inf") == 4
+    assert sample(registry, "flywheel_reconcile_failing_objects", kind="incidents") == 0
+
+
+async def test_consecutive_failures_wait_longer_each_time() -> None:
+    passes = Scripted(*(PassDeferred("StoreUnavailableError", 1.0) for _ in range(3)))
+    driver = ObjectDriver("runs", passes, is_active=always_active, refresh=refresh_from({}))
+    loop = asyncio.get_running_loop()
+    waits = []
+    for _ in range(3):
+        before = loop.time()
+        await driver.drive(body("flaky"))
+        waits.append(round(driver._tracked["flaky"].due - before))
+    assert waits == [1, 2, 4]
+
+
+async def test_a_stalled_pass_waits_for_the_next_watch_event() -> None:
+    driver = ObjectDriver("runs", Scripted(PassStalled("InvalidWrite")), is_active=always_active,
+                          refresh=refresh_from({}))
+    await driver.drive(body("stuck"))
+    assert driver.failing() == 0 and driver.queue_depth() == 0
+    assert driver.stats.passes["stalled"] == 1 and driver.stats.errors["InvalidWrite"] == 1

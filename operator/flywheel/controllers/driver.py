@@ -7,6 +7,11 @@ passes at once (the handlers decide when); this loop only brings back the object
 pass asked for it — a rollout to poll, a deadline to keep, a store that was down.
 
 Per object, passes never overlap: the handler's pass and the loop's pass take the same lock.
+A pass that fails — it raises :class:`PassDeferred` (a store was unavailable) or anything
+unexpected — is tried again after an exponential backoff per object (doubling from the
+pass's own delay up to :data:`MAX_RETRY_SECONDS`), reset by the next pass that succeeds. Every
+pass is counted by result, its duration measured and its failures counted by reason
+(:class:`DriverStats`), for the metrics to publish.
 While the operator is paused by Kopf's peering (another replica is active), the loop drives
 nothing; what it tracked may change meanwhile under the other replica, so after a pause each
 object is read again before its next pass (unless a watch event brought it first).
@@ -17,10 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
+from flywheel.errors import FlywheelError
 from flywheel.logs import get_logger
 
 log = get_logger(__name__)
@@ -33,8 +41,67 @@ IsActive = Callable[[], Awaitable[bool]]
 # Reads the object as stored now; None when it no longer exists.
 Refresh = Callable[[Mapping[str, Any]], Awaitable[Mapping[str, Any] | None]]
 
-# How long a pass that raised something unexpected waits before it is tried again.
-FAILED_PASS_RETRY_SECONDS = 30.0
+# How long a pass that raised something unexpected first waits before it is tried again.
+FAILED_PASS_RETRY_SECONDS = 5.0
+# No failing object waits longer than this for its next try.
+MAX_RETRY_SECONDS = 300.0
+# Pass durations, seconds (the upper bounds of the histogram's buckets).
+DURATION_BUCKETS: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# What a pass ended with: done (or asked to come back), deferred by a store, stalled on a
+# refused write, or an unexpected error.
+PASS_RESULTS: Final = ("succeeded", "deferred", "stalled", "error")
+
+
+class PassDeferred(FlywheelError):
+    """Raised by a pass that could not finish for a transient reason: try again after ``delay``."""
+
+    def __init__(self, reason: str, delay: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
+
+
+class PassStalled(FlywheelError):
+    """Raised by a pass whose write was refused for good (reported already): no retry."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def backoff_delay(first: float, failures: int, cap: float = MAX_RETRY_SECONDS) -> float:
+    """``first`` doubled for each consecutive failure after the first, at most ``cap``.
+
+    A pure function rather than tenacity's waits: those compute from a ``RetryCallState`` of a
+    retry loop, while here every object's next try is a deadline in one shared loop.
+    """
+    if failures <= 1:
+        return min(max(first, 0.0), cap)
+    return min(max(first, 0.0) * 2.0 ** min(failures - 1, 32), cap)
+
+
+@dataclass
+class DriverStats:
+    """What the passes of one driver did since the process started (for the metrics)."""
+
+    results: tuple[str, ...] = PASS_RESULTS
+    bounds: tuple[float, ...] = DURATION_BUCKETS
+    passes: Counter[str] = field(default_factory=Counter)  # by result
+    errors: Counter[str] = field(default_factory=Counter)  # by reason
+    retries: int = 0
+    duration_buckets: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
+    duration_sum: float = 0.0
+    duration_count: int = 0
+
+    def record(self, result: str, seconds: float, reason: str | None = None) -> None:
+        self.passes[result] += 1
+        if reason is not None:
+            self.errors[reason] += 1
+        self.duration_sum += seconds
+        self.duration_count += 1
+        for index, bound in enumerate(DURATION_BUCKETS):
+            if seconds <= bound:
+                self.duration_buckets[index] += 1
 # How often the loop asks whether this replica is the active peer, at most.
 ACTIVITY_CHECK_SECONDS = 2.0
 
@@ -47,6 +114,7 @@ class _Tracked:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     stale: bool = False  # the body predates a pause: read it again before the next pass
     forgotten: bool = False  # forgotten during a pass: dropped when the pass ends
+    failures: int = 0  # consecutive failed passes (backoff); 0 after one that succeeds
 
 
 def _uid(body: Mapping[str, Any]) -> str:
@@ -98,9 +166,23 @@ class ObjectDriver:
         self._passes: set[asyncio.Task[None]] = set()
         self._active = True
         self._active_checked_at = -math.inf
+        self.stats = DriverStats()
 
     def __len__(self) -> int:
         return len(self._tracked)
+
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+    def queue_depth(self) -> int:
+        """Tracked objects whose next pass is due now (waiting for the loop or a free slot)."""
+        now = asyncio.get_running_loop().time()
+        return sum(1 for tracked in self._tracked.values() if tracked.due <= now)
+
+    def failing(self) -> int:
+        """Tracked objects whose last pass failed (waiting for their backoff)."""
+        return sum(1 for tracked in self._tracked.values() if tracked.failures > 0)
 
     def tracks(self, uid: str) -> bool:
         return uid in self._tracked
@@ -143,6 +225,7 @@ class ObjectDriver:
         if self._tracked.get(uid) is not tracked or tracked.forgotten:
             return  # forgotten while waiting for the previous pass
         passed: Mapping[str, Any] | None = None
+        started = time.monotonic()
         try:
             if tracked.stale:
                 fresh = await self._refresh(tracked.body)
@@ -152,14 +235,22 @@ class ObjectDriver:
                 tracked.body, tracked.stale = fresh, False
             passed = tracked.body
             delay = await self._run_pass(passed, tracked.slot)
+            tracked.failures = 0
+            self.stats.record("succeeded", time.monotonic() - started)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except PassStalled as stalled:
+            tracked.failures = 0
+            self.stats.record("stalled", time.monotonic() - started, stalled.reason)
+            delay = None
+        except PassDeferred as deferred:
+            delay = self._failed(tracked, "deferred", deferred.reason, deferred.delay, started)
+        except Exception as exc:
             meta = tracked.body.get("metadata") or {}
             log.exception(
                 "pass_failed", kind=self._kind, namespace=meta.get("namespace"), name=meta.get("name")
             )
-            delay = FAILED_PASS_RETRY_SECONDS
+            delay = self._failed(tracked, "error", type(exc).__name__, FAILED_PASS_RETRY_SECONDS, started)
         if delay is None:
             # Kept (with its slot) until a watch event shows the object done, but without the
             # body: only a watch event brings it back, with a body of its own. A body is
@@ -170,6 +261,12 @@ class ObjectDriver:
             return
         tracked.due = asyncio.get_running_loop().time() + max(delay, 0.0)
         self._wakeup.set()
+
+    def _failed(self, tracked: _Tracked, result: str, reason: str, first: float, started: float) -> float:
+        tracked.failures += 1
+        self.stats.record(result, time.monotonic() - started, reason)
+        self.stats.retries += 1
+        return backoff_delay(first, tracked.failures)
 
     # -- the loop ---------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import kopf
 
 from flywheel.api.common import Condition, new_condition, set_condition
 from flywheel.api.enums import ConditionStatus
-from flywheel.controllers.driver import ObjectDriver, PassFunction, reread
+from flywheel.controllers.driver import ObjectDriver, PassDeferred, PassFunction, PassStalled, reread
 from flywheel.errors import InvalidWriteError, KubernetesApiError, StoreUnavailableError
 from flywheel.logs import get_logger
 from flywheel.stores.kube import FlywheelResources
@@ -60,17 +60,18 @@ def retry_after(
 ) -> float | None:
     """What a pass that failed on the API server or Redis answers its driver.
 
-    None when the object was deleted meanwhile (its DELETED event forgets it), else ``delay``.
-    An invalid write is raised again, for :class:`StallReporter` to report and not retry.
+    None when the object was deleted meanwhile (its DELETED event forgets it); otherwise it
+    raises :class:`PassDeferred` (the driver tries again after ``delay``, backing off while
+    the failures go on). An invalid write is raised again, for :class:`StallReporter` to
+    report and not retry.
     """
     if isinstance(failure, InvalidWriteError):
         raise failure
     if isinstance(failure, KubernetesApiError) and failure.status == 404:
         return None
-    log.warning(
-        "pass_failed", kind=kind, namespace=namespace, name=name, retry_in_seconds=delay, error=str(failure)
-    )
-    return delay
+    log.warning("pass_failed", kind=kind, namespace=namespace, name=name, error=str(failure))
+    reason = type(failure).__name__ if failure.__class__ is not KubernetesApiError else f"Http{failure.status}"
+    raise PassDeferred(reason, delay) from failure
 
 
 def _conditions(body: Mapping[str, Any]) -> list[Condition]:
@@ -102,7 +103,7 @@ class StallReporter:
             except InvalidWriteError as exc:
                 slot[_STALLED_AT] = generation
                 await self.stall(body, exc)
-                return None
+                raise PassStalled(INVALID_WRITE) from exc
             slot.pop(_STALLED_AT, None)
             if is_stalled(body):
                 await self._write_conditions(body, lambda conditions: [c for c in conditions if c.type != STALLED])

@@ -16,16 +16,17 @@ from typing import Any, Final
 import kopf
 from sqlalchemy import Engine
 
+from flywheel.controllers.driver import ObjectDriver
 from flywheel.domain.funnel import funnel_period
 from flywheel.domain.health import WatchedIncident, WatchedRun
 from flywheel.domain.run_state import ObservedRun
 from flywheel.errors import FlywheelError
-from flywheel.handlers.incident import IncidentIndex, all_incidents
+from flywheel.handlers.incident import MEMO_INCIDENT_DRIVER, IncidentIndex, all_incidents
 from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
 from flywheel.logs import get_logger
 from flywheel.metrics.collector import OperatorCounters, ReconcileErrorCounter, build_registry
 from flywheel.metrics.notifier import EventPoster, Notification, StallNotifier, WebhookSender
-from flywheel.metrics.runtime import MetricsRuntime
+from flywheel.metrics.runtime import DriverCollector, MetricsRuntime, WatchRestartCounter
 from flywheel.metrics.server import MetricsApp, MetricsServer
 from flywheel.metrics.snapshot import LiveView, SnapshotComputer, SnapshotHolder
 from flywheel.settings import FlywheelSettings, get_settings
@@ -76,6 +77,7 @@ class MetricsHandles:
     runtime: MetricsRuntime
     engine: Engine
     error_counter: ReconcileErrorCounter
+    watch_restarts: WatchRestartCounter
 
 
 def _event_poster(poster: KubernetesEventPoster) -> EventPoster:
@@ -100,6 +102,14 @@ def notification_scope(settings: FlywheelSettings, namespaces: tuple[str, ...]) 
     if settings.tenant:
         return settings.tenant
     return ",".join(sorted(namespaces)) if namespaces else "cluster"
+
+
+def drivers_of(memo: kopf.Memo) -> list[ObjectDriver]:
+    """The Incident and Run drivers built so far (their start-up may come after this one)."""
+    from flywheel.handlers.run import MEMO_RUN_DRIVER
+
+    found = (memo.get(MEMO_INCIDENT_DRIVER), memo.get(MEMO_RUN_DRIVER))
+    return [driver for driver in found if isinstance(driver, ObjectDriver)]
 
 
 @kopf.on.startup()
@@ -137,6 +147,10 @@ async def start_metrics(
 
     holder = SnapshotHolder()
     registry = build_registry(holder, counters)
+    registry.register(DriverCollector(lambda: drivers_of(memo)))
+    watch_restarts = WatchRestartCounter(show_debug=config.log_level.upper() == "DEBUG")
+    watch_restarts.install()
+    registry.register(watch_restarts)
 
     engine = create_history_engine(config.database_url)
     computer = SnapshotComputer(
@@ -176,11 +190,14 @@ async def start_metrics(
         await runtime.start()
     except OSError as exc:  # the port is taken: a configuration problem, not a transient one
         logging.getLogger(KOPF_OBJECT_LOGGER).removeHandler(error_counter)
+        watch_restarts.uninstall()
         engine.dispose()
         raise kopf.PermanentError(
             f"metrics server cannot listen on {config.metrics_bind_address}:{config.metrics_port}: {exc}"
         ) from exc
-    memo[MEMO_METRICS] = MetricsHandles(runtime=runtime, engine=engine, error_counter=error_counter)
+    memo[MEMO_METRICS] = MetricsHandles(
+        runtime=runtime, engine=engine, error_counter=error_counter, watch_restarts=watch_restarts
+    )
     log.info(
         "metrics started",
         port=config.metrics_port or None,
@@ -197,4 +214,5 @@ async def stop_metrics(memo: kopf.Memo, **_: Any) -> None:
         return
     await handles.runtime.stop()
     logging.getLogger(KOPF_OBJECT_LOGGER).removeHandler(handles.error_counter)
+    handles.watch_restarts.uninstall()
     handles.engine.dispose()

@@ -9,8 +9,14 @@ that fails as a whole is logged and counted, and the previous one stays publishe
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Protocol
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from flywheel.domain.funnel import StallRule
 from flywheel.logs import get_logger
@@ -112,4 +118,144 @@ class MetricsRuntime:
             await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - started)))
 
 
-__all__ = ["MetricsRuntime"]
+class DriverView(Protocol):
+    """What the metrics read of a pass driver (``flywheel.controllers.driver.ObjectDriver``)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def stats(self) -> DriverStatsView: ...
+
+    def __len__(self) -> int: ...
+
+    def queue_depth(self) -> int: ...
+
+    def failing(self) -> int: ...
+
+
+class DriverStatsView(Protocol):
+    """``flywheel.controllers.driver.DriverStats``: counts, and the results and buckets it uses."""
+
+    @property
+    def results(self) -> Sequence[str]: ...
+
+    @property
+    def bounds(self) -> Sequence[float]: ...
+
+    @property
+    def passes(self) -> Mapping[str, int]: ...
+
+    @property
+    def errors(self) -> Mapping[str, int]: ...
+
+    @property
+    def retries(self) -> int: ...
+
+    @property
+    def duration_buckets(self) -> Sequence[int]: ...
+
+    @property
+    def duration_sum(self) -> float: ...
+
+    @property
+    def duration_count(self) -> int: ...
+
+
+class DriverCollector(Collector):
+    """The pass drivers' figures, read at scrape time (counters kept by the drivers themselves).
+
+    ``drivers`` is asked on every scrape: the drivers are built by their handlers' start-up,
+    which may come after the metrics server's.
+    """
+
+    def __init__(self, drivers: Callable[[], Iterable[DriverView]]) -> None:
+        self._drivers = drivers
+
+    def collect(self) -> Iterator[Metric]:
+        drivers = list(self._drivers())
+        passes = CounterMetricFamily(
+            "flywheel_reconcile_passes", "Passes of the driver loops by kind and result "
+            "(succeeded, deferred: a store was unavailable, stalled: a write refused as invalid, error).",
+            labels=["kind", "result"],
+        )
+        errors = CounterMetricFamily(
+            "flywheel_reconcile_pass_errors", "Failed passes by kind and reason (the error class, or HttpNNN).",
+            labels=["kind", "reason"],
+        )
+        retries = CounterMetricFamily(
+            "flywheel_reconcile_retries", "Passes scheduled again after a failure (with backoff), by kind.",
+            labels=["kind"],
+        )
+        duration = HistogramMetricFamily(
+            "flywheel_reconcile_pass_duration_seconds", "Duration of one pass, by kind.", labels=["kind"]
+        )
+        queue = GaugeMetricFamily(
+            "flywheel_reconcile_queue_depth", "Tracked objects whose next pass is due now, by kind.", labels=["kind"]
+        )
+        failing = GaugeMetricFamily(
+            "flywheel_reconcile_failing_objects",
+            "Tracked objects whose last pass failed and that wait for their next try, by kind.",
+            labels=["kind"],
+        )
+        tracked = GaugeMetricFamily(
+            "flywheel_reconcile_tracked_objects", "Objects the driver loop tracks, by kind.", labels=["kind"]
+        )
+        for driver in drivers:
+            kind, stats = driver.kind, driver.stats
+            for result in stats.results:
+                passes.add_metric([kind, result], stats.passes.get(result, 0))
+            for reason, count in sorted(stats.errors.items()):
+                errors.add_metric([kind, reason], count)
+            retries.add_metric([kind], stats.retries)
+            buckets = [(str(bound), count) for bound, count in zip(stats.bounds, stats.duration_buckets, strict=True)]
+            duration.add_metric([kind], [*buckets, ("+Inf", stats.duration_count)], stats.duration_sum)
+            queue.add_metric([kind], driver.queue_depth())
+            failing.add_metric([kind], driver.failing())
+            tracked.add_metric([kind], len(driver))
+        yield from (passes, errors, retries, duration, queue, failing, tracked)
+
+
+# Kopf restarts a watch stream that brought no event and no bookmark for
+# settings.watching.inactivity_timeout, and says so at DEBUG level on this logger.
+KOPF_WATCH_LOGGER = "kopf._cogs.clients.watching"
+_INACTIVE_STREAM = "is inactive, reconnecting"
+
+
+class WatchRestartCounter(logging.Filter, Collector):
+    """Counts Kopf's restarts of inactive watch streams (a logger filter on its watching logger).
+
+    Kopf only logs them at DEBUG, so the logger is opened to DEBUG and this filter lets through
+    only what the operator's own level would show: counting needs no verbose log.
+    """
+
+    def __init__(self, show_debug: bool) -> None:
+        super().__init__()
+        self._show_debug = show_debug
+        self._lock = threading.Lock()
+        self.restarts = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _INACTIVE_STREAM in record.getMessage():
+            with self._lock:
+                self.restarts += 1
+        return self._show_debug or record.levelno > logging.DEBUG
+
+    def install(self) -> None:
+        watching = logging.getLogger(KOPF_WATCH_LOGGER)
+        watching.setLevel(logging.DEBUG)
+        watching.addFilter(self)
+
+    def uninstall(self) -> None:
+        logging.getLogger(KOPF_WATCH_LOGGER).removeFilter(self)
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "flywheel_watch_restarts",
+            "Watch streams Kopf restarted because they brought no event and no bookmark for "
+            "settings.watching.inactivity_timeout (a silently stalled watch).",
+            value=self.restarts,
+        )
+
+
+__all__ = ["KOPF_WATCH_LOGGER", "DriverCollector", "DriverView", "MetricsRuntime", "WatchRestartCounter"]
