@@ -35,8 +35,9 @@ import pytest
 
 from flywheel.api.common import ObjectRef
 from flywheel.api.enums import ActionType, Disposition, RunMode, RunState, TargetKind
+from flywheel.api.names import Event
 from flywheel.api.run import RunStatus
-from flywheel.controllers.incident import Event
+from flywheel.controllers.dependencies import run_policy
 from flywheel.controllers.run import (
     GUARD_PATIENCE_SECONDS,
     HEARTBEAT_INTERVAL,
@@ -233,7 +234,7 @@ class Harness:
         self.peers: list[ObservedRun] = []
         self.now = T0
         self.controller = RunController(
-            FlywheelSettings(**settings),
+            run_policy(FlywheelSettings(**settings)),
             self.repairs,
             RunStores(workloads=self.workloads, incidents=self.incidents, attempts=self.attempts),
         )

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 import redis.asyncio
 
 from flywheel.controllers.approval import ApprovalGate
-from flywheel.controllers.run import AttemptRecord, RunStores
+from flywheel.controllers.incident import AdvisorPanel, IncidentPolicy, IncidentStores
+from flywheel.controllers.run import AttemptRecord, RunPolicy, RunStores
 from flywheel.domain.escalation import EscalationThresholds
 from flywheel.domain.rules import RuleCatalogue, configured_catalogue
+from flywheel.domain.run_state import SafetyLimits
 from flywheel.settings import FlywheelSettings
-from flywheel.stores.advisor_client import AdvisorClient, AdvisorEndpoint, advisors_from_settings
+from flywheel.stores.advisor_client import AdvisorClient, advisors_from_settings
 from flywheel.stores.anomaly_redis import AnomalyStore, connect_redis
 from flywheel.stores.approvals import SigningKeyStore, TokenLedger
 from flywheel.stores.claims import AnomalyClaims
@@ -19,14 +22,6 @@ from flywheel.stores.history import HistoryKind, HistoryWriter, RepairExecution,
 from flywheel.stores.incidents import IncidentStatusStore
 from flywheel.stores.kube import FlywheelResources, KubeApi
 from flywheel.stores.workloads import WorkloadStore
-
-
-@dataclass
-class AdvisorPanel:
-    """The configured advisors and the client that asks them."""
-
-    client: AdvisorClient
-    endpoints: list[AdvisorEndpoint]
 
 
 @dataclass
@@ -65,17 +60,45 @@ class Dependencies:
     anomalies: AnomalyStore
     catalogue: RuleCatalogue
     resources: FlywheelResources
-    advisors: AdvisorPanel | None
+    advisor_client: AdvisorClient | None
     history: HistoryWriter
     run_stores: RunStores
+    run_policy: RunPolicy
     claims: AnomalyClaims
+    incident_stores: IncidentStores
+    incident_policy: IncidentPolicy
 
     async def close(self) -> None:
-        if self.advisors is not None:
-            await self.advisors.client.close()
+        if self.advisor_client is not None:
+            await self.advisor_client.close()
         await self.history.close()
         await self.redis.aclose()
         await self.kube.close()
+
+
+def run_policy(settings: FlywheelSettings) -> RunPolicy:
+    """The settings the Run controller reads."""
+    return RunPolicy(
+        tenant=settings.tenant,
+        max_scale_replicas=settings.max_scale_replicas,
+        limits=SafetyLimits(
+            max_running_per_namespace=settings.run_max_concurrent_per_namespace,
+            max_running_per_target=settings.run_max_concurrent_per_target,
+            breaker_max_remediations=settings.circuit_breaker_max_remediations,
+            breaker_window=timedelta(seconds=settings.circuit_breaker_window_seconds),
+        ),
+    )
+
+
+def incident_policy(settings: FlywheelSettings) -> IncidentPolicy:
+    """The settings the Incident controller reads."""
+    return IncidentPolicy(
+        tenant=settings.tenant,
+        max_automatic_risk=settings.max_automatic_risk,
+        advisor_timeout_seconds=settings.advisor_timeout_seconds,
+        run_timeout_seconds=settings.run_timeout_seconds,
+        run_max_attempts=settings.run_max_attempts,
+    )
 
 
 async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Dependencies:
@@ -103,14 +126,18 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
         action_history=anomalies,
         audit=history,
     )
+    catalogue = configured_catalogue(settings.rules_file)
+    advisor_client = AdvisorClient() if endpoints else None
+    advisors = AdvisorPanel(advisor_client, endpoints) if advisor_client is not None else None
+    claims = AnomalyClaims(kube)
     return Dependencies(
         settings=settings,
         kube=kube,
         redis=client,
         anomalies=anomalies,
-        catalogue=configured_catalogue(settings.rules_file),
+        catalogue=catalogue,
         resources=resources,
-        advisors=AdvisorPanel(AdvisorClient(), endpoints) if endpoints else None,
+        advisor_client=advisor_client,
         history=history,
         run_stores=RunStores(
             workloads=WorkloadStore(kube),
@@ -118,5 +145,10 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
             attempts=HistoryAttemptSink(history),
             approvals=approvals,
         ),
-        claims=AnomalyClaims(kube),
+        run_policy=run_policy(settings),
+        claims=claims,
+        incident_stores=IncidentStores(
+            anomalies=anomalies, resources=resources, claims=claims, catalogue=catalogue, advisors=advisors
+        ),
+        incident_policy=incident_policy(settings),
     )

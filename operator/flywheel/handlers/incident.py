@@ -110,7 +110,7 @@ class IncidentPasses:
             return None
         peers = incidents_with_anomaly(self._incident_index, incident.namespace, incident.anomaly_key)
         try:
-            outcome = await IncidentReconciler(self._deps).reconcile(incident, peers)
+            outcome = await IncidentReconciler(self._deps.incident_policy, self._deps.incident_stores).reconcile(incident, peers)
             status_patch = outcome.status_patch()
             if status_patch:
                 await self._deps.resources.patch_status(

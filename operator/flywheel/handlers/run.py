@@ -136,7 +136,7 @@ class RunPasses:
         incident = incident_of(self._incident_index, run.namespace, run.spec.incident_ref.name)
         approvals = self._approvals_by_run.get((run.namespace, run.name), [])
         deps = self._deps
-        controller = RunController(deps.settings, deps.anomalies, deps.run_stores)
+        controller = RunController(deps.run_policy, deps.anomalies, deps.run_stores)
         outcome = await controller.reconcile(
             run,
             incident,

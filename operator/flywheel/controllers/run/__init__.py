@@ -14,7 +14,7 @@
 
 from flywheel.controllers.run.clocks import HEARTBEAT_INTERVAL, STALE_AFTER
 from flywheel.controllers.run.consistency import GUARD_PATIENCE_SECONDS, AdmittedRuns, RunGuard
-from flywheel.controllers.run.controller import MAX_HOPS, RunController, safety_limits
+from flywheel.controllers.run.controller import MAX_HOPS, RunController, RunPolicy
 from flywheel.controllers.run.incident_patches import NOT_REMEDIATED, resolution_patch, unremediated_patch
 from flywheel.controllers.run.outcome import UNREMEDIATED_STATES
 from flywheel.controllers.run.passes import (
@@ -57,11 +57,11 @@ __all__ = [
     "RunGuard",
     "RunObject",
     "RunOutcome",
+    "RunPolicy",
     "RunStores",
     "WorkloadActions",
     "last_seq",
     "observed_run",
     "resolution_patch",
-    "safety_limits",
     "unremediated_patch",
 ]

@@ -25,7 +25,8 @@ what happens after the end in ``outcome``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from flywheel.api.common import find_condition
@@ -40,36 +41,35 @@ from flywheel.controllers.run.ports import RepairRecorder, RunStores
 from flywheel.controllers.run.verification import Verification
 from flywheel.controllers.run.views import IncidentView, RunObject
 from flywheel.domain.run_state import TERMINAL_STATES, ObservedRun, RunErrorCode, SafetyLimits
-from flywheel.settings import FlywheelSettings
 
 # Transitions chained within one pass (Verifying → Running → Verifying for a retry).
 MAX_HOPS = 4
 
 
-def safety_limits(settings: FlywheelSettings) -> SafetyLimits:
-    return SafetyLimits(
-        max_running_per_namespace=settings.run_max_concurrent_per_namespace,
-        max_running_per_target=settings.run_max_concurrent_per_target,
-        breaker_max_remediations=settings.circuit_breaker_max_remediations,
-        breaker_window=timedelta(seconds=settings.circuit_breaker_window_seconds),
-    )
+@dataclass(frozen=True)
+class RunPolicy:
+    """The settings a Run pass reads (``flywheel.wiring`` takes them from the configuration)."""
+
+    tenant: str | None
+    max_scale_replicas: int
+    limits: SafetyLimits
 
 
 class RunController:
     """Drives a Run through its state machine; the steps per state are in sibling modules."""
 
-    def __init__(self, settings: FlywheelSettings, repairs: RepairRecorder, stores: RunStores) -> None:
-        self._settings = settings
+    def __init__(self, policy: RunPolicy, repairs: RepairRecorder, stores: RunStores) -> None:
+        self._policy = policy
         self._incidents = stores.incidents
         self._approvals = stores.approvals
-        self._admission = Admission(safety_limits(settings))
+        self._admission = Admission(policy.limits)
         self._approval_wait = ApprovalWait(stores.approvals, self.tenant)
-        self._execution = Execution(stores.workloads, stores.approvals, self.tenant, settings.max_scale_replicas)
+        self._execution = Execution(stores.workloads, stores.approvals, self.tenant, policy.max_scale_replicas)
         self._verification = Verification(stores.workloads)
         self._outcome = OutcomeRecorder(repairs, stores.incidents, stores.attempts, self.tenant)
 
     def tenant(self, namespace: str) -> str:
-        return self._settings.tenant or namespace
+        return self._policy.tenant or namespace
 
     async def reconcile(
         self,

@@ -14,10 +14,7 @@ from flywheel.api.enums import (
     IncidentPhase,
 )
 from flywheel.api.incident import IncidentStatus
-from flywheel.controllers.incident import (
-    FINAL_PHASES,
-    RESOLVED,
-)
+from flywheel.api.names import FINAL_PHASES, RESOLVED
 from flywheel.controllers.run.views import (
     own_status,
 )

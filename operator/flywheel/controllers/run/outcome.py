@@ -8,7 +8,7 @@ from typing import Any
 from flywheel.api.common import ObjectRef, find_condition
 from flywheel.api.enums import ConditionStatus, Disposition, RunState
 from flywheel.api.incident import IncidentStatus
-from flywheel.controllers.incident import LABEL_ANOMALY_KEY
+from flywheel.api.names import LABEL_ANOMALY_KEY
 from flywheel.controllers.run.incident_patches import resolution_patch, unremediated_patch
 from flywheel.controllers.run.passes import OUTCOME_RECORDED, RunPass
 from flywheel.controllers.run.ports import AttemptRecord, AttemptSink, IncidentStatusWriter, RepairRecorder

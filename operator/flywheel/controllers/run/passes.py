@@ -12,8 +12,8 @@ from typing import Any
 
 from flywheel.api.common import find_condition, new_condition, set_condition
 from flywheel.api.enums import ConditionStatus, RunState
+from flywheel.api.names import EVENT_MESSAGE_LIMIT, Event
 from flywheel.api.run import RunStatus, append_step
-from flywheel.controllers.incident import EVENT_MESSAGE_LIMIT, Event
 from flywheel.controllers.run.views import RunObject
 from flywheel.domain.run_state import (
     ACTIVE_STATES,
