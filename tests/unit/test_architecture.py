@@ -23,7 +23,7 @@ def test_import_contracts_are_kept() -> None:
     assert "0 broken" in result.stdout
     kept = " ".join(result.stdout.split())
     for contract in (
-        "Layers: handlers > controllers | metrics | intake > stores > domain > api KEPT",
+        "Layers: handlers > wiring > controllers | metrics | intake > stores > domain > api KEPT",
         "Each controller stands alone: shared names live in the API layer, stores come in through Protocols KEPT",
         "Settings and wiring are read at the top: controllers, metrics, intake, stores and below get slices KEPT",
     ):

@@ -37,7 +37,6 @@ from flywheel.api.common import ObjectRef
 from flywheel.api.enums import ActionType, Disposition, RunMode, RunState, TargetKind
 from flywheel.api.names import Event
 from flywheel.api.run import RunStatus
-from flywheel.controllers.dependencies import run_policy
 from flywheel.controllers.run import (
     GUARD_PATIENCE_SECONDS,
     HEARTBEAT_INTERVAL,
@@ -64,6 +63,7 @@ from flywheel.errors import KubernetesApiError, RedisUnavailableError, StoreUnav
 from flywheel.settings import FlywheelSettings
 from flywheel.stores.incidents import StatusMutation, StatusUpdate, UpdateResult
 from flywheel.stores.workloads import ActionResult, ActionStamp
+from flywheel.wiring import run_policy
 
 pytestmark = pytest.mark.unit
 

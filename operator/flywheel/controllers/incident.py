@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from flywheel.api.common import ObjectRef, new_condition, set_condition
+from flywheel.api.common import Action, ObjectRef, new_condition, set_condition
 from flywheel.api.enums import (
     ActionType,
     ConditionStatus,
@@ -440,7 +440,7 @@ class IncidentReconciler:
             id=decision_id(incident.uid, sequence),
             state=DecisionState.READY,
             source=decision.source,
-            action=decision.action.to_run_action(),
+            action=Action.model_validate(decision.action.to_run_action()),
             risk_level=decision.risk,
             confidence=round(decision.confidence, 4),
             reasoning=decision.reasoning[:4096],

@@ -9,16 +9,14 @@ import kopf
 from flywheel.controllers.driver import ObjectDriver, PassFunction, reread
 from flywheel.errors import KubernetesApiError, StoreUnavailableError
 from flywheel.logs import get_logger
+from flywheel.wiring import FlywheelMemo
 
 log = get_logger(__name__)
 
 
-def build_driver(memo: kopf.Memo, plural: str, run_pass: PassFunction) -> ObjectDriver:
+def build_driver(memo: FlywheelMemo, plural: str, run_pass: PassFunction) -> ObjectDriver:
     """A driver over ``plural`` that acts only while this replica is the active peer."""
-    deps = getattr(memo, "deps", None)
-    peering = getattr(memo, "peering", None)
-    if deps is None or peering is None:
-        raise kopf.TemporaryError("shared dependencies are not built yet", delay=1)
+    deps, peering = memo.deps, memo.peering
 
     async def is_active() -> bool:
         return bool((await peering.check()).active)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import kopf
-from sqlalchemy import Engine
 
 from flywheel.domain.funnel import funnel_period
 from flywheel.domain.health import WatchedIncident, WatchedRun
@@ -24,15 +23,14 @@ from flywheel.handlers.incident import IncidentIndex, all_incidents
 from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
 from flywheel.logs import get_logger
 from flywheel.metrics.collector import OperatorCounters, ReconcileErrorCounter, build_registry
-from flywheel.metrics.notifier import EventPoster, Notification, StallNotifier, WebhookSender
+from flywheel.metrics.notifier import EventPoster, Notification, StallNotifier
 from flywheel.metrics.runtime import MetricsRuntime
 from flywheel.metrics.server import MetricsApp, MetricsServer
 from flywheel.metrics.snapshot import LiveView, SnapshotComputer, SnapshotHolder
-from flywheel.settings import FlywheelSettings, get_settings
+from flywheel.settings import FlywheelSettings
 from flywheel.stores.events import KubernetesEventPoster
-from flywheel.stores.history.engine import create_history_engine
 from flywheel.stores.metrics_queries import AnomalyMetricsReader, HistoryMetricsQueries
-from flywheel.stores.peering import PeeringObserver
+from flywheel.wiring import FlywheelMemo
 
 log = get_logger(__name__)
 
@@ -74,7 +72,6 @@ class MetricsHandles:
     """What the cleanup handler must stop."""
 
     runtime: MetricsRuntime
-    engine: Engine
     error_counter: ReconcileErrorCounter
 
 
@@ -105,31 +102,20 @@ def notification_scope(settings: FlywheelSettings, namespaces: tuple[str, ...]) 
 @kopf.on.startup()
 async def start_metrics(
     settings: kopf.OperatorSettings,
-    memo: kopf.Memo,
+    memo: FlywheelMemo,
     incident_index: IncidentIndex,
     run_views: kopf.Index[str, ObservedRun],
     **_: Any,
 ) -> None:
-    deps = getattr(memo, "deps", None)
-    peering: PeeringObserver | None = getattr(memo, "peering", None)
-    if deps is None or peering is None:
-        raise kopf.TemporaryError("shared dependencies are not built yet", delay=1)
-    config = get_settings()
+    deps = memo.deps
+    peering = memo.peering
+    config = deps.settings
     namespaces = tuple(memo.get(MEMO_WATCHED_NAMESPACES) or ())
     try:
         period = funnel_period(config.funnel_period_minutes)
-        webhook = (
-            WebhookSender(
-                config.notify_webhook_url,
-                config.notify_webhook_format,
-                timeout_seconds=config.notify_webhook_timeout_seconds,
-                retries=config.notify_webhook_retries,
-            )
-            if config.notify_webhook_url
-            else None
-        )
     except FlywheelError as exc:
         raise kopf.PermanentError(f"metrics configuration: {exc}") from exc
+    webhook = deps.notify_sender
 
     counters = OperatorCounters()
     error_counter = ReconcileErrorCounter(counters)
@@ -138,9 +124,8 @@ async def start_metrics(
     holder = SnapshotHolder()
     registry = build_registry(holder, counters)
 
-    engine = create_history_engine(config.database_url)
     computer = SnapshotComputer(
-        history=HistoryMetricsQueries(engine),
+        history=HistoryMetricsQueries(deps.history_engine),
         anomalies=AnomalyMetricsReader(deps.redis, deps.anomalies.thresholds, tenant=config.tenant),
         live_view=lambda: live_view(incident_index, run_views),
         playbook_count=lambda: deps.catalogue.playbook_count,
@@ -176,11 +161,10 @@ async def start_metrics(
         await runtime.start()
     except OSError as exc:  # the port is taken: a configuration problem, not a transient one
         logging.getLogger(KOPF_OBJECT_LOGGER).removeHandler(error_counter)
-        engine.dispose()
         raise kopf.PermanentError(
             f"metrics server cannot listen on {config.metrics_bind_address}:{config.metrics_port}: {exc}"
         ) from exc
-    memo[MEMO_METRICS] = MetricsHandles(runtime=runtime, engine=engine, error_counter=error_counter)
+    memo[MEMO_METRICS] = MetricsHandles(runtime=runtime, error_counter=error_counter)
     log.info(
         "metrics started",
         port=config.metrics_port or None,
@@ -197,4 +181,3 @@ async def stop_metrics(memo: kopf.Memo, **_: Any) -> None:
         return
     await handles.runtime.stop()
     logging.getLogger(KOPF_OBJECT_LOGGER).removeHandler(handles.error_counter)
-    handles.engine.dispose()

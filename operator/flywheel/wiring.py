@@ -1,11 +1,22 @@
-"""The clients and configuration every handler shares, built once at operator start-up."""
+"""The composition root: every client, store and controller seam, built once at start-up.
+
+The operator's one start-up step (``flywheel.main``) calls :func:`build_dependencies` and puts
+the result on Kopf's operator memo (:class:`FlywheelMemo`), which Kopf hands to every handler;
+the handlers only start their loops over what is built here. Each controller gets the
+Protocols and the slice of the settings it reads, nothing else. One SQL engine serves the
+history writer and the metrics queries, one notification sender the Approval announcements
+and the stall notifier.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 
+import kopf
 import redis.asyncio
+from sqlalchemy import Engine
 
 from flywheel.controllers.approval import ApprovalGate
 from flywheel.controllers.incident import AdvisorPanel, IncidentPolicy, IncidentStores
@@ -13,14 +24,18 @@ from flywheel.controllers.run import AttemptRecord, RunPolicy, RunStores
 from flywheel.domain.escalation import EscalationThresholds
 from flywheel.domain.rules import RuleCatalogue, configured_catalogue
 from flywheel.domain.run_state import SafetyLimits
+from flywheel.metrics.notifier import WebhookSender
 from flywheel.settings import FlywheelSettings
 from flywheel.stores.advisor_client import AdvisorClient, advisors_from_settings
 from flywheel.stores.anomaly_redis import AnomalyStore, connect_redis
 from flywheel.stores.approvals import SigningKeyStore, TokenLedger
 from flywheel.stores.claims import AnomalyClaims
-from flywheel.stores.history import HistoryKind, HistoryWriter, RepairExecution, build_history_writer
+from flywheel.stores.history import HistoryKind, HistoryStore, HistoryWriter, RepairExecution
+from flywheel.stores.history.engine import create_history_engine
+from flywheel.stores.history.migrate import upgrade
 from flywheel.stores.incidents import IncidentStatusStore
 from flywheel.stores.kube import FlywheelResources, KubeApi
+from flywheel.stores.peering import PeeringObserver
 from flywheel.stores.workloads import WorkloadStore
 
 
@@ -67,8 +82,14 @@ class Dependencies:
     claims: AnomalyClaims
     incident_stores: IncidentStores
     incident_policy: IncidentPolicy
+    # The history database, shared by the writer (which disposes of it) and the metrics queries.
+    history_engine: Engine
+    # Where notifications go (Approval requests, funnel stalls), if a webhook is configured.
+    notify_sender: WebhookSender | None
 
     async def close(self) -> None:
+        if self.notify_sender is not None:
+            await self.notify_sender.close()
         if self.advisor_client is not None:
             await self.advisor_client.close()
         await self.history.close()
@@ -112,8 +133,10 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
     endpoints = advisors_from_settings(settings)
     # The writer migrates the schema before its first write and keeps retrying while the
     # database is down: history is delayed, never lost, and start-up never waits for it.
-    history = build_history_writer(settings.database_url)
+    history_engine = create_history_engine(settings.database_url)
+    history = HistoryWriter(HistoryStore(history_engine), prepare=partial(upgrade, settings.database_url))
     history.start()
+    notify_sender = notification_sender(settings)
     anomalies = AnomalyStore(client, thresholds)
     resources = FlywheelResources(kube)
     incidents = IncidentStatusStore(resources)
@@ -151,4 +174,29 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
             anomalies=anomalies, resources=resources, claims=claims, catalogue=catalogue, advisors=advisors
         ),
         incident_policy=incident_policy(settings),
+        history_engine=history_engine,
+        notify_sender=notify_sender,
     )
+
+
+def notification_sender(settings: FlywheelSettings) -> WebhookSender | None:
+    """The notification webhook's client, when one is configured."""
+    if not settings.notify_webhook_url:
+        return None
+    return WebhookSender(
+        settings.notify_webhook_url,
+        settings.notify_webhook_format,
+        timeout_seconds=settings.notify_webhook_timeout_seconds,
+        retries=settings.notify_webhook_retries,
+    )
+
+
+class FlywheelMemo(kopf.Memo):
+    """Kopf's operator memo, typed: what the start-up step built, for every handler.
+
+    Kopf copies the operator's memo into each resource's memo (a shallow copy: the same
+    objects), so a handler of any resource reads the same dependencies.
+    """
+
+    deps: Dependencies
+    peering: PeeringObserver
