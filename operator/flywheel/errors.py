@@ -50,5 +50,29 @@ class KubernetesApiError(FlywheelError):
         self.status = status
 
 
+class KubernetesUnavailableError(StoreUnavailableError):
+    """The Kubernetes API cannot be reached, timed out, or answered 429 or 5xx: try again later."""
+
+
+class NotFoundError(KubernetesApiError):
+    """404: no such object (or no such resource)."""
+
+
+class ConflictError(KubernetesApiError):
+    """409: the object exists already, or changed since it was read (a resourceVersion precondition)."""
+
+
+class ForbiddenError(KubernetesApiError):
+    """401 or 403: the operator's identity may not do this."""
+
+
+class GoneError(KubernetesApiError):
+    """410: the object, or the resourceVersion asked for, is gone."""
+
+
+class InvalidObjectError(KubernetesApiError):
+    """422: the API server refused the object as invalid (schema, immutable field, admission)."""
+
+
 class DevClusterError(FlywheelError):
     """The local development control plane could not be built, started or stopped."""

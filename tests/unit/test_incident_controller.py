@@ -53,7 +53,7 @@ from flywheel.controllers.incident import (
 )
 from flywheel.domain.escalation import ActionStats, AnomalySnapshot, EscalationThresholds, escalation_level
 from flywheel.domain.rules import default_catalogue
-from flywheel.errors import KubernetesApiError, RedisUnavailableError
+from flywheel.errors import NotFoundError, RedisUnavailableError
 from flywheel.stores.claims import Holder, HolderIsActive
 
 pytestmark = pytest.mark.unit
@@ -136,7 +136,7 @@ class ObjectsInMemory:
         try:
             return copy.deepcopy(self.objects[(plural, namespace, name)])
         except KeyError:
-            raise KubernetesApiError(f"{plural}/{name} not found", status=404) from None
+            raise NotFoundError(f"get {plural}/{name}: 404 Not Found", status=404) from None
 
     async def create_or_get(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         key = (plural, namespace, body["metadata"]["name"])

@@ -52,7 +52,7 @@ from flywheel.domain.decision import (
 from flywheel.domain.escalation import ActionStats, AnomalySnapshot
 from flywheel.domain.rules import RuleCatalogue
 from flywheel.domain.signature import anomaly_key
-from flywheel.errors import KubernetesApiError, RedisUnavailableError
+from flywheel.errors import NotFoundError, RedisUnavailableError
 from flywheel.logs import get_logger
 from flywheel.stores.advisor_client import AdvisorEndpoint
 from flywheel.stores.claims import Holder, HolderIsActive
@@ -343,10 +343,8 @@ class IncidentReconciler:
             # Not in Kopf's cache yet (a twin created the same instant): ask the API server.
             try:
                 body = await self._stores.resources.get("incidents", incident.namespace, holder.name)
-            except KubernetesApiError as exc:
-                if exc.status == 404:
-                    return False
-                raise
+            except NotFoundError:
+                return False
             return body["metadata"]["uid"] == holder.uid and (body.get("status") or {}).get("phase") in ACTIVE_PHASES
 
         return await self._stores.claims.claim(

@@ -7,7 +7,7 @@ from typing import Any
 import kopf
 
 from flywheel.controllers.driver import ObjectDriver, PassFunction, reread
-from flywheel.errors import KubernetesApiError, StoreUnavailableError
+from flywheel.errors import KubernetesApiError, NotFoundError, StoreUnavailableError
 from flywheel.logs import get_logger
 from flywheel.wiring import FlywheelMemo
 
@@ -37,7 +37,7 @@ def retry_after(
 
     None when the object was deleted meanwhile (its DELETED event forgets it), else ``delay``.
     """
-    if isinstance(failure, KubernetesApiError) and failure.status == 404:
+    if isinstance(failure, NotFoundError):
         return None
     log.warning(
         "pass_failed", kind=kind, namespace=namespace, name=name, retry_in_seconds=delay, error=str(failure)
