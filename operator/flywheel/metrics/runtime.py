@@ -9,6 +9,7 @@ that fails as a whole is logged and counted, and the previous one stays publishe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -62,10 +63,8 @@ class MetricsRuntime:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         if self._notifier is not None:
             await self._notifier.close()
