@@ -4,6 +4,10 @@ Level-triggered: every step first looks at what the status already says, so the
 reconcile can run any number of times (Kopf retries, operator restarts) and each
 side effect happens once — recording is idempotent per Incident uid in Redis, the
 Run has a deterministic name, and dispositions carry their own idempotency ids.
+
+(Over 500 lines: the parsed Incident, its outcome with the Event merging, the store Protocols
+and the reconcile steps are still one module; they split like ``controllers/run/`` when the
+next Incident feature lands.)
 """
 
 from __future__ import annotations
