@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import kopf
@@ -134,7 +134,7 @@ class RunPasses:
     async def _reconcile(self, run: RunObject, guard: RunGuard) -> RunOutcome:
         """One pass's decisions, with its status patch written (raises if the write failed)."""
         incident = incident_of(self._incident_index, run.namespace, run.spec.incident_ref.name)
-        approvals = self._approvals_by_run.get((run.namespace, run.name), [])
+        approvals: Iterable[dict[str, Any]] = self._approvals_by_run.get((run.namespace, run.name), [])
         deps = self._deps
         controller = RunController(deps.run_policy, deps.anomalies, deps.run_stores)
         outcome = await controller.reconcile(
