@@ -6,7 +6,6 @@ reason; it never skips (in CI a skipped e2e test would hide a broken foundation)
 
 from __future__ import annotations
 
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -17,8 +16,8 @@ from pytest_redis.executor import RedisExecutor
 
 from tests.harness.cluster import TestCluster, ensure_test_cluster
 from tests.harness.operator import OperatorProcess
-from tests.harness.ports import free_port
 from tests.harness.postgres import PostgresServer, start_postgres
+from tests.harness.redis_failover import Failover, redis_executor
 
 redis_proc = redis_factories.redis_proc(host="127.0.0.1", port=None, timeout=30)
 
@@ -43,13 +42,24 @@ def clean_redis_url(redis_url: str) -> Iterator[str]:
 @pytest.fixture()
 def own_redis() -> Iterator[RedisExecutor]:
     """A Redis this test may stop and start again on the same port (outage scenarios)."""
-    executor = RedisExecutor(
-        "/usr/bin/redis-server", databases=4, redis_timeout=5, loglevel="warning", host="127.0.0.1",
-        port=free_port(), datadir=Path(tempfile.mkdtemp(prefix="flywheel-redis-")),
-    )
+    executor = redis_executor()
     executor.start()
     yield executor
     executor.stop()
+
+
+@pytest.fixture()
+def redis_failover(own_redis: RedisExecutor) -> Iterator[Failover]:
+    """Demotes ``own_redis`` into a read-only replica of another Redis (a failover) and back."""
+    new_primary = redis_executor()
+    new_primary.start()
+    failover = Failover(own_redis, new_primary)
+    try:
+        yield failover
+    finally:
+        failover.promote()
+        failover.close()
+        new_primary.stop()
 
 
 @pytest.fixture(scope="session")

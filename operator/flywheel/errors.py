@@ -42,6 +42,19 @@ class DatabaseUnavailableError(StoreUnavailableError):
     """The history database cannot be reached."""
 
 
+class StoreRefusedError(FlywheelError):
+    """A backing store refused the request itself (a script error, a value of the wrong type).
+
+    Permanent, unlike :class:`StoreUnavailableError`: the same request is refused again until
+    the code, the data or the configuration changes, so callers do not retry it sooner than
+    their backoff allows and the error is reported, not degraded around.
+    """
+
+
+class RedisRefusedError(StoreRefusedError):
+    """Redis answered, and refused the command (see ``flywheel.stores.redis_errors``)."""
+
+
 class KubernetesApiError(FlywheelError):
     """The Kubernetes API refused a request for a reason other than unavailability."""
 
@@ -70,8 +83,22 @@ class GoneError(KubernetesApiError):
     """410: the object, or the resourceVersion asked for, is gone."""
 
 
-class InvalidObjectError(KubernetesApiError):
-    """422: the API server refused the object as invalid (schema, immutable field, admission)."""
+class InvalidWriteError(KubernetesApiError):
+    """The API server refused a write as invalid (422): the same write is refused again.
+
+    ``causes`` are the API server's ``(field, message)`` pairs (``details.causes`` of its
+    Status answer), so that the error can name the field.
+    """
+
+    def __init__(self, message: str, causes: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message, status=422)
+        self.causes = causes
+
+    def describe(self) -> str:
+        """The refused fields and why, as the API server said: ``field: message; ...``."""
+        if not self.causes:
+            return str(self)
+        return "; ".join(f"{field}: {message}" if field else message for field, message in self.causes)
 
 
 class DevClusterError(FlywheelError):

@@ -105,6 +105,23 @@ def default_priority() -> int:
     return 100 + (sum(identity.encode()) % 900)
 
 
+def require_shared_history(database_url: str, *, standalone: bool) -> None:
+    """Refuse peering on SQLite: every replica would keep a history file of its own.
+
+    Replicas that join Kopf peering take over from each other, so each would write a part of
+    the history into its own SQLite file and none would hold all of it.
+    """
+    from flywheel.stores.history.engine import describe_database_url, normalize_database_url
+
+    if standalone or normalize_database_url(database_url).get_backend_name() != "sqlite":
+        return
+    raise ConfigurationError(
+        f"FLYWHEEL_DATABASE_URL is SQLite ({describe_database_url(database_url)}), but without --standalone "
+        "this operator joins peering with other replicas, each of which would keep a history of its own: "
+        "use PostgreSQL (postgresql+psycopg://...) for peering replicas, or run one replica with --standalone"
+    )
+
+
 def run_operator(
     *,
     namespaces: list[str],
@@ -115,6 +132,7 @@ def run_operator(
 ) -> None:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
+    require_shared_history(settings.database_url, standalone=standalone)
     # Importing the handler modules registers them with Kopf's default registry.
     import flywheel.handlers
 

@@ -123,6 +123,7 @@ def test_the_shipped_rbac_is_enough_for_remediations_with_and_without_approval(
     test_cluster: TestCluster,
     namespace: str,
     clean_redis_url: str,
+    postgres_url: str,
     start_operator: OperatorFactory,
     operator_account: ServiceAccountIdentity,
     tmp_path: Path,
@@ -147,6 +148,7 @@ def test_the_shipped_rbac_is_enough_for_remediations_with_and_without_approval(
     port = free_port()
     operator = start_operator(
         clean_redis_url,
+        postgres_url,  # peering replicas share one history (SQLite is refused with peering)
         run_args=("--peering", PEERING_NAME),
         kubeconfig=str(operator_account.kubeconfig),
         namespace=namespace,  # FLYWHEEL_NAMESPACE: where the Role for the signing key is bound

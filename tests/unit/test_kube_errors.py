@@ -1,7 +1,7 @@
 """Each refusal of the Kubernetes API is its own exception, chosen once in the store.
 
 Scenario matrix: 401/403 → ForbiddenError, 404 → NotFoundError, 409 → ConflictError,
-410 → GoneError, 422 → InvalidObjectError, any other refusal → a plain KubernetesApiError; every
+410 → GoneError, 422 → InvalidWriteError, any other refusal → a plain KubernetesApiError; every
 one still a KubernetesApiError carrying its status (the Run's failure classes read it);
 no answer, 429 and 5xx → KubernetesUnavailableError, a StoreUnavailableError (retried later).
 """
@@ -17,7 +17,7 @@ from flywheel.errors import (
     FlywheelError,
     ForbiddenError,
     GoneError,
-    InvalidObjectError,
+    InvalidWriteError,
     KubernetesApiError,
     KubernetesUnavailableError,
     NotFoundError,
@@ -33,7 +33,7 @@ NAMED = {
     404: NotFoundError,
     409: ConflictError,
     410: GoneError,
-    422: InvalidObjectError,
+    422: InvalidWriteError,
 }
 
 

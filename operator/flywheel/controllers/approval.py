@@ -38,8 +38,10 @@ from flywheel.domain.approval import (
     verify_token,
 )
 from flywheel.domain.escalation import ActionStats
+from flywheel.domain.legacy_actions import current_action_stats
+from flywheel.domain.names import label_value
 from flywheel.domain.run_state import RunErrorCode
-from flywheel.errors import RedisUnavailableError
+from flywheel.errors import RedisRefusedError, RedisUnavailableError
 from flywheel.logs import get_logger
 from flywheel.settings import FlywheelSettings
 from flywheel.stores.history import AuditEvent, HistoryKind
@@ -453,7 +455,10 @@ class ApprovalGate:
         metadata: dict[str, Any] = {
             "name": run.name,
             "namespace": run.namespace,
-            "labels": {**{k: v for k, v in run.labels.items() if k.startswith("flywheel.dev/")}, LABEL_RUN: run.name},
+            "labels": {
+                **{k: v for k, v in run.labels.items() if k.startswith("flywheel.dev/")},
+                LABEL_RUN: label_value(run.name),
+            },
             "ownerReferences": [
                 {"apiVersion": API_VERSION, "kind": "Run", "name": run.name, "uid": run.uid, "controller": True}
             ],
@@ -465,13 +470,14 @@ class ApprovalGate:
     async def _previous_outcomes(self, tenant: str, key: str) -> list[dict[str, Any]]:
         try:
             stats = await self._history.action_stats(tenant, key)
-        except RedisUnavailableError as exc:
+        except (RedisUnavailableError, RedisRefusedError) as exc:
             # The proposal is still useful without them; the approver sees the counts missing.
             log.warning("approval_previous_outcomes_unavailable", anomaly_key=key, error=str(exc))
             return []
+        # Older systems' action names (restart_pod) as today's; the rest left out: the enum refuses them.
         return [
-            {"action": action, "attempts": outcome.attempts, "successes": outcome.successes}
-            for action, outcome in sorted(stats.items())
+            {"action": action.value, "attempts": outcome.attempts, "successes": outcome.successes}
+            for action, outcome in sorted(current_action_stats(stats).items())
             if outcome.attempts > 0
         ][:MAX_PREVIOUS_OUTCOMES]
 

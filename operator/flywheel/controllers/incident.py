@@ -54,6 +54,7 @@ from flywheel.domain.decision import (
     decision_id,
 )
 from flywheel.domain.escalation import ActionStats, AnomalySnapshot
+from flywheel.domain.names import label_value, suffixed_name
 from flywheel.domain.rules import RuleCatalogue
 from flywheel.domain.signature import anomaly_key
 from flywheel.errors import NotFoundError, RedisUnavailableError
@@ -187,8 +188,7 @@ def trace_id(incident_uid: str, sequence: int) -> str:
 
 
 def run_name(incident_name: str, sequence: int) -> str:
-    suffix = f"-{sequence}"
-    return incident_name[: 253 - len(suffix)] + suffix
+    return suffixed_name(incident_name, f"-{sequence}")
 
 
 
@@ -530,7 +530,7 @@ class IncidentReconciler:
             "metadata": {
                 "name": run_name(incident.name, sequence),
                 "namespace": incident.namespace,
-                "labels": {LABEL_INCIDENT: incident.name[:63], LABEL_ANOMALY_KEY: incident.anomaly_key},
+                "labels": {LABEL_INCIDENT: label_value(incident.name), LABEL_ANOMALY_KEY: incident.anomaly_key},
                 "ownerReferences": [{
                     "apiVersion": API_VERSION, "kind": "Incident", "name": incident.name, "uid": incident.uid,
                     "controller": True, "blockOwnerDeletion": True,

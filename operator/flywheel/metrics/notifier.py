@@ -28,7 +28,6 @@ from typing import Any, Final
 
 import aiohttp
 import redis.asyncio
-import redis.exceptions
 
 from flywheel.domain.funnel import (
     STALL_NOTIFICATION_INTERVAL,
@@ -37,9 +36,10 @@ from flywheel.domain.funnel import (
     StallAlert,
     StallRule,
 )
-from flywheel.errors import ConfigurationError
+from flywheel.errors import ConfigurationError, RedisRefusedError, RedisUnavailableError
 from flywheel.logs import get_logger
 from flywheel.metrics.collector import OperatorCounters
+from flywheel.stores.redis_errors import redis_errors
 
 _log = get_logger(__name__)
 
@@ -51,14 +51,6 @@ MAX_BACKOFF_SECONDS: Final = 30.0
 # Statuses worth retrying: the receiver is overloaded or briefly unavailable.
 RETRYABLE_STATUSES: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
 
-_REDIS_UNAVAILABLE: Final = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.BusyLoadingError,
-    redis.exceptions.ReadOnlyError,
-    ConnectionError,
-    TimeoutError,
-)
 
 
 class WebhookFormat(StrEnum):
@@ -291,14 +283,16 @@ class StallNotifier:
             self._warn_no_dedup("no Redis client configured")
             return True
         try:
-            claimed = await self._redis.set(
-                self.dedup_key(rule),
-                now.isoformat(),
-                nx=True,
-                ex=int(STALL_NOTIFICATION_INTERVAL.total_seconds()),
-            )
-        except _REDIS_UNAVAILABLE as exc:
-            self._warn_no_dedup(f"{type(exc).__name__}: {exc}")
+            with redis_errors("claiming a stall notification"):
+                claimed = await self._redis.set(
+                    self.dedup_key(rule),
+                    now.isoformat(),
+                    nx=True,
+                    ex=int(STALL_NOTIFICATION_INTERVAL.total_seconds()),
+                )
+        except (RedisUnavailableError, RedisRefusedError) as exc:
+            # Refused or unavailable alike: a notification sent twice beats one never sent.
+            self._warn_no_dedup(str(exc))
             return True
         if self._redis_warning_logged:
             _log.info("Redis is back: stall notifications are de-duplicated again")

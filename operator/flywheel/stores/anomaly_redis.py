@@ -36,7 +36,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import redis.asyncio
-import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
@@ -49,6 +48,7 @@ from flywheel.domain.escalation import (
 )
 from flywheel.errors import InvalidInputError, RedisUnavailableError
 from flywheel.logs import get_logger
+from flywheel.stores.redis_errors import redis_errors
 
 _log = get_logger(__name__)
 
@@ -67,17 +67,6 @@ KEPT_REPAIR_OUTCOMES: Final = 100
 
 ALLOWED_DISPOSITIONS: Final[tuple[str, ...]] = tuple(item.value for item in Disposition)
 
-# Errors meaning "Redis cannot serve us right now" (the caller degrades and records later), as
-# opposed to errors about the request itself, which propagate unchanged. ReadOnlyError means a
-# failover demoted the node we are connected to into a replica. The builtin classes
-# cover socket errors should a redis-py code path ever let one through unwrapped.
-_UNAVAILABLE_ERRORS: Final = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.ReadOnlyError,
-    ConnectionError,
-    TimeoutError,
-)
 
 _NO_WHITESPACE = re.compile(r"^\S+$")
 
@@ -268,8 +257,9 @@ def connect_redis(url: str, *, timeout_seconds: float = 2.0, retries: int = 2) -
 class AnomalyStore:
     """Recurrence counts, repair outcomes and dispositions of anomalies, per tenant.
 
-    Methods raise :class:`RedisUnavailableError` when Redis cannot be reached (the caller marks
-    the Incident degraded and records again later; recording is idempotent per occurrence id)
+    Methods raise :class:`RedisUnavailableError` when Redis cannot serve now (the caller marks
+    the Incident degraded and records again later; recording is idempotent per occurrence id),
+    :class:`RedisRefusedError` when Redis refuses the command itself (``flywheel.stores.redis_errors``)
     and :class:`InvalidInputError` for arguments that can never succeed.
     """
 
@@ -495,18 +485,13 @@ class AnomalyStore:
     @asynccontextmanager
     async def _unavailable_as_error(self, operation: str, tenant: str, key: str) -> AsyncIterator[None]:
         try:
-            yield
-        except _UNAVAILABLE_ERRORS as exc:
+            with redis_errors(f"{operation} of {tenant}/{key}"):
+                yield
+        except RedisUnavailableError as exc:
             _log.warning(
-                "anomaly_store_unavailable",
-                operation=operation,
-                tenant=tenant,
-                anomaly_key=key,
-                error=f"{type(exc).__name__}: {exc}",
+                "anomaly_store_unavailable", operation=operation, tenant=tenant, anomaly_key=key, error=str(exc)
             )
-            raise RedisUnavailableError(
-                f"Redis unavailable during {operation} of {tenant}/{key}: {exc}"
-            ) from exc
+            raise
 
 
 def _require_token(field: str, value: str) -> None:

@@ -19,16 +19,15 @@ from datetime import timedelta
 from typing import Final
 
 import redis.asyncio
-import redis.exceptions
 
 from flywheel.errors import (
     ConfigurationError,
     KubernetesApiError,
-    RedisUnavailableError,
     StoreUnavailableError,
 )
 from flywheel.logs import get_logger
 from flywheel.stores.kube import KubeApi, resource_path
+from flywheel.stores.redis_errors import redis_errors
 
 log = get_logger(__name__)
 
@@ -109,16 +108,16 @@ class TokenLedger:
     async def spend(self, token_id: str, run_uid: str, keep_for: timedelta) -> bool:
         """Spend ``token_id`` for ``run_uid``; False if another Run spent it already.
 
-        The same Run spending it again (a pass retried after a crash) is not a replay.
+        The same Run spending it again (a pass retried after a crash) is not a replay. Raises
+        :class:`~flywheel.errors.RedisUnavailableError` while Redis cannot take the write (a
+        failover's read-only replica included): the Run waits and tries again.
         """
         key = TOKEN_ID_PREFIX + token_id
         seconds = max(int(keep_for.total_seconds()), 1)
-        try:
+        with redis_errors("spending an approval token"):
             if await self._redis.set(key, run_uid, nx=True, ex=seconds):
                 return True
             holder = await self._redis.get(key)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-            raise RedisUnavailableError(f"Redis unavailable while spending an approval token: {exc}") from exc
         if holder is None:  # expired in between: it was this Run's or nobody's
             return await self.spend(token_id, run_uid, keep_for)
         return bytes(holder).decode() == run_uid if isinstance(holder, bytes) else str(holder) == run_uid

@@ -33,7 +33,7 @@ from flywheel.errors import (
     ConflictError,
     ForbiddenError,
     GoneError,
-    InvalidObjectError,
+    InvalidWriteError,
     KubernetesApiError,
     KubernetesUnavailableError,
     NotFoundError,
@@ -61,7 +61,6 @@ ERROR_BY_STATUS: dict[int, type[KubernetesApiError]] = {
     404: NotFoundError,
     409: ConflictError,
     410: GoneError,
-    422: InvalidObjectError,
 }
 
 
@@ -71,13 +70,31 @@ class _HttpFailure(Protocol):
     body: Any
 
 
-def _api_message(body: Any) -> str:
-    """The ``message`` of a Kubernetes Status body, else nothing."""
+def _api_status(body: Any) -> Mapping[str, Any]:
+    """A Kubernetes Status body as a mapping (empty when it is not one)."""
     try:
         decoded = json.loads(body) if isinstance(body, (str, bytes, bytearray)) else body
-        return str(decoded.get("message") or "") if isinstance(decoded, Mapping) else ""
     except ValueError:
-        return ""
+        return {}
+    return decoded if isinstance(decoded, Mapping) else {}
+
+
+def _api_message(body: Any) -> str:
+    """The ``message`` of a Kubernetes Status body, else nothing."""
+    return str(_api_status(body).get("message") or "")
+
+
+def _api_causes(body: Any) -> tuple[tuple[str, str], ...]:
+    """``(field, message)`` of each ``details.causes`` entry of a Status body."""
+    details = _api_status(body).get("details")
+    causes = details.get("causes") if isinstance(details, Mapping) else None
+    if not isinstance(causes, list):
+        return ()
+    return tuple(
+        (str(cause.get("field") or ""), str(cause.get("message") or cause.get("reason") or ""))
+        for cause in causes
+        if isinstance(cause, Mapping)
+    )
 
 
 def status_error(
@@ -87,6 +104,8 @@ def status_error(
     if status in TRANSIENT_STATUSES:
         return KubernetesUnavailableError(f"{what}: Kubernetes API unavailable ({status} {reason or ''})".rstrip())
     message = _api_message(body) or reason or ""
+    if status == 422:
+        return InvalidWriteError(f"{what}: {status} {message}".rstrip(), _api_causes(body))
     error = ERROR_BY_STATUS.get(status, KubernetesApiError) if status is not None else KubernetesApiError
     return error(f"{what}: {status} {message}".rstrip(), status=status)
 

@@ -26,7 +26,6 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 import redis.asyncio
-import redis.exceptions
 from sqlalchemy import ColumnElement, Connection, Engine, Select, and_, func, or_, select, text
 from sqlalchemy import exc as sa_exc
 
@@ -43,7 +42,6 @@ from flywheel.domain.health import (
     HistoryHealthCounts,
     start_of_day,
 )
-from flywheel.errors import RedisUnavailableError
 from flywheel.logs import get_logger
 from flywheel.stores.anomaly_redis import ALLOWED_DISPOSITIONS, COUNTING_WINDOWS
 from flywheel.stores.history.engine import as_unavailable, describe_database_url
@@ -54,6 +52,7 @@ from flywheel.stores.history.tables import (
     RepairExecutionRow,
     RunRow,
 )
+from flywheel.stores.redis_errors import redis_errors
 
 _log = get_logger(__name__)
 
@@ -103,16 +102,6 @@ _RUNS = RunRow.__table__
 _APPROVALS = ApprovalRow.__table__
 _EXECUTIONS = RepairExecutionRow.__table__
 _KNOWLEDGE = KnowledgeEntryRow.__table__
-
-# Errors meaning "Redis cannot answer right now" (the figures are left out and redis_up is 0).
-_REDIS_UNAVAILABLE: Final = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.BusyLoadingError,
-    ConnectionError,
-    TimeoutError,
-)
-
 
 # --------------------------------------------------------------------------- results
 
@@ -596,16 +585,12 @@ class AnomalyMetricsReader:
         self._sum_dispositions = client.register_script(_SUM_DISPOSITIONS_LUA)
 
     async def ping(self) -> None:
-        try:
+        with redis_errors("pinging"):
             await self._client.ping()
-        except _REDIS_UNAVAILABLE as exc:
-            raise RedisUnavailableError(f"Redis unavailable: {exc}") from exc
 
     async def read(self, now: datetime) -> AnomalyFigures:
-        try:
+        with redis_errors("reading anomaly metrics"):
             return await self._read(now)
-        except _REDIS_UNAVAILABLE as exc:
-            raise RedisUnavailableError(f"Redis unavailable while reading anomaly metrics: {exc}") from exc
 
     async def _scan(self, kind: str) -> list[str]:
         pattern = f"{self._prefix}:anomaly:{kind}:*"
