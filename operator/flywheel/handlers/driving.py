@@ -19,7 +19,13 @@ import kopf
 from flywheel.api.common import Condition, new_condition, set_condition
 from flywheel.api.enums import ConditionStatus
 from flywheel.controllers.driver import ObjectDriver, PassFunction, reread
-from flywheel.errors import InvalidWriteError, KubernetesApiError, NotFoundError, StoreUnavailableError
+from flywheel.errors import (
+    ConflictError,
+    InvalidWriteError,
+    KubernetesApiError,
+    NotFoundError,
+    StoreUnavailableError,
+)
 from flywheel.logs import get_logger
 from flywheel.stores.kube import FlywheelResources
 from flywheel.wiring import FlywheelMemo
@@ -139,9 +145,8 @@ class StallReporter:
                     resource_version=current["metadata"]["resourceVersion"],
                 )
                 return
-            except KubernetesApiError as exc:
-                if exc.status != 409:
-                    break
-            except StoreUnavailableError:
+            except ConflictError:
+                continue  # changed since it was read: read it again
+            except (KubernetesApiError, StoreUnavailableError):
                 break
         log.warning("stalled_condition_not_written", kind=self._plural, namespace=namespace, name=name)
