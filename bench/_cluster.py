@@ -103,11 +103,11 @@ def wait_until_answering(url: str, server: subprocess.Popen[bytes], log_path: Pa
             try:
                 probe.ping()
                 return
-            except redis.exceptions.ConnectionError:
+            except redis.exceptions.ConnectionError as exc:
                 if time.monotonic() > deadline:
                     raise SystemExit(
                         f"redis-server did not answer within {SERVER_START_DEADLINE_SECONDS:.0f} s"
-                    )
+                    ) from exc
                 time.sleep(0.05)
     finally:
         probe.close()

@@ -63,6 +63,26 @@ class KubernetesApiError(FlywheelError):
         self.status = status
 
 
+class KubernetesUnavailableError(StoreUnavailableError):
+    """The Kubernetes API cannot be reached, timed out, or answered 429 or 5xx: try again later."""
+
+
+class NotFoundError(KubernetesApiError):
+    """404: no such object (or no such resource)."""
+
+
+class ConflictError(KubernetesApiError):
+    """409: the object exists already, or changed since it was read (a resourceVersion precondition)."""
+
+
+class ForbiddenError(KubernetesApiError):
+    """401 or 403: the operator's identity may not do this."""
+
+
+class GoneError(KubernetesApiError):
+    """410: the object, or the resourceVersion asked for, is gone."""
+
+
 class InvalidWriteError(KubernetesApiError):
     """The API server refused a write as invalid (422): the same write is refused again.
 

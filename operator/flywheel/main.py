@@ -23,6 +23,7 @@ from flywheel.logs import configure_logging, get_logger
 from flywheel.settings import FlywheelSettings, WebhookMode, get_settings
 
 if TYPE_CHECKING:
+    from flywheel.metrics.notifier import WebhookSender
     from flywheel.stores.kube import KubeApi
     from flywheel.stores.peering import PeeringObserver
 
@@ -142,6 +143,7 @@ def run_operator(
     if settings.webhook_mode is not WebhookMode.OFF:
         import flywheel.handlers.admission  # noqa: F401
     from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
+    from flywheel.wiring import FlywheelMemo
 
     log.info("starting operator", namespaces=namespaces or "all", standalone=standalone)
     # Kopf treats an explicit peering name as "peering is mandatory", so pass it only
@@ -159,7 +161,7 @@ def run_operator(
             clusterwide=not namespaces,
             liveness_endpoint=liveness_endpoint,
             # The intake refuses alerts for namespaces this operator does not reconcile.
-            memo=kopf.Memo({MEMO_WATCHED_NAMESPACES: tuple(namespaces)}),
+            memo=FlywheelMemo({MEMO_WATCHED_NAMESPACES: tuple(namespaces)}),
             **peering,
         )
     )
@@ -250,16 +252,22 @@ async def serve_admission(kopf_settings: kopf.OperatorSettings, settings: Flywhe
 
 @kopf.on.startup()
 async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """The one start-up step that builds everything (registered first, so it runs first).
+
+    The handler modules' own start-up handlers only start their loops over what this built.
+    """
     configure_kopf(settings)
-    from flywheel.controllers.dependencies import build_dependencies
     from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
     from flywheel.stores.kube import KubeApi
+    from flywheel.wiring import build_dependencies
 
     flywheel_settings = get_settings()
     kube = KubeApi()
     memo.peering = peering_observer(settings, tuple(memo.get(MEMO_WATCHED_NAMESPACES) or ()), kube)
     memo.deps = await build_dependencies(flywheel_settings, kube)
-    memo.deps.run_stores.approvals.announcer = approval_announcer(flywheel_settings, memo)
+    approvals = memo.deps.run_stores.approvals
+    if approvals is not None:
+        approvals.announcer = approval_announcer(memo.deps.notify_sender)
     await serve_admission(settings, flywheel_settings, memo)
 
 
@@ -281,21 +289,13 @@ def peering_observer(
     )
 
 
-def approval_announcer(settings: FlywheelSettings, memo: kopf.Memo) -> Announcer | None:
+def approval_announcer(sender: WebhookSender | None) -> Announcer | None:
     """Approval requests go to the notification webhook too, when one is configured."""
-    if not settings.notify_webhook_url:
+    if sender is None:
         return None
     from datetime import UTC, datetime
 
-    from flywheel.metrics.notifier import Notification, WebhookSender
-
-    sender = WebhookSender(
-        settings.notify_webhook_url,
-        settings.notify_webhook_format,
-        timeout_seconds=settings.notify_webhook_timeout_seconds,
-        retries=settings.notify_webhook_retries,
-    )
-    memo["approval_webhook_sender"] = sender
+    from flywheel.metrics.notifier import Notification
 
     async def announce(*, namespace: str, approval: str, run: str, message: str) -> bool:
         return await sender.deliver(
@@ -325,8 +325,5 @@ async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
             await WebhookConfigurations(deps.kube).delete(name)
         except FlywheelError as exc:
             log.error("webhook_configurations_not_deleted", name=name, error=str(exc))
-    sender = memo.get("approval_webhook_sender")
-    if sender is not None:
-        await sender.close()
     if deps is not None:
         await deps.close()

@@ -10,7 +10,7 @@ semantics).
 Scenario matrix:
 - the failing Incident: ``flywheel_reconcile_failing_objects{kind="incidents"}`` 1, its
   passes counted as ``deferred`` more than once (retried with backoff) with reason
-  ``Http403``, retries counted, the pass-duration histogram filled, and the
+  ``ForbiddenError``, retries counted, the pass-duration histogram filled, and the
   FlywheelReconcileErrors alert firing for kind ``incidents``;
 - the policy lifted: the next try creates the Run, the failing count drops to 0.
 """
@@ -75,7 +75,7 @@ def test_failing_passes_are_counted_and_fire_the_reconcile_errors_alert(
                      timeout=DEADLINE, what="the Incident counted as failing")
             wait_for(lambda: (prometheus.value('flywheel_reconcile_passes_total{kind="incidents",result="deferred"}')
                               or 0) >= 2, timeout=DEADLINE, what="the failing pass tried again")
-            assert (prometheus.value('flywheel_reconcile_pass_errors_total{kind="incidents",reason="Http403"}')
+            assert (prometheus.value('flywheel_reconcile_pass_errors_total{kind="incidents",reason="ForbiddenError"}')
                     or 0) >= 2
             assert (prometheus.value('flywheel_reconcile_retries_total{kind="incidents"}') or 0) >= 2
             assert (prometheus.value('flywheel_reconcile_pass_duration_seconds_count{kind="incidents"}') or 0) >= 2

@@ -7,6 +7,7 @@ real model server does: the proposal is the assistant message's content.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -49,10 +50,9 @@ def _handler_for(behaviour: AdvisorBehaviour) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            try:
+            # The client may have given up (deadline): exactly what a late answer looks like.
+            with contextlib.suppress(BrokenPipeError):
                 self.wfile.write(body)
-            except BrokenPipeError:
-                pass  # the client gave up (deadline): exactly what a late answer looks like
 
         def log_message(self, format: str, *args: object) -> None:
             pass

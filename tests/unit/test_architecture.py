@@ -1,4 +1,5 @@
-"""The layering is machine-checked: lower layers never import higher ones (.importlinter)."""
+"""The layering is machine-checked (.importlinter): lower layers never import higher ones, the
+controllers never import each other, and settings are read only at the top."""
 
 from __future__ import annotations
 
@@ -20,3 +21,10 @@ def test_import_contracts_are_kept() -> None:
     result = subprocess.run([str(lint_imports)], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "0 broken" in result.stdout
+    kept = " ".join(result.stdout.split())
+    for contract in (
+        "Layers: handlers > wiring > controllers | metrics | intake > stores > domain > api KEPT",
+        "Each controller stands alone: shared names live in the API layer, stores come in through Protocols KEPT",
+        "Settings and wiring are read at the top: controllers, metrics, intake, stores and below get slices KEPT",
+    ):
+        assert contract in kept, f"contract missing from .importlinter: {contract}"

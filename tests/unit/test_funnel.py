@@ -230,7 +230,7 @@ def test_event_reasons_are_camel_case() -> None:
 
 
 def test_failure_classes_keep_the_top_five_by_count_then_code() -> None:
-    classes = [FailureClass(f"E-{letter}", count) for letter, count in zip("ABCDEFG", (1, 5, 3, 3, 2, 7, 1))]
+    classes = [FailureClass(f"E-{letter}", count) for letter, count in zip("ABCDEFG", (1, 5, 3, 3, 2, 7, 1), strict=True)]
     ranked = rank_failure_classes(classes)
     assert [(item.code, item.count) for item in ranked] == [
         ("E-F", 7), ("E-B", 5), ("E-C", 3), ("E-D", 3), ("E-E", 2),

@@ -35,8 +35,8 @@ import pytest
 
 from flywheel.api.common import ObjectRef
 from flywheel.api.enums import ActionType, Disposition, RunMode, RunState, TargetKind
+from flywheel.api.names import Event
 from flywheel.api.run import RunStatus
-from flywheel.controllers.incident import Event
 from flywheel.controllers.run import (
     GUARD_PATIENCE_SECONDS,
     HEARTBEAT_INTERVAL,
@@ -63,6 +63,7 @@ from flywheel.errors import KubernetesApiError, RedisUnavailableError, StoreUnav
 from flywheel.settings import FlywheelSettings
 from flywheel.stores.incidents import StatusMutation, StatusUpdate, UpdateResult
 from flywheel.stores.workloads import ActionResult, ActionStamp
+from flywheel.wiring import run_policy
 
 pytestmark = pytest.mark.unit
 
@@ -233,7 +234,7 @@ class Harness:
         self.peers: list[ObservedRun] = []
         self.now = T0
         self.controller = RunController(
-            FlywheelSettings(**settings),
+            run_policy(FlywheelSettings(**settings)),
             self.repairs,
             RunStores(workloads=self.workloads, incidents=self.incidents, attempts=self.attempts),
         )

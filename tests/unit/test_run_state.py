@@ -95,8 +95,8 @@ def test_every_pair_is_legal_or_refused_as_the_table_says(source: RunState, targ
 
 def test_the_table_has_eight_states_and_four_final_ones() -> None:
     assert len(RunState) == 8
-    assert TERMINAL_STATES == {S, F, C, T}
-    assert ACTIVE_STATES == {R, V}
+    assert {S, F, C, T} == TERMINAL_STATES
+    assert {R, V} == ACTIVE_STATES
 
 
 @pytest.mark.parametrize("target", list(RunState))

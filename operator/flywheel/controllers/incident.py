@@ -4,26 +4,48 @@ Level-triggered: every step first looks at what the status already says, so the
 reconcile can run any number of times (Kopf retries, operator restarts) and each
 side effect happens once — recording is idempotent per Incident uid in Redis, the
 Run has a deterministic name, and dispositions carry their own idempotency ids.
+
+(Over 500 lines: the parsed Incident, its outcome with the Event merging, the store Protocols
+and the reconcile steps are still one module; they split like ``controllers/run/`` when the
+next Incident feature lands.)
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from flywheel.api.common import ObjectRef, new_condition, set_condition
+from flywheel.api.common import Action, ObjectRef, new_condition, set_condition
 from flywheel.api.enums import (
+    ActionType,
     ConditionStatus,
     DecisionState,
     Disposition,
     IncidentPhase,
+    RiskLevel,
 )
 from flywheel.api.incident import AnomalyStatus, Decision, IncidentSpec, IncidentStatus
+from flywheel.api.names import (
+    ACTIVE_PHASES,
+    ANOMALY_EVENT_REASON,
+    ANOMALY_RECORDED,
+    DECIDED,
+    DECISION_EVENT_REASON,
+    DEDUPLICATED,
+    EVENT_MESSAGE_LIMIT,
+    FINAL_PHASES,
+    LABEL_ANOMALY_KEY,
+    LABEL_INCIDENT,
+    REMEDIATION_STARTED,
+    RESOLVED,
+    RUN_CREATED_EVENT_REASON,
+    Event,
+)
 from flywheel.domain.actions import IncidentTarget
-from flywheel.domain.advisor import IncidentFacts, advisors_to_consult, build_messages
+from flywheel.domain.advisor import AdvisorResult, IncidentFacts, advisors_to_consult, build_messages
 from flywheel.domain.decision import (
     NEEDS_PERMANENT_FIX_WARNING,
     DecisionInput,
@@ -33,48 +55,18 @@ from flywheel.domain.decision import (
 )
 from flywheel.domain.escalation import ActionStats, AnomalySnapshot
 from flywheel.domain.names import label_value, suffixed_name
+from flywheel.domain.rules import RuleCatalogue
 from flywheel.domain.signature import anomaly_key
-from flywheel.errors import KubernetesApiError, RedisUnavailableError
+from flywheel.errors import NotFoundError, RedisUnavailableError
 from flywheel.logs import get_logger
-from flywheel.stores.claims import Holder
+from flywheel.stores.advisor_client import AdvisorEndpoint
+from flywheel.stores.claims import Holder, HolderIsActive
 from flywheel.stores.kube import API_VERSION
-
-if TYPE_CHECKING:  # the dependencies module builds the Run controller, which imports this one
-    from flywheel.controllers.dependencies import Dependencies
 
 log = get_logger(__name__)
 
-ACTIVE_PHASES = frozenset({None, IncidentPhase.INVESTIGATING, IncidentPhase.MITIGATING})
-FINAL_PHASES = frozenset({IncidentPhase.RESOLVED, IncidentPhase.CLOSED})
-
-# Condition types on an Incident.
-ANOMALY_RECORDED = "AnomalyRecorded"
-DEDUPLICATED = "Duplicate"
-DECIDED = "Decided"
-REMEDIATION_STARTED = "RemediationStarted"
-RESOLVED = "Resolved"
-
-# Event reasons: the recurrence counts and the Run's creation ride on the pass's DecisionReady
-# (or the counts on its next Normal Event, see IncidentOutcome.events_to_post); and the longest
-# Event message the API server accepts.
-ANOMALY_EVENT_REASON = "AnomalyRecorded"
-DECISION_EVENT_REASON = "DecisionReady"
-RUN_CREATED_EVENT_REASON = "RunCreated"
-EVENT_MESSAGE_LIMIT = 1024
-
-LABEL_INCIDENT = "flywheel.dev/incident"
-LABEL_ANOMALY_KEY = "flywheel.dev/anomaly-key"
 # The first decision of an Incident; later decisions (after a failed Run) count up.
 FIRST_DECISION = 1
-
-
-@dataclass(frozen=True)
-class Event:
-    """A Kubernetes Event the handler should post for the Incident."""
-
-    type: str  # Normal | Warning
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,12 +191,104 @@ def run_name(incident_name: str, sequence: int) -> str:
     return suffixed_name(incident_name, f"-{sequence}")
 
 
+
+# --------------------------------------------------------------------------- seams
+
+
+class AnomalyCounts(Protocol):
+    """Recurrence counts and outcomes per anomaly (``flywheel.stores.anomaly_redis.AnomalyStore``)."""
+
+    async def record_occurrence(
+        self,
+        tenant: str,
+        key: str,
+        signature: Mapping[str, str],
+        occurrence_id: str,
+        occurred_at: datetime,
+        now: datetime | None = None,
+    ) -> AnomalySnapshot: ...
+
+    async def mark_permanent_fix(
+        self, tenant: str, key: str, description: str = "", at: datetime | None = None
+    ) -> None: ...
+
+    async def record_disposition(
+        self, tenant: str, key: str, disposition: str, disposition_id: str, at: datetime | None = None
+    ) -> bool: ...
+
+    async def action_stats(self, tenant: str, key: str) -> dict[str, ActionStats]: ...
+
+
+class FlywheelObjects(Protocol):
+    """Reading and creating Flywheel's objects (``flywheel.stores.kube.FlywheelResources``)."""
+
+    async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any]: ...
+
+    async def create_or_get(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class AnomalyClaimer(Protocol):
+    """Who remediates an anomaly (``flywheel.stores.claims.AnomalyClaims``)."""
+
+    async def claim(
+        self, namespace: str, anomaly_key: str, claimant: Holder, is_active: HolderIsActive
+    ) -> Holder | None: ...
+
+
+class AdvisorAsker(Protocol):
+    """Asking the model advisors (``flywheel.stores.advisor_client.AdvisorClient``)."""
+
+    async def ask_all(
+        self,
+        advisors: Sequence[AdvisorEndpoint],
+        messages: Sequence[dict[str, str]],
+        *,
+        expected_target: IncidentTarget,
+        deadline: float | None = None,
+        allowed_actions: Collection[ActionType] | None = None,
+    ) -> list[AdvisorResult]: ...
+
+
+@dataclass(frozen=True)
+class AdvisorPanel:
+    """The configured advisors and the client that asks them."""
+
+    client: AdvisorAsker
+    endpoints: list[AdvisorEndpoint]
+
+
+@dataclass(frozen=True)
+class IncidentPolicy:
+    """The settings an Incident pass reads (``flywheel.wiring`` takes them from the configuration)."""
+
+    tenant: str | None
+    max_automatic_risk: RiskLevel
+    advisor_timeout_seconds: float
+    run_timeout_seconds: int
+    run_max_attempts: int
+
+
+@dataclass(frozen=True)
+class IncidentStores:
+    """What the Incident controller acts through, built once per operator."""
+
+    anomalies: AnomalyCounts
+    resources: FlywheelObjects
+    claims: AnomalyClaimer
+    catalogue: RuleCatalogue
+    advisors: AdvisorPanel | None = None
+
+
+# --------------------------------------------------------------------------- controller
+
+
 class IncidentReconciler:
-    def __init__(self, deps: Dependencies) -> None:
-        self._deps = deps
+    def __init__(self, policy: IncidentPolicy, stores: IncidentStores) -> None:
+        self._policy = policy
+        self._stores = stores
 
     def tenant(self, namespace: str) -> str:
-        return self._deps.settings.tenant or namespace
+        return self._policy.tenant or namespace
 
     async def reconcile(
         self, incident: IncidentObject, peers: Iterable[PeerIncident], now: datetime | None = None
@@ -262,14 +346,12 @@ class IncidentReconciler:
                 return peer.active
             # Not in Kopf's cache yet (a twin created the same instant): ask the API server.
             try:
-                body = await self._deps.resources.get("incidents", incident.namespace, holder.name)
-            except KubernetesApiError as exc:
-                if exc.status == 404:
-                    return False
-                raise
+                body = await self._stores.resources.get("incidents", incident.namespace, holder.name)
+            except NotFoundError:
+                return False
             return body["metadata"]["uid"] == holder.uid and (body.get("status") or {}).get("phase") in ACTIVE_PHASES
 
-        return await self._deps.claims.claim(
+        return await self._stores.claims.claim(
             incident.namespace, incident.anomaly_key, Holder(incident.name, incident.uid), is_active
         )
 
@@ -285,7 +367,7 @@ class IncidentReconciler:
             "error_type": incident.spec.error_type or "",
         }
         try:
-            snapshot = await self._deps.anomalies.record_occurrence(
+            snapshot = await self._stores.anomalies.record_occurrence(
                 self.tenant(incident.namespace), key, signature, incident.uid, incident.created_at, now=now
             )
         except RedisUnavailableError as exc:
@@ -317,7 +399,7 @@ class IncidentReconciler:
         if incident.spec.permanent_fix is None or anomaly is None or anomaly.permanent_fix_applied:
             return
         try:
-            await self._deps.anomalies.mark_permanent_fix(self.tenant(incident.namespace), anomaly.key)
+            await self._stores.anomalies.mark_permanent_fix(self.tenant(incident.namespace), anomaly.key)
         except RedisUnavailableError:
             anomaly.degraded = True  # the degraded timer comes back for it
             return
@@ -328,7 +410,7 @@ class IncidentReconciler:
     async def _count_manual_resolution(self, incident: IncidentObject, outcome: IncidentOutcome) -> None:
         """Count the manual_resolved disposition (idempotent per Incident); degraded if Redis is down."""
         try:
-            await self._deps.anomalies.record_disposition(
+            await self._stores.anomalies.record_disposition(
                 self.tenant(incident.namespace), incident.anomaly_key, Disposition.MANUAL_RESOLVED.value,
                 f"{incident.uid}:{Disposition.MANUAL_RESOLVED.value}",
             )
@@ -360,7 +442,7 @@ class IncidentReconciler:
             id=decision_id(incident.uid, sequence),
             state=DecisionState.READY,
             source=decision.source,
-            action=decision.action.to_run_action(),
+            action=Action.model_validate(decision.action.to_run_action()),
             risk_level=decision.risk,
             confidence=round(decision.confidence, 4),
             reasoning=decision.reasoning[:4096],
@@ -380,7 +462,7 @@ class IncidentReconciler:
                             "remediation.mode is Off: Flywheel decides but does not act", now)
             return
 
-        run = await self._deps.resources.create_or_get("runs", incident.namespace, self._run_manifest(
+        run = await self._stores.resources.create_or_get("runs", incident.namespace, self._run_manifest(
             incident, decision, sequence))
         status.run_ref = ObjectRef(name=run["metadata"]["name"], uid=run["metadata"]["uid"])
         status.phase = IncidentPhase.MITIGATING
@@ -392,28 +474,28 @@ class IncidentReconciler:
     async def _decide(
         self, incident: IncidentObject, anomaly: AnomalyStatus | None, recorded_stats: dict[str, ActionStats] | None
     ) -> DecisionOutcome:
-        deps = self._deps
+        stores, policy = self._stores, self._policy
         stats: dict[str, ActionStats] = {}
         if anomaly is not None and not anomaly.degraded:
             stats = recorded_stats if recorded_stats is not None else await self._action_stats(incident, anomaly.key)
         escalation = anomaly.escalation_level if anomaly is not None and not anomaly.degraded else None
         advisor_results: tuple[Any, ...] = ()
         consulted: list[Any] = []
-        if deps.advisors is not None:
-            consulted = advisors_to_consult(incident.spec.severity, deps.advisors.endpoints)
+        if stores.advisors is not None:
+            consulted = advisors_to_consult(incident.spec.severity, stores.advisors.endpoints)
             facts = IncidentFacts(
                 target=incident.target, severity=incident.spec.severity, alert_names=incident.alert_names,
                 service=incident.spec.service, error_type=incident.spec.error_type, summary=incident.spec.summary,
                 escalation_level=escalation, action_stats=stats,
             )
-            messages = build_messages(facts, deps.catalogue)
+            messages = build_messages(facts, stores.catalogue)
             advisor_results = tuple(
-                await deps.advisors.client.ask_all(
+                await stores.advisors.client.ask_all(
                     consulted,
                     messages,
                     expected_target=incident.target,
-                    deadline=deps.settings.advisor_timeout_seconds,
-                    allowed_actions=deps.catalogue.action_types,
+                    deadline=policy.advisor_timeout_seconds,
+                    allowed_actions=stores.catalogue.action_types,
                 )
             )
         return decide(
@@ -429,18 +511,18 @@ class IncidentReconciler:
                 advisor_results=advisor_results,
                 advisors_asked=len(consulted) if consulted else None,
             ),
-            deps.catalogue,
-            max_automatic_risk=deps.settings.max_automatic_risk,
+            stores.catalogue,
+            max_automatic_risk=policy.max_automatic_risk,
         )
 
     async def _action_stats(self, incident: IncidentObject, key: str) -> dict[str, ActionStats]:
         try:
-            return await self._deps.anomalies.action_stats(self.tenant(incident.namespace), key)
+            return await self._stores.anomalies.action_stats(self.tenant(incident.namespace), key)
         except RedisUnavailableError:
             return {}
 
     def _run_manifest(self, incident: IncidentObject, decision: DecisionOutcome, sequence: int) -> dict[str, Any]:
-        settings = self._deps.settings
+        policy = self._policy
         assert decision.run_mode is not None
         return {
             "apiVersion": API_VERSION,
@@ -460,8 +542,8 @@ class IncidentReconciler:
                 "riskLevel": decision.risk.value,
                 "requiresApproval": decision.requires_approval,
                 "mode": decision.run_mode.value,
-                "timeoutSeconds": settings.run_timeout_seconds,
-                "maxAttempts": settings.run_max_attempts,
+                "timeoutSeconds": policy.run_timeout_seconds,
+                "maxAttempts": policy.run_max_attempts,
                 "traceId": trace_id(incident.uid, sequence),
                 "trigger": {"type": "Incident", "ref": incident.name},
             },

@@ -19,9 +19,16 @@ import kopf
 from flywheel.api.common import Condition, new_condition, set_condition
 from flywheel.api.enums import ConditionStatus
 from flywheel.controllers.driver import ObjectDriver, PassDeferred, PassFunction, PassStalled, reread
-from flywheel.errors import InvalidWriteError, KubernetesApiError, StoreUnavailableError
+from flywheel.errors import (
+    ConflictError,
+    InvalidWriteError,
+    KubernetesApiError,
+    NotFoundError,
+    StoreUnavailableError,
+)
 from flywheel.logs import get_logger
 from flywheel.stores.kube import FlywheelResources
+from flywheel.wiring import FlywheelMemo
 
 log = get_logger(__name__)
 
@@ -33,12 +40,9 @@ _STALLED_AT = "stalled_at_generation"
 _CONDITION_WRITE_ATTEMPTS = 3
 
 
-def build_driver(memo: kopf.Memo, plural: str, run_pass: PassFunction) -> ObjectDriver:
+def build_driver(memo: FlywheelMemo, plural: str, run_pass: PassFunction) -> ObjectDriver:
     """A driver over ``plural`` that acts only while this replica is the active peer."""
-    deps = getattr(memo, "deps", None)
-    peering = getattr(memo, "peering", None)
-    if deps is None or peering is None:
-        raise kopf.TemporaryError("shared dependencies are not built yet", delay=1)
+    deps, peering = memo.deps, memo.peering
 
     async def is_active() -> bool:
         return bool((await peering.check()).active)
@@ -67,7 +71,7 @@ def retry_after(
     """
     if isinstance(failure, InvalidWriteError):
         raise failure
-    if isinstance(failure, KubernetesApiError) and failure.status == 404:
+    if isinstance(failure, NotFoundError):
         return None
     log.warning("pass_failed", kind=kind, namespace=namespace, name=name, error=str(failure))
     reason = type(failure).__name__ if failure.__class__ is not KubernetesApiError else f"Http{failure.status}"
@@ -142,9 +146,8 @@ class StallReporter:
                     resource_version=current["metadata"]["resourceVersion"],
                 )
                 return
-            except KubernetesApiError as exc:
-                if exc.status != 409:
-                    break
-            except StoreUnavailableError:
+            except ConflictError:
+                continue  # changed since it was read: read it again
+            except (KubernetesApiError, StoreUnavailableError):
                 break
         log.warning("stalled_condition_not_written", kind=self._plural, namespace=namespace, name=name)

@@ -16,6 +16,7 @@ import kopf
 from flywheel.api.enums import ActionType, IncidentPhase
 from flywheel.stores.history import HistoryKind, KnowledgeEntry
 from flywheel.stores.kube import GROUP, VERSION
+from flywheel.wiring import FlywheelMemo
 
 
 def knowledge_entry(incident: Mapping[str, Any]) -> KnowledgeEntry | None:
@@ -41,7 +42,7 @@ def knowledge_entry(incident: Mapping[str, Any]) -> KnowledgeEntry | None:
     )
 
 
-def project(kind: HistoryKind, event: kopf.RawEvent, memo: kopf.Memo) -> None:
+def project(kind: HistoryKind, event: kopf.RawEvent, memo: FlywheelMemo) -> None:
     """Hand the stored version of the object to the history writer (never blocks)."""
     if event.get("type") == "DELETED":
         return  # the history outlives the resource: that is its point
@@ -54,5 +55,5 @@ def project(kind: HistoryKind, event: kopf.RawEvent, memo: kopf.Memo) -> None:
 # Incidents and Runs are projected by their own watch handlers (flywheel.handlers.incident and
 # .run): one handler call per watch event instead of two, which an alert storm notices.
 @kopf.on.event(GROUP, VERSION, "approvals", id="history-approvals")
-async def project_approval(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def project_approval(event: kopf.RawEvent, memo: FlywheelMemo, **_: Any) -> None:
     project(HistoryKind.APPROVAL, event, memo)

@@ -28,7 +28,7 @@ from flywheel.stores.history import HistoryKind
 from flywheel.stores.kube import GROUP, VERSION
 
 if TYPE_CHECKING:
-    from flywheel.controllers.dependencies import Dependencies
+    from flywheel.wiring import Dependencies, FlywheelMemo
 
 
 # Incidents whose Redis recording is pending are revisited at this pace.
@@ -110,7 +110,7 @@ class IncidentPasses:
             return None
         peers = incidents_with_anomaly(self._incident_index, incident.namespace, incident.anomaly_key)
         try:
-            outcome = await IncidentReconciler(self._deps).reconcile(incident, peers)
+            outcome = await IncidentReconciler(self._deps.incident_policy, self._deps.incident_stores).reconcile(incident, peers)
             status_patch = outcome.status_patch()
             if status_patch:
                 await self._deps.resources.patch_status(
@@ -126,10 +126,8 @@ class IncidentPasses:
 
 
 @kopf.on.startup()
-async def start_incident_driver(memo: kopf.Memo, incident_index: IncidentIndex, **_: Any) -> None:
-    deps = getattr(memo, "deps", None)
-    if deps is None:
-        raise kopf.TemporaryError("shared dependencies are not built yet", delay=1)
+async def start_incident_driver(memo: FlywheelMemo, incident_index: IncidentIndex, **_: Any) -> None:
+    deps = memo.deps
     memo[MEMO_INCIDENT_DRIVER] = build_driver(memo, "incidents", IncidentPasses(deps, incident_index))
 
 
@@ -139,7 +137,7 @@ async def stop_incident_driver(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, "incidents", id="reconcile-incidents")
-async def incident_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def incident_changed(event: kopf.RawEvent, memo: FlywheelMemo, **_: Any) -> None:
     driver: ObjectDriver = memo[MEMO_INCIDENT_DRIVER]
     project(HistoryKind.INCIDENT, event, memo)
     body = event["object"]

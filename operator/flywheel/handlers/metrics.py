@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import kopf
-from sqlalchemy import Engine
 
 from flywheel.controllers.driver import ObjectDriver
 from flywheel.domain.funnel import funnel_period
@@ -25,15 +24,14 @@ from flywheel.handlers.incident import MEMO_INCIDENT_DRIVER, IncidentIndex, all_
 from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
 from flywheel.logs import get_logger
 from flywheel.metrics.collector import OperatorCounters, ReconcileErrorCounter, build_registry
-from flywheel.metrics.notifier import EventPoster, Notification, StallNotifier, WebhookSender
+from flywheel.metrics.notifier import EventPoster, Notification, StallNotifier
 from flywheel.metrics.runtime import DriverCollector, MetricsRuntime, WatchRestartCounter
 from flywheel.metrics.server import MetricsApp, MetricsServer
 from flywheel.metrics.snapshot import LiveView, SnapshotComputer, SnapshotHolder
-from flywheel.settings import FlywheelSettings, get_settings
+from flywheel.settings import FlywheelSettings
 from flywheel.stores.events import KubernetesEventPoster
-from flywheel.stores.history.engine import create_history_engine
 from flywheel.stores.metrics_queries import AnomalyMetricsReader, HistoryMetricsQueries
-from flywheel.stores.peering import PeeringObserver
+from flywheel.wiring import FlywheelMemo
 
 log = get_logger(__name__)
 
@@ -75,7 +73,6 @@ class MetricsHandles:
     """What the cleanup handler must stop."""
 
     runtime: MetricsRuntime
-    engine: Engine
     error_counter: ReconcileErrorCounter
     watch_restarts: WatchRestartCounter
 
@@ -115,31 +112,20 @@ def drivers_of(memo: kopf.Memo) -> list[ObjectDriver]:
 @kopf.on.startup()
 async def start_metrics(
     settings: kopf.OperatorSettings,
-    memo: kopf.Memo,
+    memo: FlywheelMemo,
     incident_index: IncidentIndex,
     run_views: kopf.Index[str, ObservedRun],
     **_: Any,
 ) -> None:
-    deps = getattr(memo, "deps", None)
-    peering: PeeringObserver | None = getattr(memo, "peering", None)
-    if deps is None or peering is None:
-        raise kopf.TemporaryError("shared dependencies are not built yet", delay=1)
-    config = get_settings()
+    deps = memo.deps
+    peering = memo.peering
+    config = deps.settings
     namespaces = tuple(memo.get(MEMO_WATCHED_NAMESPACES) or ())
     try:
         period = funnel_period(config.funnel_period_minutes)
-        webhook = (
-            WebhookSender(
-                config.notify_webhook_url,
-                config.notify_webhook_format,
-                timeout_seconds=config.notify_webhook_timeout_seconds,
-                retries=config.notify_webhook_retries,
-            )
-            if config.notify_webhook_url
-            else None
-        )
     except FlywheelError as exc:
         raise kopf.PermanentError(f"metrics configuration: {exc}") from exc
+    webhook = deps.notify_sender
 
     counters = OperatorCounters()
     error_counter = ReconcileErrorCounter(counters)
@@ -152,9 +138,8 @@ async def start_metrics(
     watch_restarts.install()
     registry.register(watch_restarts)
 
-    engine = create_history_engine(config.database_url)
     computer = SnapshotComputer(
-        history=HistoryMetricsQueries(engine),
+        history=HistoryMetricsQueries(deps.history_engine),
         anomalies=AnomalyMetricsReader(deps.redis, deps.anomalies.thresholds, tenant=config.tenant),
         live_view=lambda: live_view(incident_index, run_views),
         playbook_count=lambda: deps.catalogue.playbook_count,
@@ -191,13 +176,10 @@ async def start_metrics(
     except OSError as exc:  # the port is taken: a configuration problem, not a transient one
         logging.getLogger(KOPF_OBJECT_LOGGER).removeHandler(error_counter)
         watch_restarts.uninstall()
-        engine.dispose()
         raise kopf.PermanentError(
             f"metrics server cannot listen on {config.metrics_bind_address}:{config.metrics_port}: {exc}"
         ) from exc
-    memo[MEMO_METRICS] = MetricsHandles(
-        runtime=runtime, engine=engine, error_counter=error_counter, watch_restarts=watch_restarts
-    )
+    memo[MEMO_METRICS] = MetricsHandles(runtime=runtime, error_counter=error_counter, watch_restarts=watch_restarts)
     log.info(
         "metrics started",
         port=config.metrics_port or None,
@@ -215,4 +197,3 @@ async def stop_metrics(memo: kopf.Memo, **_: Any) -> None:
     await handles.runtime.stop()
     logging.getLogger(KOPF_OBJECT_LOGGER).removeHandler(handles.error_counter)
     handles.watch_restarts.uninstall()
-    handles.engine.dispose()

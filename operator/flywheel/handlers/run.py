@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import kopf
@@ -39,7 +39,7 @@ from flywheel.stores.history import HistoryKind
 from flywheel.stores.kube import API_VERSION, GROUP, VERSION
 
 if TYPE_CHECKING:
-    from flywheel.controllers.dependencies import Dependencies
+    from flywheel.wiring import Dependencies, FlywheelMemo
 
 
 # How often a Run that is not finished is looked at (rollout polling, deadlines, heartbeats).
@@ -134,9 +134,9 @@ class RunPasses:
     async def _reconcile(self, run: RunObject, guard: RunGuard) -> RunOutcome:
         """One pass's decisions, with its status patch written (raises if the write failed)."""
         incident = incident_of(self._incident_index, run.namespace, run.spec.incident_ref.name)
-        approvals = self._approvals_by_run.get((run.namespace, run.name), [])
+        approvals: Iterable[dict[str, Any]] = self._approvals_by_run.get((run.namespace, run.name), [])
         deps = self._deps
-        controller = RunController(deps.settings, deps.anomalies, deps.run_stores)
+        controller = RunController(deps.run_policy, deps.anomalies, deps.run_stores)
         outcome = await controller.reconcile(
             run,
             incident,
@@ -169,15 +169,13 @@ class RunPasses:
 
 @kopf.on.startup()
 async def start_run_driver(
-    memo: kopf.Memo,
+    memo: FlywheelMemo,
     run_views: kopf.Index[str, ObservedRun],
     incident_index: IncidentIndex,
     approvals_by_run: kopf.Index[tuple[str, str], dict[str, Any]],
     **_: Any,
 ) -> None:
-    deps = getattr(memo, "deps", None)
-    if deps is None:
-        raise kopf.TemporaryError("shared dependencies are not built yet", delay=1)
+    deps = memo.deps
     memo[MEMO_RUN_DRIVER] = build_driver(
         memo, "runs", RunPasses(deps, run_views, incident_index, approvals_by_run)
     )
@@ -189,7 +187,7 @@ async def stop_run_driver(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, "runs", id="drive-runs")
-async def run_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def run_changed(event: kopf.RawEvent, memo: FlywheelMemo, **_: Any) -> None:
     driver: ObjectDriver = memo[MEMO_RUN_DRIVER]
     project(HistoryKind.RUN, event, memo)
     body = event["object"]

@@ -9,6 +9,7 @@ that fails as a whole is logged and counted, and the previous one stays publishe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -68,10 +69,8 @@ class MetricsRuntime:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         if self._notifier is not None:
             await self._notifier.close()

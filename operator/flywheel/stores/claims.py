@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flywheel.errors import KubernetesApiError, StoreUnavailableError
+from flywheel.errors import ConflictError, NotFoundError, StoreUnavailableError
 from flywheel.stores.kube import API_VERSION, KubeApi, resource_path
 
 LEASE_PREFIX = "flywheel-anomaly-"
@@ -86,16 +86,13 @@ class AnomalyClaims:
         try:
             await self._kube.request("POST", _leases(namespace), f"create lease {name}", body=body)
             return None
-        except KubernetesApiError as exc:
-            if exc.status != 409:
-                raise
+        except ConflictError:
+            pass
         try:
             lease = await self._kube.request("GET", _leases(namespace, name), f"read lease {name}")
-        except KubernetesApiError as exc:
-            if exc.status == 404:
-                # Collected with its holder between the conflict and this read.
-                raise StoreUnavailableError(f"lease {name} was deleted while claiming it; retrying") from exc
-            raise
+        except NotFoundError as exc:
+            # Collected with its holder between the conflict and this read.
+            raise StoreUnavailableError(f"lease {name} was deleted while claiming it; retrying") from exc
         annotations = dict(lease["metadata"].get("annotations") or {})
         spec = lease.setdefault("spec", {})
         holder = Holder(name=annotations.get(HOLDER_NAME_ANNOTATION, ""), uid=spec.get("holderIdentity") or "")
@@ -109,8 +106,6 @@ class AnomalyClaims:
         try:
             # replace carries the read resourceVersion: a concurrent take-over gets 409.
             await self._kube.request("PUT", _leases(namespace, name), f"take over lease {name}", body=lease)
-        except KubernetesApiError as exc:
-            if exc.status in (404, 409):
-                raise StoreUnavailableError(f"lease {name} changed while taking it over; retrying") from exc
-            raise
+        except (NotFoundError, ConflictError) as exc:
+            raise StoreUnavailableError(f"lease {name} changed while taking it over; retrying") from exc
         return None

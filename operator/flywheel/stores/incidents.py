@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from flywheel.errors import KubernetesApiError
+from flywheel.errors import ConflictError, KubernetesApiError, NotFoundError
 from flywheel.logs import get_logger
 from flywheel.stores.kube import FlywheelResources
 
@@ -62,13 +62,11 @@ class IncidentStatusStore:
                     PLURAL, namespace, name, patch.get("status") or {},
                     resource_version=incident["metadata"]["resourceVersion"],
                 )
-            except KubernetesApiError as exc:
-                if exc.status == 409:
-                    log.info("incident_status_conflict_retry", incident=name, namespace=namespace)
-                    continue
-                if exc.status == 404:
-                    return StatusUpdate(UpdateResult.GONE, None)
-                raise
+            except ConflictError:
+                log.info("incident_status_conflict_retry", incident=name, namespace=namespace)
+                continue
+            except NotFoundError:
+                return StatusUpdate(UpdateResult.GONE, None)
             return StatusUpdate(UpdateResult.UPDATED, patched)
         raise KubernetesApiError(
             f"update the status of incident {namespace}/{name}: {CONFLICT_RETRIES} conflicts in a row", status=409

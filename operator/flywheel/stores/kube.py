@@ -29,7 +29,16 @@ import kubernetes.aio.client
 import kubernetes.aio.config
 from kubernetes.aio.client.exceptions import ApiException
 
-from flywheel.errors import InvalidWriteError, KubernetesApiError, StoreUnavailableError
+from flywheel.errors import (
+    ConflictError,
+    ForbiddenError,
+    GoneError,
+    InvalidWriteError,
+    KubernetesApiError,
+    KubernetesUnavailableError,
+    NotFoundError,
+    StoreUnavailableError,
+)
 
 GROUP = "flywheel.dev"
 VERSION = "v1alpha1"
@@ -45,6 +54,14 @@ READ_BUFFER_BYTES = 2**16
 TRANSIENT_STATUSES = frozenset({None, 0, 429, 500, 502, 503, 504})
 MERGE_PATCH = "application/merge-patch+json"
 JSON = "application/json"
+# The error each refusal is told apart by (chosen here once, so callers catch a class, not a number).
+ERROR_BY_STATUS: dict[int, type[KubernetesApiError]] = {
+    401: ForbiddenError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    409: ConflictError,
+    410: GoneError,
+}
 
 
 class _HttpFailure(Protocol):
@@ -85,11 +102,12 @@ def status_error(
 ) -> StoreUnavailableError | KubernetesApiError:
     """Our error for an answer with a failure status (transient ones become StoreUnavailableError)."""
     if status in TRANSIENT_STATUSES:
-        return StoreUnavailableError(f"{what}: Kubernetes API unavailable ({status} {reason or ''})".rstrip())
+        return KubernetesUnavailableError(f"{what}: Kubernetes API unavailable ({status} {reason or ''})".rstrip())
     message = _api_message(body) or reason or ""
     if status == 422:
         return InvalidWriteError(f"{what}: {status} {message}".rstrip(), _api_causes(body))
-    return KubernetesApiError(f"{what}: {status} {message}".rstrip(), status=status)
+    error = ERROR_BY_STATUS.get(status, KubernetesApiError) if status is not None else KubernetesApiError
+    return error(f"{what}: {status} {message}".rstrip(), status=status)
 
 
 def api_error(exc: _HttpFailure, what: str) -> StoreUnavailableError | KubernetesApiError:
@@ -99,7 +117,7 @@ def api_error(exc: _HttpFailure, what: str) -> StoreUnavailableError | Kubernete
 
 def unreachable_error(exc: BaseException, what: str) -> StoreUnavailableError:
     """A connection-level failure (refused, reset, timed out): the API server is out of reach."""
-    return StoreUnavailableError(f"{what}: Kubernetes API unreachable ({type(exc).__name__}: {exc})")
+    return KubernetesUnavailableError(f"{what}: Kubernetes API unreachable ({type(exc).__name__}: {exc})")
 
 
 async def load_configuration(config_file: str | None = None) -> kubernetes.aio.client.Configuration:
@@ -174,7 +192,7 @@ class KubeApi:
         try:
             configuration = self._configuration or await load_configuration(self._config_file)
         except kubernetes.aio.config.ConfigException as exc:
-            raise StoreUnavailableError(f"no Kubernetes credentials: {exc}") from exc
+            raise KubernetesUnavailableError(f"no Kubernetes credentials: {exc}") from exc
         configuration.connection_pool_maxsize = self._connections
         # trust_env would make aiohttp look up proxy variables and ~/.netrc on every request,
         # which doubled the CPU cost of a call (bench/e2e_throughput.py); a proxy for the API
@@ -252,9 +270,8 @@ class FlywheelResources:
         name = body["metadata"]["name"]
         try:
             return await self.create_new(plural, namespace, body), True
-        except KubernetesApiError as exc:
-            if exc.status != 409:
-                raise
+        except ConflictError:
+            pass
         return await self.get(plural, namespace, name), False
 
     async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
@@ -265,10 +282,8 @@ class FlywheelResources:
         """The object, or None when it does not exist."""
         try:
             return await self.get(plural, namespace, name)
-        except KubernetesApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        except NotFoundError:
+            return None
 
     async def patch_status(
         self,

@@ -21,7 +21,7 @@ import kubernetes
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from flywheel.errors import KubernetesApiError, StoreUnavailableError
+from flywheel.errors import KubernetesApiError, NotFoundError, StoreUnavailableError
 from flywheel.logs import get_logger
 from flywheel.stores.kube import KubeApi, resource_path
 
@@ -161,10 +161,8 @@ class PeeringObserver:
             return await self._kube.request(
                 "GET", path, f"read {plural} {where}{self._name}", timeout=REQUEST_TIMEOUT_SECONDS
             )
-        except KubernetesApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        except NotFoundError:
+            return None
 
 
 def ensure_peering_objects(name: str, namespaces: Sequence[str]) -> None:

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from flywheel.api.enums import ActionType, TargetKind
 from flywheel.domain.actions import ProposedAction, effective_replicas
 from flywheel.domain.run_state import ActionNotApplicableError, RolloutFacts
-from flywheel.errors import KubernetesApiError
+from flywheel.errors import ConflictError, KubernetesApiError
 from flywheel.logs import get_logger
 from flywheel.stores.kube import MERGE_PATCH, KubeApi, resource_path
 
@@ -278,13 +278,9 @@ class WorkloadStore:
             }
             try:
                 patched = await self._patch(namespace, kind, name, body, dry_run=dry_run)
-            except KubernetesApiError as exc:
-                if exc.status == 409:
-                    log.info(
-                        "action_conflict_retry", workload=what, namespace=namespace, run_uid=stamp.run_uid
-                    )
-                    continue
-                raise
+            except ConflictError:
+                log.info("action_conflict_retry", workload=what, namespace=namespace, run_uid=stamp.run_uid)
+                continue
             generation_after = int(patched["metadata"].get("generation") or 0)
             summary = plan.summary
             if dry_run:

@@ -19,6 +19,7 @@ Kopf's resume handlers project every Run, Incident and Approval again from the c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 from collections import OrderedDict
@@ -240,10 +241,8 @@ class HistoryWriter:
         self._closed = True
         if self._worker is not None:
             self._worker.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-            except asyncio.CancelledError:
-                pass
         if unsaved:
             _log.warning(
                 "history writer closed with items not stored; resources are projected again on restart",
@@ -458,10 +457,8 @@ class HistoryWriter:
     async def _sleep_before_retry(self, delay: float) -> None:
         """Back off (with jitter, so replicas do not retry in lockstep), unless flush() asks for now."""
         assert self._retry_now is not None and self._wakeup is not None
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._retry_now.wait(), timeout=delay * random.uniform(0.8, 1.2))
-        except TimeoutError:
-            pass
         # Cleared after waking, not before sleeping: a flush() that asked just before the sleep
         # began still cuts it short.
         self._retry_now.clear()

@@ -1,0 +1,155 @@
+"""The parsed views of the bodies a Run pass reads: the Run itself, its Incident, its peers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from flywheel.api.enums import IncidentPhase, RemediationMode, RunMode, RunState, TargetKind
+from flywheel.api.incident import IncidentStatus
+from flywheel.api.run import RunSpec, RunStatus, RunStep
+from flywheel.domain.actions import ProposedAction
+from flywheel.domain.run_state import ObservedRun
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentView:
+    """What the operator keeps in memory of every Incident (Kopf's index): enough for a Run to
+    see its Incident go away or turn remediation Off, and for the metrics to count it."""
+
+    namespace: str
+    name: str
+    uid: str
+    created_at: datetime
+    remediation_mode: RemediationMode
+    phase: IncidentPhase | None
+    deleting: bool
+    anomaly_key: str | None  # as recorded (status.anomaly.key)
+    alert_name: str | None = None
+    source: str | None = None
+    has_decision: bool = False
+    run_uid: str | None = None  # status.runRef.uid (or its name, before a uid is known)
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> IncidentView:
+        meta = body["metadata"]
+        spec = body.get("spec") or {}
+        status = body.get("status") or {}
+        phase = status.get("phase")
+        run_ref = status.get("runRef") or {}
+        return cls(
+            namespace=meta["namespace"],
+            name=meta["name"],
+            uid=meta["uid"],
+            created_at=_parse_time(meta["creationTimestamp"]),
+            remediation_mode=RemediationMode(
+                (spec.get("remediation") or {}).get("mode", RemediationMode.AUTO.value)
+            ),
+            phase=IncidentPhase(phase) if phase else None,
+            deleting=bool(meta.get("deletionTimestamp")),
+            anomaly_key=(status.get("anomaly") or {}).get("key"),
+            alert_name=spec.get("alertName") or None,
+            source=spec.get("source") or None,
+            has_decision=bool(status.get("decision")),
+            run_uid=(run_ref.get("uid") or run_ref.get("name")) if run_ref else None,
+        )
+
+
+def _parse_time(value: Any) -> datetime:
+    return datetime.fromisoformat(str(value))
+
+
+def own_status(status: Mapping[str, Any], model: type[RunStatus | IncidentStatus]) -> dict[str, Any]:
+    known = {info.alias or name for name, info in model.model_fields.items()}
+    return {key: value for key, value in dict(status).items() if key in known}
+
+
+@dataclass(frozen=True)
+class RunObject:
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    created_at: datetime
+    labels: Mapping[str, str]
+    deleting: bool
+    spec: RunSpec
+    status: RunStatus
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> RunObject:
+        """Parse a Run; raises ``ValueError`` (pydantic's ValidationError) for an invalid one."""
+        meta = body["metadata"]
+        return cls(
+            name=meta["name"],
+            namespace=meta["namespace"],
+            uid=meta["uid"],
+            generation=int(meta.get("generation") or 1),
+            created_at=_parse_time(meta["creationTimestamp"]),
+            labels=dict(meta.get("labels") or {}),
+            deleting=bool(meta.get("deletionTimestamp")),
+            spec=RunSpec.model_validate(dict(body.get("spec") or {})),
+            status=RunStatus.model_validate(own_status(body.get("status") or {}, RunStatus)),
+        )
+
+    @property
+    def action(self) -> ProposedAction:
+        params = self.spec.action.params
+        return ProposedAction(
+            type=self.spec.action.type,
+            target_kind=self.spec.action.target.kind,
+            target_name=self.spec.action.target.name,
+            replicas=params.replicas if params else None,
+            to_revision=params.to_revision if params else None,
+        )
+
+    @property
+    def shadow(self) -> bool:
+        return self.spec.mode is RunMode.SHADOW
+
+    def observed(self) -> ObservedRun:
+        return ObservedRun(
+            namespace=self.namespace,
+            name=self.name,
+            uid=self.uid,
+            created_at=self.created_at,
+            target_kind=self.spec.action.target.kind,
+            target_name=self.spec.action.target.name,
+            mode=self.spec.mode,
+            requires_approval=self.spec.requires_approval,
+            state=self.status.state,
+            started_at=self.status.started_at,
+        )
+
+
+def observed_run(
+    namespace: str,
+    name: str,
+    uid: str,
+    meta: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any],
+) -> ObservedRun:
+    """The safety-limit view of a Run body (for the operator's index); ``ValueError`` if invalid."""
+    action = spec["action"]
+    state = status.get("state")
+    started_at = status.get("startedAt")
+    return ObservedRun(
+        namespace=namespace,
+        name=name,
+        uid=uid,
+        created_at=_parse_time(meta["creationTimestamp"]),
+        target_kind=TargetKind(action["target"]["kind"]),
+        target_name=str(action["target"]["name"]),
+        mode=RunMode(spec.get("mode", RunMode.AUTO.value)),
+        requires_approval=bool(spec.get("requiresApproval", False)),
+        state=RunState(state) if state else None,
+        started_at=_parse_time(started_at) if started_at else None,
+    )
+
+
+def last_seq(steps: Sequence[RunStep]) -> int:
+    return max((step.seq for step in steps), default=0)
+

@@ -1,0 +1,202 @@
+"""The composition root: every client, store and controller seam, built once at start-up.
+
+The operator's one start-up step (``flywheel.main``) calls :func:`build_dependencies` and puts
+the result on Kopf's operator memo (:class:`FlywheelMemo`), which Kopf hands to every handler;
+the handlers only start their loops over what is built here. Each controller gets the
+Protocols and the slice of the settings it reads, nothing else. One SQL engine serves the
+history writer and the metrics queries, one notification sender the Approval announcements
+and the stall notifier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+
+import kopf
+import redis.asyncio
+from sqlalchemy import Engine
+
+from flywheel.controllers.approval import ApprovalGate
+from flywheel.controllers.incident import AdvisorPanel, IncidentPolicy, IncidentStores
+from flywheel.controllers.run import AttemptRecord, RunPolicy, RunStores
+from flywheel.domain.escalation import EscalationThresholds
+from flywheel.domain.rules import RuleCatalogue, configured_catalogue
+from flywheel.domain.run_state import SafetyLimits
+from flywheel.metrics.notifier import WebhookSender
+from flywheel.settings import FlywheelSettings
+from flywheel.stores.advisor_client import AdvisorClient, advisors_from_settings
+from flywheel.stores.anomaly_redis import AnomalyStore, connect_redis
+from flywheel.stores.approvals import SigningKeyStore, TokenLedger
+from flywheel.stores.claims import AnomalyClaims
+from flywheel.stores.history import HistoryKind, HistoryStore, HistoryWriter, RepairExecution
+from flywheel.stores.history.engine import create_history_engine
+from flywheel.stores.history.migrate import upgrade
+from flywheel.stores.incidents import IncidentStatusStore
+from flywheel.stores.kube import FlywheelResources, KubeApi
+from flywheel.stores.peering import PeeringObserver
+from flywheel.stores.workloads import WorkloadStore
+
+
+@dataclass
+class HistoryAttemptSink:
+    """Hands each decided Run attempt to the history database as a repair execution."""
+
+    history: HistoryWriter
+
+    def record_attempt(self, record: AttemptRecord) -> None:
+        self.history.submit(
+            HistoryKind.REPAIR_EXECUTION,
+            RepairExecution(
+                run_uid=record.run_uid,
+                attempt=record.attempt,
+                namespace=record.namespace,
+                incident_uid=record.incident_uid,
+                anomaly_key=record.anomaly_key or "",
+                action=record.action,
+                target_kind=record.target_kind,
+                target_name=record.target_name,
+                succeeded=record.succeeded,
+                started_at=record.started_at,
+                finished_at=record.finished_at,
+                error_code=record.error_code,
+                shadow=record.shadow,
+                latency_ms=record.latency_ms,
+            ),
+        )
+
+
+@dataclass
+class Dependencies:
+    settings: FlywheelSettings
+    kube: KubeApi
+    redis: redis.asyncio.Redis
+    anomalies: AnomalyStore
+    catalogue: RuleCatalogue
+    resources: FlywheelResources
+    advisor_client: AdvisorClient | None
+    history: HistoryWriter
+    run_stores: RunStores
+    run_policy: RunPolicy
+    claims: AnomalyClaims
+    incident_stores: IncidentStores
+    incident_policy: IncidentPolicy
+    # The history database, shared by the writer (which disposes of it) and the metrics queries.
+    history_engine: Engine
+    # Where notifications go (Approval requests, funnel stalls), if a webhook is configured.
+    notify_sender: WebhookSender | None
+
+    async def close(self) -> None:
+        if self.notify_sender is not None:
+            await self.notify_sender.close()
+        if self.advisor_client is not None:
+            await self.advisor_client.close()
+        await self.history.close()
+        await self.redis.aclose()
+        await self.kube.close()
+
+
+def run_policy(settings: FlywheelSettings) -> RunPolicy:
+    """The settings the Run controller reads."""
+    return RunPolicy(
+        tenant=settings.tenant,
+        max_scale_replicas=settings.max_scale_replicas,
+        limits=SafetyLimits(
+            max_running_per_namespace=settings.run_max_concurrent_per_namespace,
+            max_running_per_target=settings.run_max_concurrent_per_target,
+            breaker_max_remediations=settings.circuit_breaker_max_remediations,
+            breaker_window=timedelta(seconds=settings.circuit_breaker_window_seconds),
+        ),
+    )
+
+
+def incident_policy(settings: FlywheelSettings) -> IncidentPolicy:
+    """The settings the Incident controller reads."""
+    return IncidentPolicy(
+        tenant=settings.tenant,
+        max_automatic_risk=settings.max_automatic_risk,
+        advisor_timeout_seconds=settings.advisor_timeout_seconds,
+        run_timeout_seconds=settings.run_timeout_seconds,
+        run_max_attempts=settings.run_max_attempts,
+    )
+
+
+async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Dependencies:
+    """Everything is lazy about connecting: Redis may be down at start-up and come back later."""
+    client = connect_redis(settings.redis_url, timeout_seconds=settings.redis_timeout_seconds)
+    thresholds = EscalationThresholds(
+        repeat=settings.repeat_threshold,
+        escalate=settings.escalate_threshold,
+        permanent_fix=settings.permanent_fix_threshold,
+    )
+    endpoints = advisors_from_settings(settings)
+    # The writer migrates the schema before its first write and keeps retrying while the
+    # database is down: history is delayed, never lost, and start-up never waits for it.
+    history_engine = create_history_engine(settings.database_url)
+    history = HistoryWriter(HistoryStore(history_engine), prepare=partial(upgrade, settings.database_url))
+    history.start()
+    notify_sender = notification_sender(settings)
+    anomalies = AnomalyStore(client, thresholds)
+    resources = FlywheelResources(kube)
+    incidents = IncidentStatusStore(resources)
+    approvals = ApprovalGate(
+        settings,
+        resources=resources,
+        incidents=incidents,
+        signing_key=SigningKeyStore(settings.namespace, settings.approval_signing_secret, kube),
+        spent_tokens=TokenLedger(client),
+        action_history=anomalies,
+        audit=history,
+    )
+    catalogue = configured_catalogue(settings.rules_file)
+    advisor_client = AdvisorClient() if endpoints else None
+    advisors = AdvisorPanel(advisor_client, endpoints) if advisor_client is not None else None
+    claims = AnomalyClaims(kube)
+    return Dependencies(
+        settings=settings,
+        kube=kube,
+        redis=client,
+        anomalies=anomalies,
+        catalogue=catalogue,
+        resources=resources,
+        advisor_client=advisor_client,
+        history=history,
+        run_stores=RunStores(
+            workloads=WorkloadStore(kube),
+            incidents=incidents,
+            attempts=HistoryAttemptSink(history),
+            approvals=approvals,
+        ),
+        run_policy=run_policy(settings),
+        claims=claims,
+        incident_stores=IncidentStores(
+            anomalies=anomalies, resources=resources, claims=claims, catalogue=catalogue, advisors=advisors
+        ),
+        incident_policy=incident_policy(settings),
+        history_engine=history_engine,
+        notify_sender=notify_sender,
+    )
+
+
+def notification_sender(settings: FlywheelSettings) -> WebhookSender | None:
+    """The notification webhook's client, when one is configured."""
+    if not settings.notify_webhook_url:
+        return None
+    return WebhookSender(
+        settings.notify_webhook_url,
+        settings.notify_webhook_format,
+        timeout_seconds=settings.notify_webhook_timeout_seconds,
+        retries=settings.notify_webhook_retries,
+    )
+
+
+class FlywheelMemo(kopf.Memo):
+    """Kopf's operator memo, typed: what the start-up step built, for every handler.
+
+    Kopf copies the operator's memo into each resource's memo (a shallow copy: the same
+    objects), so a handler of any resource reads the same dependencies.
+    """
+
+    deps: Dependencies
+    peering: PeeringObserver
