@@ -102,6 +102,8 @@ class DriverStats:
         for index, bound in enumerate(DURATION_BUCKETS):
             if seconds <= bound:
                 self.duration_buckets[index] += 1
+
+
 # How often the loop asks whether this replica is the active peer, at most.
 ACTIVITY_CHECK_SECONDS = 2.0
 
