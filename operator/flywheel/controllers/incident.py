@@ -2,7 +2,8 @@
 
 Level-triggered: every step first looks at what the status already says, so the
 reconcile can run any number of times (Kopf retries, operator restarts) and each
-side effect happens once — recording is idempotent per Incident uid in Redis, the
+side effect happens once — recording is idempotent per occurrence in Redis (the Incident
+uid, and one id per further firing episode appended to it), the
 Run has a deterministic name, and dispositions carry their own idempotency ids.
 """
 
@@ -19,6 +20,7 @@ from flywheel.api.enums import (
     ConditionStatus,
     DecisionState,
     Disposition,
+    EscalationLevel,
     IncidentPhase,
 )
 from flywheel.api.incident import AnomalyStatus, Decision, IncidentSpec, IncidentStatus
@@ -31,7 +33,7 @@ from flywheel.domain.decision import (
     decide,
     decision_id,
 )
-from flywheel.domain.escalation import ActionStats, AnomalySnapshot
+from flywheel.domain.escalation import ActionStats, AnomalySnapshot, escalation_rose, incident_occurrences
 from flywheel.domain.signature import anomaly_key
 from flywheel.errors import KubernetesApiError, RedisUnavailableError
 from flywheel.logs import get_logger
@@ -60,6 +62,16 @@ ANOMALY_EVENT_REASON = "AnomalyRecorded"
 DECISION_EVENT_REASON = "DecisionReady"
 RUN_CREATED_EVENT_REASON = "RunCreated"
 EVENT_MESSAGE_LIMIT = 1024
+# A Warning when a firing episode appended to a decided Incident raises the anomaly's level to
+# one that changes what the next decision for it may do (SPEC §2 escalation policy).
+ESCALATED_EVENT_REASON = "AnomalyEscalated"
+ESCALATION_CONSEQUENCES: dict[EscalationLevel | None, str] = {
+    EscalationLevel.ESCALATE: "the next Run for this anomaly requires approval",
+    EscalationLevel.PERMANENT_FIX: (
+        "the next decision for this anomaly takes no automatic action and requires approval "
+        "unless a permanent fix is declared"
+    ),
+}
 
 LABEL_INCIDENT = "flywheel.dev/incident"
 LABEL_ANOMALY_KEY = "flywheel.dev/anomaly-key"
@@ -274,9 +286,17 @@ class IncidentReconciler:
         )
 
     async def _record_anomaly(self, incident: IncidentObject, outcome: IncidentOutcome, now: datetime) -> None:
+        """Count the Incident and each firing episode appended to it (idempotent per occurrence id).
+
+        Recorded again whenever the spec changed since the last pass (the intake appends a new
+        episode as a signal, which bumps the generation): what was counted before is not
+        counted twice, a new episode is one more occurrence and re-evaluates the escalation.
+        """
         status = outcome.status
         key = incident.anomaly_key
-        if status.anomaly is not None and status.anomaly.key == key and not status.anomaly.degraded:
+        previous = status.anomaly
+        recorded_before = previous is not None and previous.key == key and not previous.degraded
+        if recorded_before and incident.status.observed_generation == incident.generation:
             return
         signature = {
             "alert_name": incident.spec.alert_name or "",
@@ -284,13 +304,16 @@ class IncidentReconciler:
             "namespace": incident.namespace,
             "error_type": incident.spec.error_type or "",
         }
+        occurrences = incident_occurrences(
+            incident.uid, incident.created_at,
+            ((signal.fingerprint, signal.starts_at) for signal in incident.spec.signals),
+        )
         try:
-            snapshot = await self._deps.anomalies.record_occurrence(
-                self.tenant(incident.namespace), key, signature, incident.uid, incident.created_at, now=now
+            recorded = await self._deps.anomalies.record_occurrences(
+                self.tenant(incident.namespace), key, signature, occurrences, now=now
             )
         except RedisUnavailableError as exc:
             log.warning("anomaly not recorded, Redis unavailable", incident=incident.name, error=str(exc))
-            previous = status.anomaly
             status.anomaly = AnomalyStatus(
                 key=key,
                 degraded=True,
@@ -301,16 +324,28 @@ class IncidentReconciler:
             if previous is None or not previous.degraded:
                 outcome.events.append(Event("Warning", "RedisUnavailable", "anomaly counts degraded; recording later"))
             return
+        snapshot = recorded.snapshot
         status.anomaly = _anomaly_status(snapshot)
         outcome.action_stats = snapshot.action_stats
         level = snapshot.escalation_level.value if snapshot.escalation_level else "none"
         self._condition(outcome, incident, ANOMALY_RECORDED, ConditionStatus.TRUE, "Recorded",
                         f"anomaly {key}: {snapshot.count_24h} in 24h, escalation {level}", now)
+        if recorded_before and not recorded.counted:
+            return  # a spec change that brought no new episode: nothing new to say
         outcome.events.append(Event(
             "Normal", ANOMALY_EVENT_REASON,
             f"anomaly {key} seen {snapshot.count_1h}x/1h {snapshot.count_24h}x/24h "
             f"{snapshot.count_7d}x/7d {snapshot.count_30d}x/30d; escalation {level}",
         ))
+        before = previous.escalation_level if previous is not None and previous.key == key else None
+        if status.decision is not None and escalation_rose(before, snapshot.escalation_level):
+            consequence = ESCALATION_CONSEQUENCES.get(snapshot.escalation_level)
+            if consequence is not None:
+                outcome.events.append(Event(
+                    "Warning", ESCALATED_EVENT_REASON,
+                    f"anomaly {key} reached {level} ({snapshot.count_24h}x in 24h) after this Incident was "
+                    f"decided: {consequence}",
+                ))
 
     async def _apply_permanent_fix(self, incident: IncidentObject, outcome: IncidentOutcome, now: datetime) -> None:
         anomaly = outcome.status.anomaly
