@@ -34,6 +34,7 @@ from flywheel.domain.decision import (
     decision_id,
 )
 from flywheel.domain.escalation import ActionStats, AnomalySnapshot, escalation_rose, incident_occurrences
+from flywheel.domain.rules import AlertFacts
 from flywheel.domain.signature import anomaly_key
 from flywheel.errors import KubernetesApiError, RedisUnavailableError
 from flywheel.logs import get_logger
@@ -131,6 +132,14 @@ class IncidentObject:
     @property
     def target(self) -> IncidentTarget:
         return IncidentTarget(self.namespace, self.spec.target_ref.kind, self.spec.target_ref.name)
+
+    @property
+    def alerts(self) -> tuple[AlertFacts, ...]:
+        """Its alerts as the catalogue's selector rules see them: each signal with its labels,
+        or, without signals, one alert named by ``spec.alertName``."""
+        if not self.spec.signals:
+            return (AlertFacts(self.spec.alert_name, self.namespace),)
+        return tuple(AlertFacts(signal.alert_name, self.namespace, signal.labels) for signal in self.spec.signals)
 
     @property
     def alert_names(self) -> tuple[str, ...]:
@@ -428,6 +437,7 @@ class IncidentReconciler:
         self, incident: IncidentObject, anomaly: AnomalyStatus | None, recorded_stats: dict[str, ActionStats] | None
     ) -> DecisionOutcome:
         deps = self._deps
+        catalogue = deps.catalogue
         stats: dict[str, ActionStats] = {}
         if anomaly is not None and not anomaly.degraded:
             stats = recorded_stats if recorded_stats is not None else await self._action_stats(incident, anomaly.key)
@@ -439,16 +449,16 @@ class IncidentReconciler:
             facts = IncidentFacts(
                 target=incident.target, severity=incident.spec.severity, alert_names=incident.alert_names,
                 service=incident.spec.service, error_type=incident.spec.error_type, summary=incident.spec.summary,
-                escalation_level=escalation, action_stats=stats,
+                escalation_level=escalation, action_stats=stats, alerts=incident.alerts,
             )
-            messages = build_messages(facts, deps.catalogue)
+            messages = build_messages(facts, catalogue)
             advisor_results = tuple(
                 await deps.advisors.client.ask_all(
                     consulted,
                     messages,
                     expected_target=incident.target,
                     deadline=deps.settings.advisor_timeout_seconds,
-                    allowed_actions=deps.catalogue.action_types,
+                    allowed_actions=catalogue.action_types,
                 )
             )
         return decide(
@@ -463,8 +473,9 @@ class IncidentReconciler:
                 action_stats=stats,
                 advisor_results=advisor_results,
                 advisors_asked=len(consulted) if consulted else None,
+                alerts=incident.alerts,
             ),
-            deps.catalogue,
+            catalogue,
             max_automatic_risk=deps.settings.max_automatic_risk,
         )
 
