@@ -5,7 +5,10 @@ Scenarios:
   set and never stored when they arrive that late; keys expire after ~35 days;
 - escalation at 3/5/10 occurrences within 24 hours, and with configured thresholds;
 - idempotency: one occurrence id counts once, whatever its retries carry;
-- one round trip per record, proven from the server side (slow log with a zero threshold:
+- repeat firings: an Incident whose alert fired five times (five episodes appended, recorded
+  after each append, as the reconcile does) counts five and reaches ESCALATE; re-sends of an
+  episode, its resolution, a retried pass and a restart count nothing more;
+- one round trip per record, however many occurrences it carries, proven from the server side (slow log with a zero threshold:
   the store's connection issued exactly one EVALSHA; INFO agrees on the command totals), and
   that round trip also brings the repair outcomes the decision needs;
 - repair history: last 100 outcomes per action and overall, success rates and the skip policy,
@@ -22,14 +25,20 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import redis.asyncio
 import redis.exceptions
 
 from flywheel.api.enums import ActionType, Disposition, EscalationLevel
-from flywheel.domain.escalation import AnomalySnapshot, EscalationThresholds, should_skip_action
+from flywheel.domain.escalation import (
+    AnomalySnapshot,
+    EscalationThresholds,
+    episode_id,
+    incident_occurrences,
+    should_skip_action,
+)
 from flywheel.errors import InvalidInputError, RedisUnavailableError
 from flywheel.stores.anomaly_redis import (
     KEPT_REPAIR_OUTCOMES,
@@ -249,6 +258,40 @@ async def test_the_same_occurrence_recorded_twice_counts_once(store: AnomalyStor
     assert replay.last_seen == now - timedelta(minutes=5)
 
 
+async def test_five_firing_episodes_count_five_and_their_re_sends_count_once(
+    store: AnomalyStore, now: datetime
+) -> None:
+    fingerprint = "5c7e9b1a2d3f4e60"
+    created = now - timedelta(hours=2)
+    starts = [created + timedelta(minutes=20 * episode) for episode in range(5)]
+    held: list[tuple[str | None, datetime]] = []
+    snapshots = []
+    for starts_at in starts:
+        held.append((fingerprint, starts_at))  # the intake appends the new episode's signal
+        recorded = await store.record_occurrences(
+            TENANT, KEY, SIGNATURE, incident_occurrences("incident-uid-1", created, held), now=now
+        )
+        assert recorded.counted == 1, "each pass counts its one new episode and nothing it counted before"
+        snapshots.append(recorded.snapshot)
+    assert [(s.count_24h, s.escalation_level) for s in snapshots] == [
+        (1, None), (2, None), (3, EscalationLevel.REPEAT), (4, EscalationLevel.REPEAT), (5, EscalationLevel.ESCALATE),
+    ]
+    assert snapshots[-1].last_seen == starts[-1]
+
+    # Alertmanager re-sends every episode (repeat_interval, a retried webhook), resolutions
+    # arrive, the pass is retried after a lost status write, the operator restarts.
+    resent = [*held, *held, *((fingerprint, starts_at.astimezone(timezone(timedelta(hours=2)))) for starts_at in starts)]
+    for _ in range(3):
+        again = await store.record_occurrences(
+            TENANT, KEY, SIGNATURE, incident_occurrences("incident-uid-1", created, resent), now=now
+        )
+        assert (again.counted, again.already_counted) == (0, 5)
+    assert (again.snapshot.count_24h, again.snapshot.escalation_level) == (5, EscalationLevel.ESCALATE)
+    # The same episodes seen through the older one-occurrence API are the same ids too.
+    single = await store.record_occurrence(TENANT, KEY, SIGNATURE, episode_id(fingerprint, starts[3]), starts[3], now=now)
+    assert single.count_24h == 5
+
+
 async def test_a_record_costs_exactly_one_round_trip(clean_redis_url: str, now: datetime) -> None:
     store_connection_name = "anomaly-store-under-test"
     store_client = redis.asyncio.Redis.from_url(clean_redis_url, client_name=store_connection_name)
@@ -266,7 +309,11 @@ async def test_a_record_costs_exactly_one_round_trip(clean_redis_url: str, now: 
         await admin.slowlog_reset()
         before = await admin.info("all")
 
-        await store.record_occurrence(TENANT, KEY, SIGNATURE, "measured", now, now=now)
+        # An Incident with its four further firing episodes: still one round trip.
+        await store.record_occurrences(
+            TENANT, KEY, SIGNATURE, incident_occurrences("measured", now, [("fp", now + timedelta(minutes=minute))
+                                                                           for minute in range(5)]), now=now,
+        )
 
         after = await admin.info("all")
         entries = await admin.slowlog_get(1024)

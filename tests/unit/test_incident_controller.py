@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -51,9 +51,16 @@ from flywheel.controllers.incident import (
     run_name,
     trace_id,
 )
-from flywheel.domain.escalation import ActionStats, AnomalySnapshot, EscalationThresholds, escalation_level
+from flywheel.domain.escalation import (
+    ActionStats,
+    AnomalySnapshot,
+    EscalationThresholds,
+    Occurrence,
+    escalation_level,
+)
 from flywheel.domain.rules import default_catalogue
 from flywheel.errors import NotFoundError, RedisUnavailableError
+from flywheel.stores.anomaly_redis import RecordedOccurrences
 from flywheel.stores.claims import Holder, HolderIsActive
 
 pytestmark = pytest.mark.unit
@@ -76,31 +83,35 @@ class CountsInMemory:
         if not self.available:
             raise RedisUnavailableError("redis: connection refused")
 
-    async def record_occurrence(
+    async def record_occurrences(
         self,
         tenant: str,
         key: str,
         signature: Mapping[str, str],
-        occurrence_id: str,
-        occurred_at: datetime,
+        occurrences: Sequence[Occurrence],
         now: datetime | None = None,
-    ) -> AnomalySnapshot:
+    ) -> RecordedOccurrences:
         self._reachable()
         seen = self.occurrences.setdefault((tenant, key), set())
-        seen.add(occurrence_id)
+        fresh = [occurrence for occurrence in occurrences if occurrence.id not in seen]
+        seen.update(occurrence.id for occurrence in occurrences)
         count = len(seen)
-        return AnomalySnapshot(
+        first, last = min(o.at for o in occurrences), max(o.at for o in occurrences)
+        snapshot = AnomalySnapshot(
             key=key,
             count_1h=count,
             count_24h=count,
             count_7d=count,
             count_30d=count,
-            first_seen=occurred_at,
-            last_seen=occurred_at,
+            first_seen=first,
+            last_seen=last,
             escalation_level=escalation_level(count, THRESHOLDS),
             auto_repair_count=0,
             permanent_fix_applied=(tenant, key) in self.permanent_fixes,
             action_stats={},
+        )
+        return RecordedOccurrences(
+            snapshot, counted=len(fresh), already_counted=len(occurrences) - len(fresh), too_old=0
         )
 
     async def mark_permanent_fix(self, tenant: str, key: str, description: str = "", at: datetime | None = None) -> None:

@@ -183,7 +183,7 @@ def _rule(body: str) -> str:
         (_rule("- just-a-string\n"), r"rules\[0\]: must be a mapping"),
         (
             _rule("- name: a\n  action: {type: RolloutRestart}\n  risk: low\n"),
-            r"rules\[0\] \(a\): keywords: Field required",
+            r"rules\[0\]\.keywords: only the last rule may have neither keywords nor match",
         ),
         (
             _rule("- name: a\n  keywords: [x]\n  action: {type: Reboot}\n  risk: low\n"),
@@ -252,11 +252,11 @@ def _rule(body: str) -> str:
         ),
         (
             MINIMAL_CATCH_ALL + "- name: late\n  keywords: [x]\n  action: {type: RolloutUndo}\n  risk: low\n",
-            r"rules\[0\]\.keywords: only the last rule may have no keywords",
+            r"rules\[0\]\.keywords: only the last rule may have neither keywords nor match",
         ),
         (
             "- name: a\n  keywords: [x]\n  action: {type: RolloutUndo}\n  risk: low\n",
-            r"rules\[0\]\.keywords: the last rule must have no keywords",
+            r"rules\[0\]\.keywords: the last rule must have neither keywords nor match",
         ),
         (
             MINIMAL_CATCH_ALL + "  enabled: false\n",

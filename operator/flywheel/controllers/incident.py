@@ -2,7 +2,8 @@
 
 Level-triggered: every step first looks at what the status already says, so the
 reconcile can run any number of times (Kopf retries, operator restarts) and each
-side effect happens once — recording is idempotent per Incident uid in Redis, the
+side effect happens once — recording is idempotent per occurrence in Redis (the Incident
+uid, and one id per further firing episode appended to it), the
 Run has a deterministic name, and dispositions carry their own idempotency ids.
 
 (Over 500 lines: the parsed Incident, its outcome with the Event merging, the store Protocols
@@ -24,6 +25,7 @@ from flywheel.api.enums import (
     ConditionStatus,
     DecisionState,
     Disposition,
+    EscalationLevel,
     IncidentPhase,
     RiskLevel,
 )
@@ -53,17 +55,35 @@ from flywheel.domain.decision import (
     decide,
     decision_id,
 )
-from flywheel.domain.escalation import ActionStats, AnomalySnapshot
+from flywheel.domain.escalation import (
+    ActionStats,
+    AnomalySnapshot,
+    Occurrence,
+    escalation_rose,
+    incident_occurrences,
+)
 from flywheel.domain.names import label_value, suffixed_name
-from flywheel.domain.rules import RuleCatalogue
+from flywheel.domain.rules import AlertFacts, RuleCatalogue
 from flywheel.domain.signature import anomaly_key
 from flywheel.errors import NotFoundError, RedisUnavailableError
 from flywheel.logs import get_logger
 from flywheel.stores.advisor_client import AdvisorEndpoint
+from flywheel.stores.anomaly_redis import RecordedOccurrences
 from flywheel.stores.claims import Holder, HolderIsActive
 from flywheel.stores.kube import API_VERSION
 
 log = get_logger(__name__)
+
+# A Warning when a firing episode appended to a decided Incident raises the anomaly's level to
+# one that changes what the next decision for it may do (SPEC §2 escalation policy).
+ESCALATED_EVENT_REASON = "AnomalyEscalated"
+ESCALATION_CONSEQUENCES: dict[EscalationLevel | None, str] = {
+    EscalationLevel.ESCALATE: "the next Run for this anomaly requires approval",
+    EscalationLevel.PERMANENT_FIX: (
+        "the next decision for this anomaly takes no automatic action and requires approval "
+        "unless a permanent fix is declared"
+    ),
+}
 
 # The first decision of an Incident; later decisions (after a failed Run) count up.
 FIRST_DECISION = 1
@@ -112,6 +132,14 @@ class IncidentObject:
     @property
     def target(self) -> IncidentTarget:
         return IncidentTarget(self.namespace, self.spec.target_ref.kind, self.spec.target_ref.name)
+
+    @property
+    def alerts(self) -> tuple[AlertFacts, ...]:
+        """Its alerts as the catalogue's selector rules see them: each signal with its labels,
+        or, without signals, one alert named by ``spec.alertName``."""
+        if not self.spec.signals:
+            return (AlertFacts(self.spec.alert_name, self.namespace),)
+        return tuple(AlertFacts(signal.alert_name, self.namespace, signal.labels) for signal in self.spec.signals)
 
     @property
     def alert_names(self) -> tuple[str, ...]:
@@ -198,15 +226,14 @@ def run_name(incident_name: str, sequence: int) -> str:
 class AnomalyCounts(Protocol):
     """Recurrence counts and outcomes per anomaly (``flywheel.stores.anomaly_redis.AnomalyStore``)."""
 
-    async def record_occurrence(
+    async def record_occurrences(
         self,
         tenant: str,
         key: str,
         signature: Mapping[str, str],
-        occurrence_id: str,
-        occurred_at: datetime,
+        occurrences: Sequence[Occurrence],
         now: datetime | None = None,
-    ) -> AnomalySnapshot: ...
+    ) -> RecordedOccurrences: ...
 
     async def mark_permanent_fix(
         self, tenant: str, key: str, description: str = "", at: datetime | None = None
@@ -356,9 +383,17 @@ class IncidentReconciler:
         )
 
     async def _record_anomaly(self, incident: IncidentObject, outcome: IncidentOutcome, now: datetime) -> None:
+        """Count the Incident and each firing episode appended to it (idempotent per occurrence id).
+
+        Recorded again whenever the spec changed since the last pass (the intake appends a new
+        episode as a signal, which bumps the generation): what was counted before is not
+        counted twice, a new episode is one more occurrence and re-evaluates the escalation.
+        """
         status = outcome.status
         key = incident.anomaly_key
-        if status.anomaly is not None and status.anomaly.key == key and not status.anomaly.degraded:
+        previous = status.anomaly
+        recorded_before = previous is not None and previous.key == key and not previous.degraded
+        if recorded_before and incident.status.observed_generation == incident.generation:
             return
         signature = {
             "alert_name": incident.spec.alert_name or "",
@@ -366,13 +401,16 @@ class IncidentReconciler:
             "namespace": incident.namespace,
             "error_type": incident.spec.error_type or "",
         }
+        occurrences = incident_occurrences(
+            incident.uid, incident.created_at,
+            ((signal.fingerprint, signal.starts_at) for signal in incident.spec.signals),
+        )
         try:
-            snapshot = await self._stores.anomalies.record_occurrence(
-                self.tenant(incident.namespace), key, signature, incident.uid, incident.created_at, now=now
+            recorded = await self._stores.anomalies.record_occurrences(
+                self.tenant(incident.namespace), key, signature, occurrences, now=now
             )
         except RedisUnavailableError as exc:
             log.warning("anomaly not recorded, Redis unavailable", incident=incident.name, error=str(exc))
-            previous = status.anomaly
             status.anomaly = AnomalyStatus(
                 key=key,
                 degraded=True,
@@ -383,16 +421,28 @@ class IncidentReconciler:
             if previous is None or not previous.degraded:
                 outcome.events.append(Event("Warning", "RedisUnavailable", "anomaly counts degraded; recording later"))
             return
+        snapshot = recorded.snapshot
         status.anomaly = _anomaly_status(snapshot)
         outcome.action_stats = snapshot.action_stats
         level = snapshot.escalation_level.value if snapshot.escalation_level else "none"
         self._condition(outcome, incident, ANOMALY_RECORDED, ConditionStatus.TRUE, "Recorded",
                         f"anomaly {key}: {snapshot.count_24h} in 24h, escalation {level}", now)
+        if recorded_before and not recorded.counted:
+            return  # a spec change that brought no new episode: nothing new to say
         outcome.events.append(Event(
             "Normal", ANOMALY_EVENT_REASON,
             f"anomaly {key} seen {snapshot.count_1h}x/1h {snapshot.count_24h}x/24h "
             f"{snapshot.count_7d}x/7d {snapshot.count_30d}x/30d; escalation {level}",
         ))
+        before = previous.escalation_level if previous is not None and previous.key == key else None
+        if status.decision is not None and escalation_rose(before, snapshot.escalation_level):
+            consequence = ESCALATION_CONSEQUENCES.get(snapshot.escalation_level)
+            if consequence is not None:
+                outcome.events.append(Event(
+                    "Warning", ESCALATED_EVENT_REASON,
+                    f"anomaly {key} reached {level} ({snapshot.count_24h}x in 24h) after this Incident was "
+                    f"decided: {consequence}",
+                ))
 
     async def _apply_permanent_fix(self, incident: IncidentObject, outcome: IncidentOutcome, now: datetime) -> None:
         anomaly = outcome.status.anomaly
@@ -486,7 +536,7 @@ class IncidentReconciler:
             facts = IncidentFacts(
                 target=incident.target, severity=incident.spec.severity, alert_names=incident.alert_names,
                 service=incident.spec.service, error_type=incident.spec.error_type, summary=incident.spec.summary,
-                escalation_level=escalation, action_stats=stats,
+                escalation_level=escalation, action_stats=stats, alerts=incident.alerts,
             )
             messages = build_messages(facts, stores.catalogue)
             advisor_results = tuple(
@@ -510,6 +560,7 @@ class IncidentReconciler:
                 action_stats=stats,
                 advisor_results=advisor_results,
                 advisors_asked=len(consulted) if consulted else None,
+                alerts=incident.alerts,
             ),
             stores.catalogue,
             max_automatic_risk=policy.max_automatic_risk,

@@ -38,7 +38,7 @@ from flywheel.api.enums import (
 from flywheel.domain.actions import IncidentTarget, ProposedAction
 from flywheel.domain.advisor import AdvisorResult, ConsensusResult, consensus, uses_consensus
 from flywheel.domain.escalation import ActionStats, should_skip_action
-from flywheel.domain.rules import RuleCatalogue, RuleHit, risk_rank
+from flywheel.domain.rules import AlertFacts, RuleCatalogue, RuleHit, risk_rank
 from flywheel.errors import InvalidInputError
 
 DECISION_ID_PREFIX = "DEC-"
@@ -83,6 +83,8 @@ class DecisionInput:
     action_stats: Mapping[str, ActionStats] = field(default_factory=dict)
     advisor_results: tuple[AdvisorResult, ...] = ()
     advisors_asked: int | None = None
+    alerts: tuple[AlertFacts, ...] = ()
+    """The Incident's alerts with their labels, for the catalogue's selector rules."""
 
     def __post_init__(self) -> None:
         if isinstance(self.alert_names, str):
@@ -327,7 +329,7 @@ def decide(
     """
     target = decision_input.target
     history = _History(stats=decision_input.action_stats, skip=skip)
-    match = catalogue.match(decision_input.alert_names)
+    match = catalogue.match(decision_input.alert_names, decision_input.alerts)
 
     # Rules first: the first candidate whose action has not kept failing.
     rule_choice: RuleHit | None = None

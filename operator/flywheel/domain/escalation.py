@@ -6,8 +6,10 @@ Pure functions and value objects only: no I/O, no clock. The Redis store
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from flywheel.api.enums import EscalationLevel
 from flywheel.errors import ConfigurationError, InvalidInputError
@@ -59,6 +61,61 @@ def escalation_level(count_24h: int, thresholds: EscalationThresholds) -> Escala
     if count_24h >= thresholds.repeat:
         return EscalationLevel.REPEAT
     return None
+
+
+EPISODE_ID_PREFIX = "ep-"
+
+
+@dataclass(frozen=True, slots=True)
+class Occurrence:
+    """One occurrence of an anomaly: the id it is counted under (once) and when it happened."""
+
+    id: str
+    at: datetime
+
+
+def episode_id(fingerprint: str | None, starts_at: datetime) -> str:
+    """The occurrence id of one firing episode: the alert's fingerprint and its ``startsAt``.
+
+    Alertmanager re-sends an episode with the same pair (every ``repeat_interval``, on every
+    retry of a failed webhook), so the id is the same whoever records it and however often;
+    a new episode of the same alert (it resolved and fired again) has a new ``startsAt``.
+    """
+    if starts_at.tzinfo is None or starts_at.utcoffset() is None:
+        raise InvalidInputError("starts_at", f"must be timezone-aware, got naive {starts_at.isoformat()}")
+    identity = f"{fingerprint or ''}\x00{starts_at.astimezone(UTC).isoformat()}"
+    return EPISODE_ID_PREFIX + hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
+def incident_occurrences(
+    incident_uid: str, created_at: datetime, episodes: Iterable[tuple[str | None, datetime]]
+) -> tuple[Occurrence, ...]:
+    """The occurrences an Incident stands for: itself, plus every further firing episode.
+
+    The Incident counts once under its uid at its creation time, as it always has, so that
+    its first recording, a retry and a restart count it once. That occurrence stands for its
+    earliest episode (the one it was opened for). Each *other* distinct episode
+    (``(fingerprint, startsAt)`` of its signals, firing or resolved — a resolved signal is the
+    end of an episode that fired) is one more occurrence at its ``startsAt``, under
+    :func:`episode_id`. Re-sent notifications of one episode map to the same id.
+    """
+    distinct = {(fingerprint, starts_at.astimezone(UTC)) for fingerprint, starts_at in episodes}
+    ordered = sorted(distinct, key=lambda episode: (episode[1], episode[0] or ""))
+    later = (Occurrence(episode_id(fingerprint, starts_at), starts_at) for fingerprint, starts_at in ordered[1:])
+    return (Occurrence(incident_uid, created_at), *later)
+
+
+def escalation_rose(before: EscalationLevel | None, after: EscalationLevel | None) -> bool:
+    """Whether ``after`` is a more severe level than ``before`` (None is below REPEAT)."""
+    return _LEVEL_RANK[after] > _LEVEL_RANK[before]
+
+
+_LEVEL_RANK: dict[EscalationLevel | None, int] = {
+    None: 0,
+    EscalationLevel.REPEAT: 1,
+    EscalationLevel.ESCALATE: 2,
+    EscalationLevel.PERMANENT_FIX: 3,
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,20 @@
-"""The rule catalogue: keyword rules mapping alert names to typed actions.
+"""The rule catalogue: rules mapping an Incident's alerts to typed actions.
 
-Rules are tried in catalogue order against the lower-cased alert names of an
-Incident; the first enabled rule with a keyword contained in one of the names
-wins, and the last rule (no keywords) catches everything else. Each enabled rule
-is a "playbook" in the flywheel-health metrics.
+A rule matches in one of two ways:
+
+- **selector rules** (``match``) match alerts exactly: alert names, the ``severity``
+  label, namespace globs and label equalities, all of which must hold for one and the
+  same alert of the Incident (one of its signals; an Incident without signals is one
+  alert named by ``spec.alertName``, without labels). A team binds its own alerts to
+  a playbook with them;
+- **keyword rules** (``keywords``) match when a keyword is contained in one of the
+  lower-cased alert names.
+
+Precedence is the file order, and the file must list every selector rule before the
+keyword rules (so that file order and precedence are the same thing): enabled selector
+rules are tried first, in order, then keyword rules, in order, and the last rule (no
+keywords, no selector) catches everything else. Each enabled rule is a "playbook" in
+the flywheel-health metrics.
 
 The built-in catalogue is the package file ``flywheel/rules/default.yaml``; users
 copy that very file into a ConfigMap to change it, so the documented format and
@@ -13,15 +24,25 @@ this module and happens once, at start-up.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+import fnmatch
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 
 from flywheel.api.enums import ActionType, RiskLevel
 from flywheel.domain.actions import ActionTemplate
@@ -46,8 +67,53 @@ def risk_rank(risk: RiskLevel) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertFacts:
+    """One alert of an Incident as a selector sees it."""
+
+    alert_name: str | None
+    namespace: str
+    """The Incident's namespace (where the alert's workload is)."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertSelector:
+    """Conditions on one alert; every condition given must hold, an empty one holds always.
+
+    ``alert_names`` and ``severities`` are exact values (Prometheus names and label values
+    are case-sensitive), ``namespaces`` shell-style globs (``*``, ``?``, ``[...]``), and
+    ``labels`` exact equalities of the alert's labels.
+    """
+
+    alert_names: frozenset[str] = frozenset()
+    severities: frozenset[str] = frozenset()
+    namespaces: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def matches(self, alert: AlertFacts) -> bool:
+        if self.alert_names and alert.alert_name not in self.alert_names:
+            return False
+        if self.severities and alert.labels.get("severity") not in self.severities:
+            return False
+        if self.namespaces and not any(fnmatch.fnmatchcase(alert.namespace, glob) for glob in self.namespaces):
+            return False
+        return all(alert.labels.get(name) == value for name, value in self.labels)
+
+    def describe(self) -> str:
+        parts = []
+        if self.alert_names:
+            parts.append(f"alertname in {sorted(self.alert_names)}")
+        if self.severities:
+            parts.append(f"severity in {sorted(self.severities)}")
+        if self.namespaces:
+            parts.append(f"namespace like {list(self.namespaces)}")
+        parts += [f"{name}={value!r}" for name, value in self.labels]
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
-    """One keyword rule. A rule without keywords is the catalogue's catch-all."""
+    """One rule: by selector, by keywords, or neither (the catalogue's catch-all)."""
 
     name: str
     keywords: tuple[str, ...]
@@ -56,10 +122,25 @@ class Rule:
     confidence: float = DEFAULT_RULE_CONFIDENCE
     enabled: bool = True
     description: str = ""
+    selector: AlertSelector | None = None
+
+    def __post_init__(self) -> None:
+        if self.selector is not None and self.keywords:
+            raise ConfigurationError(f"rule {self.name}: matches by selector or by keywords, not both")
 
     @property
     def is_catch_all(self) -> bool:
-        return not self.keywords
+        return not self.keywords and self.selector is None
+
+    @property
+    def is_selector_rule(self) -> bool:
+        return self.selector is not None
+
+    def first_alert_selected(self, alerts: Iterable[AlertFacts]) -> AlertFacts | None:
+        """The first alert this rule's selector matches (None for keyword rules)."""
+        if self.selector is None:
+            return None
+        return next((alert for alert in alerts if self.selector.matches(alert)), None)
 
     def first_keyword_in(self, lowered_alert_names: Iterable[str]) -> tuple[str, str] | None:
         """The first (keyword, alert name) pair where the keyword occurs in the name."""
@@ -77,11 +158,13 @@ class RuleHit:
 
     rule: Rule
     keyword: str | None
-    """The keyword found; ``None`` for the catch-all."""
+    """The keyword found; ``None`` for the catch-all and selector rules."""
     alert_name: str | None
-    """The lower-cased alert name the keyword was found in; ``None`` for the catch-all."""
+    """The alert that matched: lower-cased for a keyword, as sent for a selector; ``None`` for the catch-all."""
 
     def explain(self) -> str:
+        if self.rule.selector is not None:
+            return f"rule {self.rule.name} (alert {self.alert_name!r} matches {self.rule.selector.describe()})"
         if self.keyword is None:
             return f"rule {self.rule.name} (catch-all: no more specific rule matched)"
         return f"rule {self.rule.name} (keyword {self.keyword!r} in alert {self.alert_name!r})"
@@ -159,12 +242,23 @@ class RuleCatalogue:
             raise InvalidInputError("action.type", f"{action_type.value} is not offered by the {self.source}")
         return max(risks, key=risk_rank)
 
-    def match(self, alert_names: Iterable[str | None]) -> RuleMatch:
-        """All enabled rules applying to these alert names, first match first, catch-all last."""
+    def match(self, alert_names: Iterable[str | None], alerts: Iterable[AlertFacts] = ()) -> RuleMatch:
+        """All enabled rules applying, in precedence order, the catch-all last.
+
+        Selector rules look at ``alerts`` (each with its labels), keyword rules at
+        ``alert_names``. The catalogue's shape puts selector rules first, so the catalogue
+        order is the precedence.
+        """
         lowered = tuple(name.lower() for name in alert_names if name)
+        facts = tuple(alerts)
         hits: list[RuleHit] = []
         for rule in self.enabled_rules:
             if rule.is_catch_all:
+                continue
+            if rule.is_selector_rule:
+                selected = rule.first_alert_selected(facts)
+                if selected is not None:
+                    hits.append(RuleHit(rule=rule, keyword=None, alert_name=selected.alert_name))
                 continue
             found = rule.first_keyword_in(lowered)
             if found is not None:
@@ -195,14 +289,20 @@ def _check_catalogue_shape(rules: tuple[Rule, ...], source: str) -> None:
         seen[rule.name] = index
         if rule.is_catch_all and index != len(rules) - 1:
             raise ConfigurationError(
-                f"{source}: rules[{index}].keywords: only the last rule may have no keywords "
+                f"{source}: rules[{index}].keywords: only the last rule may have neither keywords nor match "
                 "(it is the catch-all; rules after it could never match)"
+            )
+        if rule.is_selector_rule and index > 0 and not rules[index - 1].is_selector_rule:
+            raise ConfigurationError(
+                f"{source}: rules[{index}].match: selector rules are tried before keyword rules, so they "
+                f"must come before them in the file (move it above rules[{_first_keyword_rule(rules)}])"
             )
     last_index = len(rules) - 1
     last = rules[last_index]
     if not last.is_catch_all:
+        field_name = "match" if last.is_selector_rule else "keywords"
         raise ConfigurationError(
-            f"{source}: rules[{last_index}].keywords: the last rule must have no keywords, "
+            f"{source}: rules[{last_index}].{field_name}: the last rule must have neither keywords nor match, "
             "so that every Incident gets a decision"
         )
     if not last.enabled:
@@ -210,6 +310,10 @@ def _check_catalogue_shape(rules: tuple[Rule, ...], source: str) -> None:
             f"{source}: rules[{last_index}].enabled: the catch-all rule cannot be disabled, "
             "otherwise an Incident matching no keyword would get no decision"
         )
+
+
+def _first_keyword_rule(rules: tuple[Rule, ...]) -> int:
+    return next(index for index, rule in enumerate(rules) if not rule.is_selector_rule)
 
 
 # --- the YAML (ConfigMap) format -------------------------------------------------------
@@ -234,12 +338,48 @@ class _ActionDocument(BaseModel):
     params: _ActionParamsDocument = Field(default_factory=_ActionParamsDocument)
 
 
+_AlertName = Annotated[StrictStr, Field(min_length=1, max_length=253, pattern=r"\S")]
+_SeverityValue = Annotated[StrictStr, Field(min_length=1, max_length=63, pattern=r"^\S+$")]
+# Lower-case DNS-label characters plus the glob wildcards: anything else could never match a namespace.
+_NamespaceGlob = Annotated[StrictStr, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9*?\[\]!-]+$")]
+_LabelName = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^\S+$")]
+# Prometheus drops empty labels, so an empty value could never be met; the intake keeps 1024 characters.
+_LabelValue = Annotated[StrictStr, Field(min_length=1, max_length=1024)]
+
+
+class _MatchDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alertnames: Annotated[list[_AlertName], Field(min_length=1)] | None = None
+    severity: Annotated[list[_SeverityValue], Field(min_length=1)] | None = None
+    namespaces: Annotated[list[_NamespaceGlob], Field(min_length=1)] | None = None
+    labels: Annotated[dict[_LabelName, _LabelValue], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _selects_something(self) -> _MatchDocument:
+        if not (self.alertnames or self.severity or self.namespaces or self.labels):
+            raise ValueError(
+                "needs at least one of alertnames, severity, namespaces, labels "
+                "(an empty selector would match every alert; the catch-all rule does that)"
+            )
+        return self
+
+    def selector(self) -> AlertSelector:
+        return AlertSelector(
+            alert_names=frozenset(self.alertnames or ()),
+            severities=frozenset(self.severity or ()),
+            namespaces=tuple(self.namespaces or ()),
+            labels=tuple(sorted((self.labels or {}).items())),
+        )
+
+
 class _RuleDocument(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: _RuleName
     description: StrictStr = ""
-    keywords: list[_Keyword]
+    keywords: list[_Keyword] = Field(default_factory=list)
+    match: _MatchDocument | None = None
     action: _ActionDocument
     risk: RiskLevel
     confidence: Annotated[float, Field(ge=0.0, le=1.0, strict=True)] = DEFAULT_RULE_CONFIDENCE
@@ -256,7 +396,7 @@ def _field_path(location: tuple[int | str, ...]) -> str:
 def _rule_from_document(index: int, item: Any, source: str) -> Rule:
     label = f"{source}: rules[{index}]"
     if not isinstance(item, dict):
-        raise ConfigurationError(f"{label}: must be a mapping with name, keywords, action and risk")
+        raise ConfigurationError(f"{label}: must be a mapping with name, keywords or match, action and risk")
     name = item.get("name")
     if isinstance(name, str):
         label = f"{label} ({name})"
@@ -269,6 +409,10 @@ def _rule_from_document(index: int, item: Any, source: str) -> Rule:
     keywords = tuple(keyword.strip().lower() for keyword in document.keywords)
     if any(not keyword for keyword in keywords):
         raise ConfigurationError(f"{label}: keywords: a keyword cannot be blank")
+    if keywords and document.match is not None:
+        raise ConfigurationError(
+            f"{label}: match: a rule matches by selector or by keywords, not both (split it into two rules)"
+        )
     try:
         action = ActionTemplate(
             type=document.action.type,
@@ -285,6 +429,7 @@ def _rule_from_document(index: int, item: Any, source: str) -> Rule:
         confidence=document.confidence,
         enabled=document.enabled,
         description=document.description.strip(),
+        selector=document.match.selector() if document.match is not None else None,
     )
 
 

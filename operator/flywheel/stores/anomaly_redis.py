@@ -8,7 +8,8 @@ Key layout, per tenant prefix (a namespace or a configured project id). The firs
 layout of the older anomaly counter, so its data stays readable and its readers keep working:
 
 - ``{tenant}:anomaly:timeline:{key}`` (sorted set): occurrences, score = epoch seconds. Members
-  are occurrence ids (the older system used the timestamp string). 35-day TTL.
+  are occurrence ids — an Incident's uid, or ``ep-<hash>`` for each further firing episode
+  appended to it (the older system used the timestamp string). 35-day TTL.
 - ``{tenant}:anomaly:metadata:{key}`` (hash): ``signature`` (JSON) and ``first_seen`` (ISO 8601),
   written once; permanent-fix details.
 - ``{tenant}:anomaly:repair_count:{key}`` (string): repair attempts, INCR. 35-day TTL.
@@ -44,6 +45,7 @@ from flywheel.domain.escalation import (
     ActionStats,
     AnomalySnapshot,
     EscalationThresholds,
+    Occurrence,
     escalation_level,
 )
 from flywheel.errors import InvalidInputError, RedisUnavailableError
@@ -69,8 +71,6 @@ ALLOWED_DISPOSITIONS: Final[tuple[str, ...]] = tuple(item.value for item in Disp
 
 
 _NO_WHITESPACE = re.compile(r"^\S+$")
-
-_OCCURRENCE_OUTCOMES: Final = {1: "counted", 0: "already_counted", -1: "older_than_retention"}
 
 # Shared by the scripts below. Lua numbers are doubles, so scores go out as the strings Redis
 # handed us (an integer reply would truncate the fraction).
@@ -105,34 +105,42 @@ end
 """
 
 # KEYS: timeline, metadata, repair_count, permanent_fix, dispositions, repair_outcomes, repair_history
-# ARGV: occurrence_id, occurred_at, ttl_seconds, signature_json, occurred_at_iso,
-#       start_1h, start_24h, start_7d, start_30d
-# Returns the outcome, the snapshot, and the repair outcomes and history, which the decision
-# about this occurrence needs next: one round trip instead of two.
+# ARGV: ttl_seconds, signature_json, start_1h, start_24h, start_7d, start_30d,
+#       then per occurrence: occurrence_id, occurred_at (epoch), occurred_at_iso
+# Returns the outcomes (counted now, counted before, older than the retention), the snapshot,
+# and the repair outcomes and history, which the decision about this occurrence needs next:
+# one round trip however many occurrences, instead of one per occurrence plus a read.
 _RECORD_OCCURRENCE_LUA: Final = (
     _LUA_HELPERS
     + """
 local timeline, metadata = KEYS[1], KEYS[2]
-local occurrence_id, occurred_at = ARGV[1], ARGV[2]
-local ttl = tonumber(ARGV[3])
-local starts = {ARGV[6], ARGV[7], ARGV[8], ARGV[9]}
-local retention_start = ARGV[9]
--- 1: counted now, 0: counted before, -1: older than the retention window (it would be
--- trimmed at once, so it is not stored at all).
-local outcome = -1
-if tonumber(occurred_at) >= tonumber(retention_start) then
-  -- NX: the first recorded time of an occurrence wins; a retry never adds or moves it.
-  outcome = redis.call('ZADD', timeline, 'NX', occurred_at, occurrence_id)
-  redis.call('HSETNX', metadata, 'signature', ARGV[4])
-  redis.call('HSETNX', metadata, 'first_seen', ARGV[5])
-  extend_ttl(metadata, ttl)
+local ttl = tonumber(ARGV[1])
+local starts = {ARGV[3], ARGV[4], ARGV[5], ARGV[6]}
+local retention_start = ARGV[6]
+local counted, already, too_old = 0, 0, 0
+for i = 7, #ARGV, 3 do
+  local occurrence_id, occurred_at = ARGV[i], ARGV[i + 1]
+  -- An occurrence older than the retention window would be trimmed at once: not stored at all.
+  if tonumber(occurred_at) >= tonumber(retention_start) then
+    -- NX: the first recorded time of an occurrence wins; a retry never adds or moves it.
+    if redis.call('ZADD', timeline, 'NX', occurred_at, occurrence_id) == 1 then
+      counted = counted + 1
+    else
+      already = already + 1
+    end
+    redis.call('HSETNX', metadata, 'signature', ARGV[2])
+    redis.call('HSETNX', metadata, 'first_seen', ARGV[i + 2])
+    extend_ttl(metadata, ttl)
+  else
+    too_old = too_old + 1
+  end
 end
 redis.call('ZREMRANGEBYSCORE', timeline, '-inf', '(' .. retention_start)
 if redis.call('EXISTS', timeline) == 1 then
   redis.call('EXPIRE', timeline, ttl)
 end
 local snapshot = read_snapshot(timeline, KEYS[3], KEYS[4], KEYS[5], starts)
-table.insert(snapshot, 1, outcome)
+table.insert(snapshot, 1, {counted, already, too_old})
 table.insert(snapshot, redis.call('HGETALL', KEYS[6]))
 table.insert(snapshot, redis.call('LRANGE', KEYS[7], 0, -1))
 return snapshot
@@ -205,6 +213,19 @@ extend_ttl(KEYS[2], ttl)
 return 1
 """
 )
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedOccurrences:
+    """What one recording did: the statistics after it, and how many occurrences it counted."""
+
+    snapshot: AnomalySnapshot
+    counted: int
+    """Counted now for the first time."""
+    already_counted: int
+    """Counted by an earlier recording (a retry, a restart, a re-sent episode)."""
+    too_old: int
+    """Older than the 30-day window, so not stored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,14 +309,41 @@ class AnomalyStore:
     ) -> AnomalySnapshot:
         """Count one occurrence (at most once per ``occurrence_id``) and return the new statistics.
 
-        ``occurred_at`` is when the anomaly happened (the Incident's creation time), which may lie
-        in the past when recording after an outage. Windows are measured back from ``now``.
-        An occurrence older than the 30-day window is not stored. The snapshot carries the
+        See :meth:`record_occurrences`, of which this is the one-occurrence case.
+        """
+        _require_token("occurrence_id", occurrence_id)
+        _as_utc("occurred_at", occurred_at)
+        recorded = await self.record_occurrences(
+            tenant, key, signature, (Occurrence(occurrence_id, occurred_at),), now=now
+        )
+        return recorded.snapshot
+
+    async def record_occurrences(
+        self,
+        tenant: str,
+        key: str,
+        signature: Mapping[str, str],
+        occurrences: Sequence[Occurrence],
+        now: datetime | None = None,
+    ) -> RecordedOccurrences:
+        """Count each occurrence at most once per id, in one round trip, and return the new statistics.
+
+        An Incident passes all of its occurrences every time (itself and each firing episode
+        appended to it, see :func:`flywheel.domain.escalation.incident_occurrences`): those
+        counted before are counted again never, so a retry, a restart or an Alertmanager
+        re-send adds nothing. ``occurred_at`` is when an occurrence happened, which may lie in
+        the past when recording after an outage; windows are measured back from ``now``. An
+        occurrence older than the 30-day window is not stored. The snapshot carries the
         :meth:`action_stats` of the anomaly, read in the same round trip.
         """
         keys = AnomalyKeys.of(tenant, key)
-        _require_token("occurrence_id", occurrence_id)
-        occurred_at_utc = _as_utc("occurred_at", occurred_at)
+        if not occurrences:
+            raise InvalidInputError("occurrences", "at least one occurrence is needed")
+        occurrence_args: list[str] = []
+        for index, occurrence in enumerate(occurrences):
+            _require_token(f"occurrences[{index}].id", occurrence.id)
+            at_utc = _as_utc(f"occurrences[{index}].at", occurrence.at)
+            occurrence_args += [occurrence.id, _epoch(at_utc), at_utc.isoformat()]
         now_utc = _as_utc("now", now) if now is not None else datetime.now(UTC)
         signature_json = json.dumps(dict(signature), sort_keys=True)
         async with self._unavailable_as_error("record_occurrence", tenant, key):
@@ -304,15 +352,9 @@ class AnomalyStore:
                     keys.timeline, keys.metadata, keys.repair_count, keys.permanent_fix, keys.dispositions,
                     keys.repair_outcomes, keys.repair_history,
                 ],
-                args=[
-                    occurrence_id,
-                    _epoch(occurred_at_utc),
-                    _seconds(KEY_TTL),
-                    signature_json,
-                    occurred_at_utc.isoformat(),
-                    *_window_starts(now_utc),
-                ],
+                args=[_seconds(KEY_TTL), signature_json, *_window_starts(now_utc), *occurrence_args],
             )
+        counted, already_counted, too_old = (int(number) for number in reply[0])
         outcome_fields, history = reply[-2], reply[-1]
         outcomes = dict(zip(outcome_fields[0::2], outcome_fields[1::2], strict=True))
         snapshot = self._snapshot_from_reply(
@@ -322,14 +364,16 @@ class AnomalyStore:
             "anomaly_occurrence_recorded",
             tenant=tenant,
             anomaly_key=key,
-            occurrence_id=occurrence_id,
-            outcome=_OCCURRENCE_OUTCOMES[int(reply[0])],
+            occurrence_ids=[occurrence.id for occurrence in occurrences][:10],
+            counted=counted,
+            already_counted=already_counted,
+            older_than_retention=too_old,
             count_1h=snapshot.count_1h,
             count_24h=snapshot.count_24h,
             count_30d=snapshot.count_30d,
             escalation_level=snapshot.escalation_level,
         )
-        return snapshot
+        return RecordedOccurrences(snapshot, counted=counted, already_counted=already_counted, too_old=too_old)
 
     async def snapshot(self, tenant: str, key: str, now: datetime | None = None) -> AnomalySnapshot:
         """Current statistics of an anomaly without recording anything (zero counts if unknown)."""
