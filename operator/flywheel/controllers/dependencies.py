@@ -89,7 +89,7 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
     endpoints = advisors_from_settings(settings)
     # The writer migrates the schema before its first write and keeps retrying while the
     # database is down: history is delayed, never lost, and start-up never waits for it.
-    history = build_history_writer(settings.database_url)
+    history = build_history_writer(settings.database_url, spool_dir=settings.history_spool_dir)
     history.start()
     anomalies = AnomalyStore(client, thresholds)
     resources = FlywheelResources(kube)

@@ -22,6 +22,7 @@ from flywheel.domain.run_state import ObservedRun
 from flywheel.errors import FlywheelError
 from flywheel.handlers.incident import IncidentIndex, all_incidents
 from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
+from flywheel.handlers.retention import HistoryRetentionCollector
 from flywheel.logs import get_logger
 from flywheel.metrics.collector import OperatorCounters, ReconcileErrorCounter, build_registry
 from flywheel.metrics.notifier import EventPoster, Notification, StallNotifier, WebhookSender
@@ -137,6 +138,7 @@ async def start_metrics(
 
     holder = SnapshotHolder()
     registry = build_registry(holder, counters)
+    registry.register(HistoryRetentionCollector(memo))
 
     engine = create_history_engine(config.database_url)
     computer = SnapshotComputer(
