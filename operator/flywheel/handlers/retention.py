@@ -24,7 +24,7 @@ import kopf
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from flywheel.controllers.retention import DELETED_KINDS, RetentionController
+from flywheel.controllers.retention import DELETED_KINDS, HISTORY_PENDING, HISTORY_UNAVAILABLE, RetentionController
 from flywheel.domain.funnel import ObjectSample
 from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
 from flywheel.logs import get_logger
@@ -137,7 +137,8 @@ async def retention_loop(
         try:
             if (await peering.check()).active:
                 report = await controller.sweep(namespaces)
-                if report.deleted:
+                # Quiet unless something went or the history holds something back (an outage).
+                if report.deleted or report.held[HISTORY_PENDING] or report.held[HISTORY_UNAVAILABLE]:
                     log.info("retention pass", deleted=len(report.deleted), held=dict(report.held))
         except Exception:
             log.exception("retention pass failed")
