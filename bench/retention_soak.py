@@ -3,7 +3,7 @@
 Usage::
 
     python bench/retention_soak.py [--duration SECONDS] [--ttl SECONDS] [--rate R] [--interval S]
-                                   [--mode Shadow|Auto] [--workloads W] [--cluster NAME] [--keep-cluster]
+                                   [--mode Auto|Shadow] [--workloads W] [--cluster NAME] [--keep-cluster]
 
 The default is a short run (4 minutes, TTL 60 s); the soak of issue 18 is
 ``--duration 1800 --ttl 300``.
@@ -12,7 +12,8 @@ On a named local control plane (``flywheel dev up --name flywheel-bench``; ``--c
 another, ``--keep-cluster`` leaves it running), with a private redis-server, an SQLite history
 file and a history spool directory, ``flywheel run --standalone`` runs with
 ``FLYWHEEL_FINISHED_TTL_SECONDS=--ttl``. For ``--duration`` seconds a new Incident is created every
-1/``--rate`` s; each gets a Run that finishes and resolves it, and retention deletes it ``--ttl``
+1/``--rate`` s; each gets an Auto Run (a real rollout restart of one of ``--workloads`` fake
+Deployments) that finishes and resolves it, and retention deletes it ``--ttl``
 seconds later. Every ``--interval`` seconds the script prints the Incidents, Runs and Approvals
 present, the operator's RSS and ``flywheel_retention_deleted_total``; at the end, over the part
 of the run after the first TTL (when deletions balance the inflow), the slope of the object
@@ -132,10 +133,11 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=240.0, help="inflow length in seconds (default 240)")
     parser.add_argument("--ttl", type=int, default=60, help="FLYWHEEL_FINISHED_TTL_SECONDS (default 60)")
-    parser.add_argument("--rate", type=float, default=1.0, help="new Incidents per second (default 1)")
+    parser.add_argument("--rate", type=float, default=0.5, help="new Incidents per second (default 0.5)")
     parser.add_argument("--interval", type=float, default=15.0, help="seconds between samples (default 15)")
-    parser.add_argument("--mode", choices=("Shadow", "Auto"), default="Shadow", help="remediation mode (default Shadow)")
-    parser.add_argument("--workloads", type=int, default=10, help="fake Deployments (default 10)")
+    # Auto: a Shadow Run only dry-runs and never resolves its Incident, so retention would have nothing to do.
+    parser.add_argument("--mode", choices=("Shadow", "Auto"), default="Auto", help="remediation mode (default Auto)")
+    parser.add_argument("--workloads", type=int, default=20, help="fake Deployments (default 20)")
     parser.add_argument("--cluster", default=DEFAULT_CLUSTER, help=f"local control plane (default {DEFAULT_CLUSTER})")
     parser.add_argument("--keep-cluster", action="store_true", help="leave the control plane running afterwards")
     parser.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()) / "flywheel-bench",
