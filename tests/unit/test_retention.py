@@ -14,7 +14,8 @@ Scenario matrix:
   resolved signal it goes;
 - a Lease taken over by another Incident is not counted as deleted with this one;
 - an Incident changed since the read (409 on the precondition) stays until the next pass;
-- namespaces are swept one by one; an empty list means the whole cluster.
+- namespaces are swept one by one; an empty list means the whole cluster;
+- the metrics: history drops by reason, spooled records, deletions by kind.
 """
 
 from __future__ import annotations
@@ -301,3 +302,37 @@ async def test_namespaces_are_swept_one_by_one_and_none_means_the_cluster() -> N
 def test_a_ttl_of_zero_is_not_a_controller() -> None:
     with pytest.raises(ValueError, match="0 disables retention"):
         RetentionController(FakeCluster(), FakeHistory(), ttl_seconds=0)
+
+
+async def test_the_metrics_show_drops_by_reason_the_backlog_and_deletions_by_kind(tmp_path: Any) -> None:
+    import kopf
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from flywheel.handlers.retention import MEMO_RETENTION, HistoryRetentionCollector, RetentionHandles
+    from flywheel.stores.history import AuditEvent, build_history_writer
+
+    writer = build_history_writer(f"sqlite:///{tmp_path / 'history.db'}", migrate=False, max_pending=1)
+    writer.submit("run", {"metadata": {}})  # refused: no uid
+    for index in range(2):  # the second pushes the first out of the memory spool
+        writer.submit(HistoryKind.AUDIT_EVENT, AuditEvent(event_id=f"e{index}", kind="k", occurred_at=RESOLVED_AT,
+                                                          summary="s"))
+    cluster = FakeCluster()
+    resolved_with_dependents(cluster)
+    retention = controller(cluster, FakeHistory(cluster), AFTER_TTL)
+    await retention.sweep()
+    memo = kopf.Memo()
+    memo.deps = type("Deps", (), {"history": writer})()
+    memo[MEMO_RETENTION] = RetentionHandles(controller=retention, task=None)
+    registry = CollectorRegistry()
+    registry.register(HistoryRetentionCollector(memo))
+    text = generate_latest(registry).decode()
+    await writer.close(timeout=0.1)
+    for line in (
+        'flywheel_history_outbox_dropped_total{reason="overflow"} 1.0',
+        'flywheel_history_outbox_dropped_total{reason="refused"} 1.0',
+        'flywheel_history_outbox_dropped_total{reason="spool_failed"} 0.0',
+        'flywheel_retention_deleted_total{kind="Incident"} 1.0',
+        'flywheel_retention_deleted_total{kind="Lease"} 1.0',
+    ):
+        assert line in text, text
+    assert "flywheel_history_spooled_records 1.0" in text
