@@ -24,7 +24,12 @@ import kopf
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from flywheel.controllers.retention import DELETED_KINDS, HISTORY_PENDING, HISTORY_UNAVAILABLE, RetentionController
+from flywheel.controllers.retention import (
+    DELETED_KINDS,
+    HISTORY_PENDING,
+    HISTORY_UNAVAILABLE,
+    RetentionController,
+)
 from flywheel.domain.funnel import ObjectSample
 from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
 from flywheel.logs import get_logger
