@@ -49,6 +49,26 @@ class FlywheelSettings(BaseSettings):
             "postgresql+psycopg://user:password@host/db."
         ),
     )
+    history_spool_dir: str | None = Field(
+        default=None,
+        description=(
+            "Writable directory where audit events, repair executions and knowledge entries wait for the "
+            "history database (an fsync'd SQLite file, replayed at start), so an outage followed by a restart "
+            "loses none. Empty: they wait in memory and survive an outage, not a restart."
+        ),
+    )
+    finished_ttl_seconds: int = Field(
+        default=604800,
+        ge=0,
+        description=(
+            "Seconds after an Incident is Resolved or Closed before it is deleted with its Runs, Approvals and "
+            "claim Lease, once the history database holds them all (like a Job's ttlSecondsAfterFinished); "
+            "0 keeps every Incident forever."
+        ),
+    )
+    retention_interval_seconds: float = Field(
+        default=60.0, ge=1.0, description="How often the active replica looks for finished Incidents past their TTL."
+    )
     tenant: str | None = Field(
         default=None,
         description="Redis key prefix shared by all namespaces (a project id). Empty: one prefix per namespace.",

@@ -33,6 +33,7 @@ from flywheel.stores.claims import AnomalyClaims
 from flywheel.stores.history import HistoryKind, HistoryStore, HistoryWriter, RepairExecution
 from flywheel.stores.history.engine import create_history_engine
 from flywheel.stores.history.migrate import upgrade
+from flywheel.stores.history.spool import FileSpool
 from flywheel.stores.incidents import IncidentStatusStore
 from flywheel.stores.kube import FlywheelResources, KubeApi
 from flywheel.stores.peering import PeeringObserver
@@ -134,7 +135,11 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
     # The writer migrates the schema before its first write and keeps retrying while the
     # database is down: history is delayed, never lost, and start-up never waits for it.
     history_engine = create_history_engine(settings.database_url)
-    history = HistoryWriter(HistoryStore(history_engine), prepare=partial(upgrade, settings.database_url))
+    history = HistoryWriter(
+        HistoryStore(history_engine),
+        prepare=partial(upgrade, settings.database_url),
+        spool=FileSpool(settings.history_spool_dir) if settings.history_spool_dir else None,
+    )
     history.start()
     notify_sender = notification_sender(settings)
     anomalies = AnomalyStore(client, thresholds)

@@ -237,6 +237,8 @@ ALLOWED = [
     # The signing key, in its own namespace only (the Role).
     ("get", f"secrets/{SIGNING_SECRET}", "OWN"),
     ("create", "secrets", "OWN"),
+    # Retention deletes finished Incidents; their dependents go to the garbage collector.
+    ("delete", "incidents.flywheel.dev", "-n=default"),
 ]
 DENIED = [
     ("delete", "deployments.apps", "-n=default"),
@@ -255,8 +257,8 @@ DENIED = [
     ("create", "secrets", "-n=default"),
     ("delete", "secrets", "OWN"),
     ("update", f"secrets/{SIGNING_SECRET}", "OWN"),
-    ("delete", "incidents.flywheel.dev", "-n=default"),
     ("update", "incidents.flywheel.dev", "-n=default"),
+    ("deletecollection", "incidents.flywheel.dev", "-n=default"),
     ("delete", "runs.flywheel.dev", "-n=default"),
     ("delete", "approvals.flywheel.dev", "-n=default"),
     ("delete", "leases.coordination.k8s.io", "-n=default"),

@@ -22,6 +22,7 @@ from flywheel.domain.run_state import ObservedRun
 from flywheel.errors import FlywheelError
 from flywheel.handlers.incident import MEMO_INCIDENT_DRIVER, IncidentIndex, all_incidents
 from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
+from flywheel.handlers.retention import HistoryRetentionCollector
 from flywheel.logs import get_logger
 from flywheel.metrics.collector import OperatorCounters, ReconcileErrorCounter, build_registry
 from flywheel.metrics.notifier import EventPoster, Notification, StallNotifier
@@ -137,6 +138,7 @@ async def start_metrics(
     watch_restarts = WatchRestartCounter(show_debug=config.log_level.upper() == "DEBUG")
     watch_restarts.install()
     registry.register(watch_restarts)
+    registry.register(HistoryRetentionCollector(memo))
 
     computer = SnapshotComputer(
         history=HistoryMetricsQueries(deps.history_engine),

@@ -1,19 +1,28 @@
 """The operator's way into the history database: fire-and-forget, retried until stored.
 
-Handlers call :meth:`HistoryWriter.submit` and move on. The call never blocks and never raises:
-history is a projection of the custom resources, and a slow or absent database must not hold
-up a Run, an approval or a notification (SPEC §5: an outage delays history, it never loses it).
+Handlers call :meth:`HistoryWriter.submit` and move on. The call never blocks on the database
+and never raises: history is a projection of the custom resources, and a slow or absent
+database must not hold up a Run, an approval or a notification (SPEC §5: an outage delays
+history, it never loses it).
 
 Behind it, one asyncio task hands items to a worker thread that writes them through the
-synchronous :class:`HistoryStore`. While the database is unavailable the items stay pending,
-in memory, and are retried with capped exponential backoff and jitter until they are stored.
-Pending items are *coalesced by key*: a newer projection of the same Run replaces the older one
-still waiting (the row is overwritten anyway, and its journal steps are cumulative), so an
-outage costs memory per object, not per update. The queue is bounded; past the bound the oldest
-item is dropped with an error log, which only ever happens after a long outage under heavy load.
+synchronous :class:`HistoryStore`, retried with capped exponential backoff and jitter while the
+database is unavailable. What waits depends on whether it can be rebuilt:
 
-Items left pending when the operator stops are lost from memory, not from history: on restart,
-Kopf's resume handlers project every Run, Incident and Approval again from the cluster.
+- *Projections* of Incidents, Runs and Approvals wait in memory, coalesced by uid: a newer
+  projection of the same object replaces the older one still waiting (the row is overwritten
+  anyway, and a Run's journal steps are cumulative), so an outage costs memory per object, not
+  per update. Lost from memory (a restart, or the bound of ``max_pending`` passed in a long
+  outage), they are not lost from history: at start-up Kopf lists every object and the
+  handlers project each again, idempotently.
+- *Records* — audit events, repair executions, knowledge entries — are facts no resource
+  carries in full. They wait in a :class:`RecordSpool`: a file in ``FLYWHEEL_HISTORY_SPOOL_DIR``,
+  fsync'd before ``submit`` returns and replayed by the next operator (:class:`FileSpool`), or,
+  without a spool directory, a bounded memory one that survives an outage but not a restart.
+
+Nothing is dropped silently: an overflow, a spool that cannot be written, or a row the
+database refuses for good is counted by reason (:attr:`HistoryWriter.dropped_by_reason`), logged
+as a warning and reported to ``on_drop`` (the operator posts a Warning Event).
 """
 
 from __future__ import annotations
@@ -21,9 +30,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import sqlite3
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from functools import partial
@@ -35,6 +45,7 @@ from flywheel.stores.history.engine import create_history_engine
 from flywheel.stores.history.migrate import upgrade
 from flywheel.stores.history.records import AuditEvent, KnowledgeEntry, RepairExecution
 from flywheel.stores.history.repository import HistoryStore, plain_copy
+from flywheel.stores.history.spool import FileSpool, MemorySpool, RecordSpool, SpooledRecord, SpoolEntry
 
 _log = get_logger(__name__)
 
@@ -62,11 +73,32 @@ HistoryPayload: TypeAlias = Mapping[str, Any] | AuditEvent | RepairExecution | K
 _ItemKey: TypeAlias = tuple[HistoryKind, str]
 
 _RESOURCE_KINDS: Final = frozenset({HistoryKind.INCIDENT, HistoryKind.RUN, HistoryKind.APPROVAL})
+_RECORD_KINDS: Final = frozenset({HistoryKind.AUDIT_EVENT, HistoryKind.REPAIR_EXECUTION, HistoryKind.KNOWLEDGE_ENTRY})
 _RECORD_TYPES: Final[dict[HistoryKind, type[Any]]] = {
     HistoryKind.AUDIT_EVENT: AuditEvent,
     HistoryKind.REPAIR_EXECUTION: RepairExecution,
     HistoryKind.KNOWLEDGE_ENTRY: KnowledgeEntry,
 }
+
+
+class DropReason(StrEnum):
+    """Why an item will never reach the history database (the label of the dropped counter)."""
+
+    OVERFLOW = "overflow"  # pushed out of a full memory queue or memory spool
+    SPOOL_FAILED = "spool_failed"  # the spool file could not be written (disk full, I/O error)
+    REFUSED = "refused"  # malformed, submitted after close, or refused for good by the database
+
+
+@dataclass(frozen=True, slots=True)
+class DroppedItem:
+    """What ``on_drop`` is told: enough to name the object in a Warning Event."""
+
+    kind: HistoryKind | str
+    key: str
+    reason: DropReason
+    namespace: str | None = None
+    name: str | None = None
+    detail: str = ""
 
 
 @dataclass
@@ -129,8 +161,9 @@ class HistoryWriter:
 
     ``prepare`` runs in the worker thread before the first write and is retried like a write
     until it succeeds — typically the schema migration, so that an operator started while the
-    database is down creates the schema once it comes up. The writer owns ``store`` and closes
-    it in :meth:`close`.
+    database is down creates the schema once it comes up. The writer owns ``store`` and
+    ``spool`` and closes them in :meth:`close`. Without a ``spool``, records wait in a
+    :class:`MemorySpool` of ``max_pending`` entries.
 
     ``submit`` is safe to call from the event loop and from other threads (Kopf's sync handlers).
     """
@@ -140,6 +173,8 @@ class HistoryWriter:
         store: HistoryStore,
         *,
         prepare: Callable[[], object] | None = None,
+        spool: RecordSpool | None = None,
+        on_drop: Callable[[DroppedItem], None] | None = None,
         max_pending: int = DEFAULT_MAX_PENDING,
         batch_size: int = DEFAULT_BATCH_SIZE,
         retry_initial_seconds: float = DEFAULT_RETRY_INITIAL_SECONDS,
@@ -155,6 +190,8 @@ class HistoryWriter:
         self._store = store
         self._prepare = prepare
         self._prepared = prepare is None
+        self._spool: RecordSpool = spool if spool is not None else MemorySpool(max_pending)
+        self._on_drop = on_drop
         self._max_pending = max_pending
         self._batch_size = batch_size
         self._retry_initial_seconds = retry_initial_seconds
@@ -163,9 +200,10 @@ class HistoryWriter:
         # Guards the queue and the counters: submit() may run on any thread.
         self._lock = threading.Lock()
         self._pending: OrderedDict[_ItemKey, _PendingItem] = OrderedDict()
-        self._in_flight = 0
+        self._in_flight: set[str] = set()  # uids of the projections being written
+        self._in_flight_count = 0
         self._stored = 0
-        self._dropped = 0
+        self._dropped: Counter[DropReason] = Counter()
         self._database_available: bool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -177,9 +215,20 @@ class HistoryWriter:
 
     @property
     def pending_count(self) -> int:
-        """Items submitted and not stored yet (waiting or being written)."""
+        """Items submitted and not stored yet (waiting, spooled or being written)."""
         with self._lock:
-            return len(self._pending) + self._in_flight
+            in_memory = len(self._pending) + self._in_flight_count
+        return in_memory + self._spool.count()
+
+    @property
+    def spooled_count(self) -> int:
+        """Records waiting in the spool (on disk with a spool directory)."""
+        return self._spool.count()
+
+    @property
+    def spool_durable(self) -> bool:
+        """Whether waiting records outlive the process (a spool directory is configured)."""
+        return self._spool.durable
 
     @property
     def stored_count(self) -> int:
@@ -189,15 +238,45 @@ class HistoryWriter:
 
     @property
     def dropped_count(self) -> int:
-        """Items given up: malformed, refused by the database for good, or pushed out of a full queue."""
+        """Items given up, whatever the reason."""
         with self._lock:
-            return self._dropped
+            return sum(self._dropped.values())
+
+    @property
+    def dropped_by_reason(self) -> dict[DropReason, int]:
+        """Items given up since the writer was created, by reason (every reason present)."""
+        with self._lock:
+            return {reason: self._dropped.get(reason, 0) for reason in DropReason}
 
     @property
     def database_available(self) -> bool | None:
         """Whether the last write reached the database; ``None`` before the first attempt."""
         with self._lock:
             return self._database_available
+
+    def waiting_for(self, uids: Iterable[str]) -> bool:
+        """Whether anything about these Incident, Run or Approval uids is not stored yet."""
+        wanted = set(uids)
+        with self._lock:
+            if wanted & self._in_flight or any(key in wanted for _, key in self._pending):
+                return True
+        return self._spool.concerns(wanted)
+
+    async def holds(self, kind: HistoryKind, versions: Mapping[str, str]) -> bool:
+        """Whether the history holds these objects of ``kind`` (uid → resourceVersion) as they are.
+
+        True only when each one's row carries that resourceVersion (its last projection is
+        committed) and nothing about it still waits here. Raises
+        :class:`DatabaseUnavailableError` while the database is unreachable.
+        """
+        if self.waiting_for(versions):
+            return False
+        stored = await asyncio.to_thread(self._store.projected_versions, kind.value, list(versions))
+        return all(stored.get(uid) == version for uid, version in versions.items())
+
+    def report_drops_to(self, on_drop: Callable[[DroppedItem], None]) -> None:
+        """Have every dropped item reported to ``on_drop`` (from any thread) from now on."""
+        self._on_drop = on_drop
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -211,6 +290,9 @@ class HistoryWriter:
         self._wakeup = asyncio.Event()
         self._retry_now = asyncio.Event()
         self._worker = self._loop.create_task(self._work(), name="flywheel-history-writer")
+        spooled = self._spool.count()
+        if spooled:
+            _log.info("history spool replayed: records left by the previous operator", spooled=spooled)
         if self.pending_count:
             self._wakeup.set()
 
@@ -229,7 +311,7 @@ class HistoryWriter:
                 await asyncio.sleep(_FLUSH_POLL_SECONDS)
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Store what can be stored within ``timeout``, stop the worker and close the store."""
+        """Store what can be stored within ``timeout``, stop the worker, close the store and spool."""
         if self._closed:
             return
         unsaved = 0
@@ -245,36 +327,57 @@ class HistoryWriter:
                 await self._worker
         if unsaved:
             _log.warning(
-                "history writer closed with items not stored; resources are projected again on restart",
+                "history writer closed with items not stored: projections are made again on restart, "
+                + ("records stay in the spool" if self._spool.durable else "records are lost (no spool directory)"),
                 unsaved=unsaved,
+                spooled=self._spool.count(),
             )
+        self._spool.close()
         await asyncio.to_thread(self._store.close)
 
     # ---------------------------------------------------------------- submitting
 
     def submit(self, kind: HistoryKind | str, payload: HistoryPayload) -> None:
-        """Queue ``payload`` for the history database. Never blocks, never raises.
+        """Queue ``payload`` for the history database. Never raises; never waits for the database.
 
-        Of resource bodies (``incident``, ``run``, ``approval``) what the projection stores is copied
-        at once, so the caller's object may keep changing. A payload that can never be stored is dropped with an error log.
+        Of resource bodies (``incident``, ``run``, ``approval``) what the projection stores is
+        copied at once, so the caller's object may keep changing. Records are in the spool when
+        this returns (on disk with a spool directory). A payload that can never be stored is
+        dropped, counted and logged.
         """
         try:
             history_kind = HistoryKind(kind)
             key = _item_key(history_kind, payload)
             snapshot = _snapshot(history_kind, payload)
         except Exception as exc:  # noqa: BLE001  (the caller's path must never fail because of history)
-            with self._lock:
-                self._dropped += 1
-            _log.error("history item refused", kind=str(kind), error=str(exc))
+            self._drop(DroppedItem(str(kind), "", DropReason.REFUSED, detail=f"history item refused: {exc}"))
             return
         if self._closed:
-            with self._lock:
-                self._dropped += 1
-            _log.error("history item submitted after close", kind=history_kind.value, key=key)
+            self._drop(DroppedItem(history_kind, key, DropReason.REFUSED, detail="history item submitted after close"))
             return
+        if history_kind in _RECORD_KINDS:
+            self._spool_record(history_kind, key, snapshot)
+        else:
+            self._queue_projection(history_kind, key, snapshot)
+        self._wake()
+
+    def _spool_record(self, kind: HistoryKind, key: str, record: HistoryPayload) -> None:
+        assert isinstance(record, AuditEvent | RepairExecution | KnowledgeEntry)
+        try:
+            evicted = self._spool.put(kind.value, key, record)
+        except (OSError, sqlite3.Error) as exc:
+            self._drop(DroppedItem(kind, key, DropReason.SPOOL_FAILED, namespace=record.namespace,
+                                   detail=f"history spool not writable: {exc}"))
+            return
+        if evicted is not None:
+            self._drop(DroppedItem(evicted.kind, evicted.key, DropReason.OVERFLOW,
+                                   namespace=evicted.record.namespace,
+                                   detail=f"history memory spool full ({self._max_pending} records), oldest dropped"))
+
+    def _queue_projection(self, kind: HistoryKind, key: str, snapshot: HistoryPayload) -> None:
         evicted: _PendingItem | None = None
         with self._lock:
-            existing = self._pending.get((history_kind, key))
+            existing = self._pending.get((kind, key))
             if existing is not None:
                 # Newest projection wins; the item keeps its place in the queue, so a busy object
                 # cannot starve the ones behind it.
@@ -282,16 +385,28 @@ class HistoryWriter:
             else:
                 if len(self._pending) >= self._max_pending:
                     _, evicted = self._pending.popitem(last=False)
-                    self._dropped += 1
-                self._pending[(history_kind, key)] = _PendingItem(history_kind, key, snapshot)
+                self._pending[(kind, key)] = _PendingItem(kind, key, snapshot)
         if evicted is not None:
-            _log.error(
-                "history queue full, oldest item dropped",
-                max_pending=self._max_pending,
-                kind=evicted.kind.value,
-                key=evicted.key,
-            )
-        self._wake()
+            metadata = evicted.payload.get("metadata") or {} if isinstance(evicted.payload, Mapping) else {}
+            self._drop(DroppedItem(
+                evicted.kind, evicted.key, DropReason.OVERFLOW,
+                namespace=metadata.get("namespace"), name=metadata.get("name"),
+                detail=f"history queue full ({self._max_pending} objects), oldest projection dropped; "
+                       "it is made again at the object's next change or the operator's next start",
+            ))
+
+    def _drop(self, item: DroppedItem) -> None:
+        with self._lock:
+            self._dropped[item.reason] += 1
+        _log.warning(
+            "history item dropped", kind=str(item.kind), key=item.key, reason=item.reason.value,
+            namespace=item.namespace, name=item.name, detail=item.detail,
+        )
+        if self._on_drop is not None:
+            try:
+                self._on_drop(item)
+            except Exception:  # noqa: BLE001  (reporting a drop must not break the caller's path)
+                _log.exception("history drop report failed")
 
     def _wake(self) -> None:
         loop = self._loop
@@ -321,13 +436,22 @@ class HistoryWriter:
             while self._pending and len(batch) < self._batch_size:
                 _, item = self._pending.popitem(last=False)
                 batch.append(item)
-            self._in_flight += len(batch)
+                self._in_flight.add(item.key)
+            self._in_flight_count += len(batch)
             return batch
+
+    def _done(self, items: list[_PendingItem], *, stored: bool) -> None:
+        with self._lock:
+            self._in_flight_count -= len(items)
+            self._in_flight.difference_update(item.key for item in items)
+            if stored:
+                self._stored += len(items)
 
     def _requeue(self, items: list[_PendingItem]) -> None:
         """Put unwritten items back at the head of the queue, unless a newer one arrived meanwhile."""
         with self._lock:
-            self._in_flight -= len(items)
+            self._in_flight_count -= len(items)
+            self._in_flight.difference_update(item.key for item in items)
             for item in reversed(items):
                 key = (item.kind, item.key)
                 if key in self._pending:
@@ -335,67 +459,82 @@ class HistoryWriter:
                 self._pending[key] = item
                 self._pending.move_to_end(key, last=False)
 
-    def _write_one(self, item: _PendingItem) -> None:
+    def _write_projection(self, item: _PendingItem) -> None:
         payload = item.payload
+        assert isinstance(payload, Mapping)
         if item.kind is HistoryKind.INCIDENT:
-            assert isinstance(payload, Mapping)
             self._store.upsert_incident(payload)
         elif item.kind is HistoryKind.RUN:
-            assert isinstance(payload, Mapping)
             self._store.upsert_run(payload)
-        elif item.kind is HistoryKind.APPROVAL:
-            assert isinstance(payload, Mapping)
+        else:
             self._store.upsert_approval(payload)
-        elif isinstance(payload, AuditEvent):
-            self._store.add_audit_event(payload)
-        elif isinstance(payload, RepairExecution):
-            self._store.add_repair_execution(payload)
-        elif isinstance(payload, KnowledgeEntry):
-            self._store.add_knowledge_entry(payload)
 
-    def _write_batch(self, batch: list[_PendingItem]) -> tuple[list[_PendingItem], Exception | None]:
-        """Runs in a worker thread. Returns the items still to write and why they were not."""
+    def _write_record(self, record: SpooledRecord) -> None:
+        if isinstance(record, AuditEvent):
+            self._store.add_audit_event(record)
+        elif isinstance(record, RepairExecution):
+            self._store.add_repair_execution(record)
+        else:
+            self._store.add_knowledge_entry(record)
+
+    def _records_stored(self, entries: list[SpoolEntry]) -> None:
+        self._spool.remove(entries)
+        with self._lock:
+            self._stored += len(entries)
+
+    def _write_batch(self, batch: list[_PendingItem]) -> _BatchResult:
+        """Runs in a worker thread: the projections taken and the oldest spooled records."""
         if not self._prepared:
             assert self._prepare is not None
             try:
                 self._prepare()
             except Exception as exc:  # noqa: BLE001  (any failure to prepare holds writes back; retried)
-                return batch, exc
+                return _BatchResult(batch, exc, wrote=False)
             self._prepared = True
-        if len(batch) > 1:
+        records = self._spool.oldest(self._batch_size)
+        if not batch and not records:
+            return _BatchResult([], None, wrote=False)
+        if len(batch) + len(records) > 1:
             try:
                 with self._store.batch():
+                    for entry in records:
+                        self._write_record(entry.record)
                     for item in batch:
-                        self._write_one(item)
+                        self._write_projection(item)
             except DatabaseUnavailableError as exc:
-                return batch, exc
+                return _BatchResult(batch, exc, wrote=False)
             except Exception as exc:  # noqa: BLE001  (one item is at fault: find it, one transaction each)
-                _log.debug("history batch refused; writing its items one by one", size=len(batch), error=str(exc))
+                _log.debug("history batch refused; writing its items one by one",
+                           size=len(batch) + len(records), error=str(exc))
             else:
-                with self._lock:
-                    self._in_flight -= len(batch)
-                    self._stored += len(batch)
-                return [], None
+                self._records_stored(records)
+                self._done(batch, stored=True)
+                return _BatchResult([], None, wrote=True)
+        for entry in records:
+            try:
+                self._write_record(entry.record)
+            except DatabaseUnavailableError as exc:
+                return _BatchResult(batch, exc, wrote=False)
+            except Exception as exc:  # noqa: BLE001  (refused for good: retrying cannot help)
+                self._spool.remove([entry])
+                self._drop(DroppedItem(entry.kind, entry.key, DropReason.REFUSED, namespace=entry.record.namespace,
+                                       detail=f"the database refused it: {type(exc).__name__}: {exc}"))
+            else:
+                self._records_stored([entry])
         for position, item in enumerate(batch):
             try:
-                self._write_one(item)
+                self._write_projection(item)
             except DatabaseUnavailableError as exc:
-                return batch[position:], exc
+                return _BatchResult(batch[position:], exc, wrote=True)
             except Exception as exc:  # noqa: BLE001  (refused for good: retrying cannot help)
-                with self._lock:
-                    self._in_flight -= 1
-                    self._dropped += 1
-                _log.error(
-                    "history item dropped: the database refused it",
-                    kind=item.kind.value,
-                    key=item.key,
-                    error=f"{type(exc).__name__}: {exc}",
-                )
+                self._done([item], stored=False)
+                metadata = item.payload.get("metadata") or {} if isinstance(item.payload, Mapping) else {}
+                self._drop(DroppedItem(item.kind, item.key, DropReason.REFUSED, namespace=metadata.get("namespace"),
+                                       name=metadata.get("name"),
+                                       detail=f"the database refused it: {type(exc).__name__}: {exc}"))
             else:
-                with self._lock:
-                    self._in_flight -= 1
-                    self._stored += 1
-        return [], None
+                self._done([item], stored=True)
+        return _BatchResult([], None, wrote=True)
 
     async def _work(self) -> None:
         assert self._wakeup is not None and self._retry_now is not None
@@ -406,18 +545,21 @@ class HistoryWriter:
             # ones (an Incident is created, then its status written, a second later resolved).
             await asyncio.sleep(self._linger_seconds)
             self._wakeup.clear()
-            while batch := self._take_batch():
+            while True:
+                batch = self._take_batch()
                 try:
-                    unwritten, error = await asyncio.to_thread(self._write_batch, batch)
+                    result = await asyncio.to_thread(self._write_batch, batch)
                 except Exception as exc:  # noqa: BLE001  (the worker outlives any surprise, items kept)
-                    unwritten, error = batch, exc
+                    result = _BatchResult(batch, exc, wrote=False)
                     _log.exception("history writer failed unexpectedly; items kept")
-                if not unwritten:
+                if result.error is None:
+                    if not result.wrote:
+                        break
                     self._mark_available()
                     delay = self._retry_initial_seconds
                     continue
-                self._requeue(unwritten)
-                self._mark_unavailable(error, delay)
+                self._requeue(result.unwritten)
+                self._mark_unavailable(result.error, delay)
                 await self._sleep_before_retry(delay)
                 delay = min(delay * 2, self._retry_max_seconds)
 
@@ -425,21 +567,24 @@ class HistoryWriter:
         with self._lock:
             recovered = self._database_available is False
             self._database_available = True
-            pending = len(self._pending) + self._in_flight
+            pending = len(self._pending) + self._in_flight_count
         if recovered:
-            _log.info("history database reachable again", database=self._store.database, pending=pending)
+            _log.info("history database reachable again", database=self._store.database, pending=pending,
+                      spooled=self._spool.count())
 
-    def _mark_unavailable(self, error: Exception | None, delay: float) -> None:
+    def _mark_unavailable(self, error: Exception, delay: float) -> None:
         with self._lock:
             first_failure = self._database_available is not False
             self._database_available = False
-            pending = len(self._pending) + self._in_flight
+            pending = len(self._pending) + self._in_flight_count
+        spooled = self._spool.count()
         if not isinstance(error, DatabaseUnavailableError):
             # Not an outage (a failing migration, a bug): worth an error on every attempt.
             _log.error(
                 "history database not usable, keeping items pending",
                 database=self._store.database,
                 pending=pending,
+                spooled=spooled,
                 retry_in_seconds=round(delay, 2),
                 error=f"{type(error).__name__}: {error}",
             )
@@ -450,6 +595,7 @@ class HistoryWriter:
             "history database unavailable, keeping items pending",
             database=self._store.database,
             pending=pending,
+            spooled=spooled,
             retry_in_seconds=round(delay, 2),
             error=str(error),
         )
@@ -465,9 +611,20 @@ class HistoryWriter:
         self._wakeup.set()
 
 
+@dataclass(frozen=True, slots=True)
+class _BatchResult:
+    """What a write attempt left: the projections to requeue, why, and whether anything was written."""
+
+    unwritten: list[_PendingItem]
+    error: Exception | None
+    wrote: bool
+
+
 def build_history_writer(
     database_url: str,
     *,
+    spool_dir: str | None = None,
+    on_drop: Callable[[DroppedItem], None] | None = None,
     migrate: bool = True,
     max_pending: int = DEFAULT_MAX_PENDING,
     retry_initial_seconds: float = DEFAULT_RETRY_INITIAL_SECONDS,
@@ -475,17 +632,20 @@ def build_history_writer(
 ) -> HistoryWriter:
     """The writer the operator uses: its own engine, and the schema migrated before the first write.
 
-    Nothing connects here, so the operator starts even while the database is down; call
+    With ``spool_dir``, records wait on disk there (replayed at start); raises
+    :class:`ConfigurationError` if it cannot be used. Nothing connects to the database here, so the operator starts even while the database is down; call
     :meth:`HistoryWriter.start` from the event loop at start-up and :meth:`HistoryWriter.close`
     at shutdown.
     """
     return HistoryWriter(
         HistoryStore(create_history_engine(database_url)),
         prepare=partial(upgrade, database_url) if migrate else None,
+        spool=FileSpool(spool_dir) if spool_dir else None,
+        on_drop=on_drop,
         max_pending=max_pending,
         retry_initial_seconds=retry_initial_seconds,
         retry_max_seconds=retry_max_seconds,
     )
 
 
-__all__ = ["HistoryKind", "HistoryPayload", "HistoryWriter", "build_history_writer"]
+__all__ = ["DropReason", "DroppedItem", "HistoryKind", "HistoryPayload", "HistoryWriter", "build_history_writer"]

@@ -499,6 +499,21 @@ class HistoryStore:
 
     # ---------------------------------------------------------------- reviewer queries
 
+    def projected_versions(self, kind: str, uids: Sequence[str]) -> dict[str, str | None]:
+        """The resourceVersion last projected of each of these objects (``incident``, ``run``,
+        ``approval``); an object never projected is absent."""
+        models: dict[str, type[IncidentRow | RunRow | ApprovalRow]] = {
+            "incident": IncidentRow, "run": RunRow, "approval": ApprovalRow,
+        }
+        model = models.get(kind)
+        if model is None:
+            raise InvalidInputError("kind", f"must be one of {sorted(models)}, got {kind!r}")
+        if not uids:
+            return {}
+        query = select(model.uid, model.resource_version).where(model.uid.in_(list(uids)))
+        with self._reading() as session:
+            return {uid: version for uid, version in session.execute(query)}
+
     def list_runs(
         self,
         *,
