@@ -12,6 +12,8 @@ import os
 import re
 import socket
 import tempfile
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +22,10 @@ import kopf
 from flywheel.controllers.approval import Announcer
 from flywheel.errors import ConfigurationError, FlywheelError
 from flywheel.logs import configure_logging, get_logger
-from flywheel.settings import FlywheelSettings, WebhookMode, get_settings
+from flywheel.settings import FlywheelSettings, WebhookCertSource, WebhookMode, get_settings
 
 if TYPE_CHECKING:
+    from flywheel.controllers.webhook_certificate import ServingPairSink
     from flywheel.metrics.notifier import WebhookSender
     from flywheel.stores.kube import KubeApi
     from flywheel.stores.peering import PeeringObserver
@@ -206,12 +209,55 @@ async def _register_when_listening(
         log.error("webhook_configurations_not_applied", name=name, error=str(exc))
 
 
+MEMO_CERTIFICATE_TASK = "webhook_certificate_task"
+
+
+def service_certificate(
+    settings: FlywheelSettings, kube: KubeApi, serving: ServingPairSink
+) -> tuple[Callable[[], Awaitable[None]], timedelta]:
+    """The pass that keeps the served certificate current, and how often it runs (service mode)."""
+    from flywheel.controllers.webhook_certificate import ManagedCertificateKeeper, directory_watcher
+    from flywheel.domain.webhook_certificates import MAX_CHECK_INTERVAL, CertificatePolicy
+    from flywheel.stores.webhook_certificate import CertificateSecret
+    from flywheel.stores.webhooks import WebhookConfigurations
+
+    if settings.webhook_cert_source is WebhookCertSource.DIRECTORY:
+        return directory_watcher(Path(settings.webhook_cert_dir), serving).reconcile, MAX_CHECK_INTERVAL
+    host = f"{settings.webhook_service}.{settings.namespace}.svc"
+    policy = CertificatePolicy(
+        dns_names=frozenset({host, f"{host}.cluster.local"}),
+        serving_validity=timedelta(seconds=settings.webhook_cert_validity_seconds),
+        authority_validity=timedelta(seconds=settings.webhook_ca_validity_seconds),
+    )
+    keeper = ManagedCertificateKeeper(
+        CertificateSecret(kube, settings.namespace, settings.webhook_cert_secret),
+        WebhookConfigurations(kube),
+        settings.webhook_configuration,
+        policy,
+        serving,
+        clock=lambda: datetime.now(UTC),
+    )
+    return keeper.reconcile, policy.check_interval
+
+
+async def _first_certificate(reconcile: Callable[[], Awaitable[None]], interval: timedelta) -> None:
+    """Serve nothing until there is a certificate: meanwhile the webhooks fail closed."""
+    while True:
+        try:
+            await reconcile()
+            return
+        except (FlywheelError, OSError, ValueError) as exc:
+            log.error("webhook_certificate_not_ready", error=str(exc), retry_in_seconds=interval.total_seconds())
+            await asyncio.sleep(interval.total_seconds())
+
+
 async def serve_admission(kopf_settings: kopf.OperatorSettings, settings: FlywheelSettings, memo: kopf.Memo) -> None:
     """Serve the admission webhooks as FLYWHEEL_WEBHOOK_MODE says (see flywheel.stores.webhooks)."""
     if settings.webhook_mode is WebhookMode.OFF:
         log.warning("admission webhooks are off: approval decisions will be refused (no identity can be stamped)")
         return
     # Importing the admission handlers registers them; Kopf refuses to run them without a server.
+    from flywheel.controllers.webhook_certificate import keep_reconciling
     from flywheel.handlers.admission import MEMO_OPERATOR_IDENTITY
     from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
     from flywheel.stores.webhooks import loopback_configuration_name, own_identity, write_certificate
@@ -220,16 +266,15 @@ async def serve_admission(kopf_settings: kopf.OperatorSettings, settings: Flywhe
     memo[MEMO_OPERATOR_IDENTITY] = await own_identity(kube)
     log.info("admission webhooks on", mode=settings.webhook_mode.value, identity=memo[MEMO_OPERATOR_IDENTITY])
     if settings.webhook_mode is WebhookMode.SERVICE:
-        directory = Path(settings.webhook_cert_dir)
-        missing = [name for name in ("tls.crt", "tls.key") if not (directory / name).is_file()]
-        if missing:
-            raise ConfigurationError(
-                f"FLYWHEEL_WEBHOOK_CERT_DIR={directory}: {', '.join(missing)} not found "
-                "(mount the webhook certificate Secret there)"
-            )
-        kopf_settings.admission.server = kopf.WebhookServer(
-            addr="0.0.0.0", port=settings.webhook_port, certfile=directory / "tls.crt", pkeyfile=directory / "tls.key"
+        from flywheel.handlers.admission import ReloadableWebhookServer, ServingContext
+
+        serving = ServingContext()
+        reconcile, interval = service_certificate(settings, kube, serving)
+        await _first_certificate(reconcile, interval)
+        memo[MEMO_CERTIFICATE_TASK] = asyncio.create_task(
+            keep_reconciling(reconcile, interval, settings.webhook_cert_source.value)
         )
+        kopf_settings.admission.server = ReloadableWebhookServer(addr="0.0.0.0", port=settings.webhook_port, serving=serving)
         return
     namespaces = tuple(memo.get(MEMO_WATCHED_NAMESPACES, ()))
     port = settings.webhook_port or _free_loopback_port()
@@ -315,6 +360,9 @@ def approval_announcer(sender: WebhookSender | None) -> Announcer | None:
 
 @kopf.on.cleanup()
 async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
+    certificate_task = memo.get(MEMO_CERTIFICATE_TASK)
+    if certificate_task is not None:
+        certificate_task.cancel()
     name = memo.get(MEMO_LOOPBACK_WEBHOOKS)
     deps = getattr(memo, "deps", None)
     if name is not None and deps is not None:

@@ -22,6 +22,11 @@ class WebhookMode(StrEnum):
     SERVICE = "service"
 
 
+class WebhookCertSource(StrEnum):
+    MANAGED = "managed"
+    DIRECTORY = "directory"
+
+
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -220,15 +225,52 @@ class FlywheelSettings(BaseSettings):
         description=(
             "Admission webhooks: off (approvals are refused: nobody's identity can be stamped), "
             "loopback (local control plane: generated CA, 127.0.0.1, configurations managed by the operator) "
-            "or service (in a cluster: certificate from FLYWHEEL_WEBHOOK_CERT_DIR, configurations from manifests/)."
+            "or service (in a cluster: served behind FLYWHEEL_WEBHOOK_SERVICE, configurations from manifests/, "
+            "certificate from FLYWHEEL_WEBHOOK_CERT_SOURCE)."
         ),
     )
     webhook_port: int = Field(
         default=9443, ge=0, le=65535, description="Port of the admission webhook server; 0 picks a free one (loopback only)."
     )
+    webhook_cert_source: WebhookCertSource = Field(
+        default=WebhookCertSource.DIRECTORY,
+        description=(
+            "Service mode's certificate: managed (the operator keeps a CA and serving pair in the Secret "
+            "FLYWHEEL_WEBHOOK_CERT_SECRET, injects the CA bundle into its webhook configurations and rotates both) "
+            "or directory (tls.crt and tls.key from FLYWHEEL_WEBHOOK_CERT_DIR, e.g. cert-manager's Secret)."
+        ),
+    )
+    webhook_cert_secret: str = Field(
+        default="flywheel-webhook-certs",
+        min_length=1,
+        description="Secret (in FLYWHEEL_NAMESPACE) holding the managed webhook CA and serving pair; created on first start.",
+    )
+    webhook_service: str = Field(
+        default="flywheel",
+        min_length=1,
+        description="Service in front of the webhook server: the managed certificate is for <service>.<namespace>.svc.",
+    )
+    webhook_configuration: str = Field(
+        default="flywheel",
+        min_length=1,
+        description="Name of the Mutating- and ValidatingWebhookConfiguration whose caBundle the managed mode sets.",
+    )
+    webhook_cert_validity_seconds: int = Field(
+        default=90 * 24 * 3600,
+        ge=30,
+        description="Lifetime of a managed serving certificate; a new one is issued at 2/3 of it.",
+    )
+    webhook_ca_validity_seconds: int = Field(
+        default=3 * 365 * 24 * 3600,
+        ge=30,
+        description=(
+            "Lifetime of a managed webhook CA (at least the serving certificate's): its successor joins the "
+            "bundle at 1/2, signs from 2/3; the old CA stays trusted until it expires."
+        ),
+    )
     webhook_cert_dir: str = Field(
         default="/etc/flywheel/webhook-tls",
-        description="Directory with tls.crt and tls.key of the webhook server (service mode), e.g. a cert-manager Secret.",
+        description="Directory with tls.crt and tls.key of the webhook server (FLYWHEEL_WEBHOOK_CERT_SOURCE=directory).",
     )
     log_level: str = Field(default="INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     log_format: str = Field(default="console", description="Log format: console or json.")
@@ -246,6 +288,16 @@ class FlywheelSettings(BaseSettings):
         if repeat is not None and escalate is not None and not repeat <= escalate <= value:
             raise ValueError(
                 "thresholds must ascend: repeat_threshold <= escalate_threshold <= permanent_fix_threshold"
+            )
+        return value
+
+    @field_validator("webhook_ca_validity_seconds")
+    @classmethod
+    def _ca_outlives_serving_certificates(cls, value: int, info: object) -> int:
+        serving = getattr(info, "data", {}).get("webhook_cert_validity_seconds")
+        if serving is not None and value < serving:
+            raise ValueError(
+                f"webhook_ca_validity_seconds ({value}) must be at least webhook_cert_validity_seconds ({serving})"
             )
         return value
 

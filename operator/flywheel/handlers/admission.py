@@ -3,14 +3,26 @@
 The handler ids are the URL paths the webhook configurations point at (``/stamp-approver``,
 ``/approval-policy``, ...). They are only served when ``FLYWHEEL_WEBHOOK_MODE`` is not off.
 The rules themselves are pure (``flywheel.domain.approval``); a refusal names its rule.
+
+:class:`ReloadableWebhookServer` serves them over TLS with a context whose certificate is
+replaced in place (:class:`ServingContext`) when the managed Secret or the mounted files change.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import ssl
+import tempfile
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
+import aiohttp.web
 import kopf
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from flywheel.domain.approval import (
     CREATED_BY,
@@ -23,6 +35,7 @@ from flywheel.domain.approval import (
 )
 from flywheel.logs import get_logger
 from flywheel.stores.kube import GROUP, VERSION
+from flywheel.stores.webhook_certificate import KeyPair
 
 log = get_logger(__name__)
 
@@ -35,6 +48,67 @@ INCIDENT_CREATOR: Final = "incident-creator"
 FORBIDDEN: Final = 403
 # The user this operator authenticates as (a SelfSubjectReview at start-up).
 MEMO_OPERATOR_IDENTITY: Final = "operator_identity"
+
+
+class ServingContext:
+    """The server's TLS context; :meth:`load` swaps its certificate for the next handshakes.
+
+    ``load_cert_chain`` on a context in use is what OpenSSL supports: connections already
+    open keep the certificate they were made with. Handshakes run on the event loop's
+    thread, as does ``load``, so none sees a certificate without its key.
+    """
+
+    def __init__(self) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._fingerprint: str | None = None
+
+    @property
+    def serving_fingerprint(self) -> str | None:
+        return self._fingerprint
+
+    def load(self, pair: KeyPair) -> None:
+        # OpenSSL reads a chain only from files: a private directory, removed at once.
+        with tempfile.TemporaryDirectory(prefix="flywheel-webhook-") as directory:
+            cert_file, key_file = Path(directory) / "tls.crt", Path(directory) / "tls.key"
+            key_file.touch(mode=0o600)
+            key_file.write_bytes(pair.key_pem)
+            cert_file.write_bytes(pair.cert_pem)
+            self.context.load_cert_chain(cert_file, key_file)
+        der = x509.load_pem_x509_certificate(pair.cert_pem).public_bytes(serialization.Encoding.DER)
+        self._fingerprint = hashlib.sha256(der).hexdigest()
+
+
+class ReloadableWebhookServer(kopf.WebhookServer):
+    """Kopf's webhook server on a :class:`ServingContext` that is never rebuilt.
+
+    Kopf's own server restarts its listener when its certificate files change; this one keeps
+    listening, so a rotation never refuses a connection. Requests are served by Kopf's handler.
+    """
+
+    def __init__(self, *, addr: str, port: int, serving: ServingContext) -> None:
+        super().__init__(addr=addr, port=port, context=serving.context)
+        self.serving = serving
+
+    async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
+        async def serve(request: aiohttp.web.Request) -> aiohttp.web.Response:
+            return await self._serve(fn, request)
+
+        if self.serving.serving_fingerprint is None:
+            raise RuntimeError("the webhook server has no certificate loaded")
+        app = aiohttp.web.Application()
+        app.add_routes([aiohttp.web.post("/{id:.*}", serve)])
+        runner = aiohttp.web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        try:
+            site = aiohttp.web.TCPSite(runner, self.addr, self.port, ssl_context=self.context, reuse_address=True)
+            await site.start()
+            log.info("webhook_server_listening", address=self.addr, port=self.port)
+            # The configurations are not Kopf's to manage (settings.admission.managed is unset).
+            yield kopf.WebhookClientConfig(url=f"https://{self.addr}:{self.port}")
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
 
 
 def _refuse(refusal: Refusal, kind: str, name: str | None, requester: Requester) -> None:

@@ -1,7 +1,9 @@
 """The admission webhooks' certificates and configurations.
 
-In a cluster the webhook configurations ship with ``manifests/`` and the certificate comes
-from cert-manager or a Secret (``flywheel webhook-cert`` writes one). On a local control
+In a cluster the webhook configurations ship with ``manifests/``; the certificate is the
+operator's own (``FLYWHEEL_WEBHOOK_CERT_SOURCE=managed``: :mod:`flywheel.stores.webhook_certificate`,
+its CA bundle injected here) or files in a directory, e.g. a cert-manager Secret
+(``directory``; ``flywheel webhook-cert`` writes such files). On a local control
 plane (``FLYWHEEL_WEBHOOK_MODE=loopback``) the operator makes a CA and a certificate for
 127.0.0.1 itself and registers configurations that cover only the namespaces it watches,
 so that several operators (developers, tests) share one API server without stepping on
@@ -12,21 +14,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-from flywheel.errors import KubernetesApiError
+from flywheel.errors import ConfigurationError, KubernetesApiError
 from flywheel.logs import get_logger
 from flywheel.stores.kube import GROUP, KubeApi, resource_path
+from flywheel.stores.webhook_certificate import FIELD_MANAGER, KeyPair, issue_serving, new_authority
 
 log = get_logger(__name__)
 
@@ -72,65 +69,29 @@ class WebhookCertificate:
         return self.directory / KEY_FILE
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
 def write_certificate(directory: Path, dns_names: Sequence[str], ip_addresses: Sequence[str] = ()) -> WebhookCertificate:
-    """A new CA and a serving certificate signed by it, written as ca.crt, tls.crt, tls.key.
-
-    ECDSA P-256: small, fast, and accepted by every API server version we support.
-    """
+    """A new CA and a serving certificate signed by it, written as ca.crt, tls.crt, tls.key."""
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.now(UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("flywheel-webhook-ca")
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + CERT_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                key_encipherment=False, data_encipherment=False, key_agreement=False,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    alternative_names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
-    alternative_names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name((list(dns_names) + list(ip_addresses))[0]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + CERT_VALIDITY)
-        .add_extension(x509.SubjectAlternativeName(alternative_names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
-    (directory / CA_FILE).write_bytes(ca_pem)
-    (directory / CERT_FILE).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    authority = new_authority(now, CERT_VALIDITY)
+    serving = issue_serving(authority, dns_names, now=now, not_after=now + CERT_VALIDITY, ip_addresses=ip_addresses)
+    (directory / CA_FILE).write_bytes(authority.cert_pem)
+    (directory / CERT_FILE).write_bytes(serving.cert_pem)
     key_path = directory / KEY_FILE
     key_path.touch(mode=0o600)
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    key_path.write_bytes(serving.key_pem)
+    return WebhookCertificate(directory=directory, ca_pem=authority.cert_pem)
+
+
+def read_serving_pair(directory: Path) -> KeyPair:
+    """tls.crt and tls.key from ``directory`` (a mounted Secret); a clear error when either is missing."""
+    missing = [name for name in (CERT_FILE, KEY_FILE) if not (directory / name).is_file()]
+    if missing:
+        raise ConfigurationError(
+            f"FLYWHEEL_WEBHOOK_CERT_DIR={directory}: {', '.join(missing)} not found "
+            "(mount the webhook certificate Secret there)"
         )
-    )
-    return WebhookCertificate(directory=directory, ca_pem=ca_pem)
+    return KeyPair((directory / CERT_FILE).read_bytes(), (directory / KEY_FILE).read_bytes())
 
 
 # --------------------------------------------------------------------------- configurations
@@ -190,11 +151,34 @@ async def own_identity(kube: KubeApi) -> str:
     return str(review["status"]["userInfo"]["username"])
 
 
+STRATEGIC_MERGE_PATCH: Final = "application/strategic-merge-patch+json"
+
+
 class WebhookConfigurations:
-    """Create, replace and delete the loopback webhook configurations."""
+    """The loopback configurations (create, replace, delete), and the CA bundle of the shipped ones."""
 
     def __init__(self, kube: KubeApi) -> None:
         self._kube = kube
+
+    async def inject_ca_bundle(self, name: str, ca_bundle: bytes) -> None:
+        """Set ``caBundle`` of Flywheel's own webhooks in the configurations ``name``, and nothing else.
+
+        A strategic merge patch keyed by webhook name (the list's merge key): the rest of each
+        webhook, and any webhook that is not Flywheel's, stays as installed; an unchanged bundle
+        is a no-op write. A webhook missing from the configuration is an error (422): the
+        installation is not the one this operator serves.
+        """
+        encoded = base64.b64encode(ca_bundle).decode()
+        for flavour in ("mutating", "validating"):
+            webhooks = [
+                {"name": f"{spec.handler_id}.{GROUP}", "clientConfig": {"caBundle": encoded}}
+                for spec in WEBHOOKS
+                if spec.mutating is (flavour == "mutating")
+            ]
+            await self._kube.request(
+                "PATCH", _configurations(flavour, name), f"inject the CA bundle into {flavour} webhook configuration {name}",
+                body={"webhooks": webhooks}, query={"fieldManager": FIELD_MANAGER}, content_type=STRATEGIC_MERGE_PATCH,
+            )
 
     async def apply(self, name: str, *, base_url: str, ca_pem: bytes, namespaces: Sequence[str], version: str) -> None:
         labels = {"app.kubernetes.io/name": "flywheel", "app.kubernetes.io/managed-by": "flywheel-loopback"}
@@ -249,6 +233,7 @@ __all__ = [
     "WebhookConfigurations",
     "loopback_configuration_name",
     "own_identity",
+    "read_serving_pair",
     "webhook_entries",
     "write_certificate",
 ]
