@@ -191,12 +191,28 @@ def _register_reviewer_commands() -> None:
     cli.add_command(db_group)
 
 
+def _register_approver_commands() -> None:
+    from flywheel.cli_approvals import approvals_command, approve_command, reject_command
+    from flywheel.cli_explain import explain_group
+
+    cli.add_command(approvals_command)
+    cli.add_command(approve_command)
+    cli.add_command(reject_command)
+    cli.add_command(explain_group)
+
+
 _register_reviewer_commands()
+_register_approver_commands()
 
 
-def main() -> None:
+def main(prog_name: str | None = None) -> None:
     try:
-        cli(standalone_mode=True)
+        cli(standalone_mode=True, prog_name=prog_name)
     except FlywheelError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+
+
+def kubectl_plugin_main() -> None:
+    """``kubectl flywheel ...``: kubectl runs ``kubectl-flywheel`` found on PATH with the rest of the line."""
+    main(prog_name="kubectl flywheel")

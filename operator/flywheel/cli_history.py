@@ -47,7 +47,7 @@ _output_option = click.option(
 
 
 @contextmanager
-def _open_store(database_url: str | None) -> Iterator[HistoryStore]:
+def open_history_store(database_url: str | None) -> Iterator[HistoryStore]:
     """A store for reading, with errors a reviewer can act on instead of tracebacks."""
     url = _database_url(database_url)
     try:
@@ -90,11 +90,11 @@ def _one_of(enum: type[StrEnum]) -> Callable[[click.Context, click.Parameter, st
     return validate
 
 
-def _timestamp(value: datetime | None) -> str:
+def timestamp_text(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%SZ") if value is not None else "-"
 
 
-def _duration(value: timedelta | None) -> str:
+def duration_text(value: timedelta | None) -> str:
     if value is None:
         return "-"
     seconds = int(value.total_seconds())
@@ -107,14 +107,14 @@ def _duration(value: timedelta | None) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-def _shorten(text: str | None, width: int) -> str:
+def shorten(text: str | None, width: int) -> str:
     if not text:
         return "-"
     compact = " ".join(text.split())
     return compact if len(compact) <= width else compact[: width - 1] + "…"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Columns padded to their widest cell, like ``kubectl get``."""
     widths = [max(len(header), *(len(row[index]) for row in rows)) for index, header in enumerate(headers)]
     lines = [
@@ -141,9 +141,9 @@ def _render_page(page: RunPage) -> str:
             f"{run.action_type} {run.target_kind}/{run.target_name}",
             run.incident_name,
             str(run.attempt),
-            _timestamp(run.created_at),
-            _duration(run.duration),
-            _shorten(run.error_code, _ERROR_WIDTH),
+            timestamp_text(run.created_at),
+            duration_text(run.duration),
+            shorten(run.error_code, _ERROR_WIDTH),
         ]
         for run in page.items
     ]
@@ -152,7 +152,7 @@ def _render_page(page: RunPage) -> str:
     footer = f"runs {first}-{last} of {page.total}"
     if page.next_offset is not None:
         footer += f" (next page: --offset {page.next_offset})"
-    return f"{_table(headers, rows)}\n\n{footer}"
+    return f"{render_table(headers, rows)}\n\n{footer}"
 
 
 def _render_timeline(timeline: RunTimeline) -> str:
@@ -166,15 +166,15 @@ def _render_timeline(timeline: RunTimeline) -> str:
     ]
     rows = [
         [
-            _timestamp(entry.at),
+            timestamp_text(entry.at),
             entry.kind.value,
             entry.title,
             entry.result or "-",
-            _shorten(entry.detail, _DETAIL_WIDTH),
+            shorten(entry.detail, _DETAIL_WIDTH),
         ]
         for entry in timeline.entries
     ]
-    return "\n".join(header) + "\n\n" + _table(["TIME", "KIND", "EVENT", "RESULT", "DETAIL"], rows)
+    return "\n".join(header) + "\n\n" + render_table(["TIME", "KIND", "EVENT", "RESULT", "DETAIL"], rows)
 
 
 @click.command("history")
@@ -215,7 +215,7 @@ def history_command(
     output: str,
 ) -> None:
     """List recorded Runs, newest first, with filters and pagination."""
-    with _open_store(database_url) as store:
+    with open_history_store(database_url) as store:
         page = store.list_runs(
             namespace=namespace, state=state, incident=incident, outcome=outcome, limit=limit, offset=offset
         )
@@ -237,7 +237,7 @@ def timeline_command(run: str, database_url: str | None, namespace: str | None, 
 
     Creation, start, journal steps, approvals, notifications and completion.
     """
-    with _open_store(database_url) as store:
+    with open_history_store(database_url) as store:
         timeline = store.timeline(run, namespace)
     if timeline is None:
         where = f" in namespace {namespace}" if namespace else ""
@@ -268,4 +268,13 @@ def db_upgrade_command(database_url: str | None, revision: str) -> None:
     click.echo(f"history database {describe_database_url(url)} is at revision {reached or 'base'}")
 
 
-__all__ = ["db_group", "history_command", "timeline_command"]
+__all__ = [
+    "db_group",
+    "duration_text",
+    "history_command",
+    "open_history_store",
+    "render_table",
+    "shorten",
+    "timeline_command",
+    "timestamp_text",
+]
