@@ -36,21 +36,21 @@ class RefusalLog:
         self._remembered = remembered
         self._last_reason: OrderedDict[str, RefusalReason] = OrderedDict()
 
-    def refused(self, fingerprint: str, reason: RefusalReason, **details: Any) -> bool:
+    def refused(self, fingerprint: str, code: RefusalReason, **details: Any) -> bool:
         """Count the refusal; log it unless this fingerprint was refused for this reason already.
 
         Returns whether it was logged.
         """
-        self._counter.alert_refused(reason)
-        if self._last_reason.get(fingerprint) is reason:
+        self._counter.alert_refused(code)
+        if self._last_reason.get(fingerprint) is code:
             self._last_reason.move_to_end(fingerprint)
-            log.debug("alert refused again", fingerprint=fingerprint, refusal=reason.value, **details)
+            log.debug("alert refused again", fingerprint=fingerprint, refusal=code.value, **details)
             return False
-        self._last_reason[fingerprint] = reason
+        self._last_reason[fingerprint] = code
         self._last_reason.move_to_end(fingerprint)
         if len(self._last_reason) > self._remembered:
             self._last_reason.popitem(last=False)
-        log.warning("alert refused", fingerprint=fingerprint, refusal=reason.value, **details)
+        log.warning("alert refused", fingerprint=fingerprint, refusal=code.value, **details)
         return True
 
 
