@@ -2,7 +2,8 @@
 
 ``POST /intake/alertmanager`` takes Alertmanager's webhook payload (version 4) and
 records every alert on its Incident (see :mod:`flywheel.domain.alerts` for the
-mapping). Answers, in the order they are checked:
+mapping; the workload an alert names, directly or through its Pod, is looked up by a
+:class:`WorkloadResolver`, ``flywheel.stores.pod_owners``). Answers, in the order they are checked:
 
 - 401 without the configured bearer token (or when none is configured at all);
 - 413 when the body exceeds ``intake_max_body_bytes``;
