@@ -27,6 +27,14 @@ class InvalidInputError(FlywheelError):
         self.reason = reason
 
 
+class AlertRefusedError(InvalidInputError):
+    """An Alertmanager alert cannot become an Incident; ``code`` is the bounded reason (a metric label)."""
+
+    def __init__(self, code: str, field: str, reason: str) -> None:
+        super().__init__(field, reason)
+        self.code = code
+
+
 class StoreUnavailableError(FlywheelError):
     """A backing store (Redis, the database, the Kubernetes API) cannot be reached right now.
 

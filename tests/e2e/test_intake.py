@@ -46,8 +46,11 @@ from flywheel.intake import (
     RetryPolicy,
     build_app,
 )
+from flywheel.metrics.collector import OperatorCounters
 from flywheel.stores.kube import FlywheelResources, KubeApi
+from flywheel.stores.pod_owners import KubeObjectReader, PodOwnerStore
 from tests.conftest import OperatorFactory
+from tests.e2e.workloads import deployment_manifest
 from tests.harness.cluster import TestCluster
 from tests.harness.ports import free_port
 from tests.harness.waiting import wait_for
@@ -155,7 +158,14 @@ def signal_keys(body: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 @pytest.fixture()
-def intake_url(start_operator: OperatorFactory, clean_redis_url: str) -> str:
+def checkout(test_cluster: TestCluster, namespace: str) -> str:
+    """The Deployment the default alert names (the intake refuses alerts about workloads that do not exist)."""
+    test_cluster.kubectl("apply", "-f", "-", input=deployment_manifest("checkout", namespace))
+    return "checkout"
+
+
+@pytest.fixture()
+def intake_url(start_operator: OperatorFactory, clean_redis_url: str, checkout: str) -> str:
     """The intake of the real operator, scoped to this test's namespace."""
     port = free_port()
     # Metrics off: its fixed default port would collide with operators of concurrent test runs.
@@ -284,6 +294,8 @@ def test_a_recurrence_after_resolution_opens_the_next_incident(
 def test_a_group_of_three_alerts_opens_three_incidents(
     test_cluster: TestCluster, namespace: str, intake_url: str
 ) -> None:
+    test_cluster.kubectl("apply", "-f", "-", input=deployment_manifest("payments", namespace))
+    test_cluster.kubectl("apply", "-f", "-", input=statefulset_manifest("postgres", namespace))
     group = payload(
         alert(namespace, fingerprint="1111111111111111", deployment="checkout"),
         alert(namespace, fingerprint="2222222222222222", deployment="payments", alertname="HighLatency",
@@ -314,7 +326,7 @@ def test_unusable_alerts_are_refused_one_by_one_while_the_others_are_recorded(
     assert answer.outcomes() == ["refused", "created", "refused", "refused"]
     assert (answer.body["created"], answer.body["refused"]) == (1, 3)
     fields = [entry["field"] for entry in answer.body["alerts"]]
-    assert fields == ["alerts[0].labels.namespace", None, "alerts[2].labels.deployment", "alerts[3].labels.namespace"]
+    assert fields == ["alerts[0].labels.namespace", None, "alerts[2].labels.pod", "alerts[3].labels.namespace"]
     reasons = [entry["reason"] for entry in answer.body["alerts"]]
     assert "missing" in reasons[0]
     assert "names no workload" in reasons[2]
@@ -376,7 +388,9 @@ class running_intake:
 
     def __init__(self, config: IntakeConfig, kube: KubeApi, policy: RetryPolicy | None = None) -> None:
         self._kube = kube
-        self._server = IntakeServer(build_app(config, AlertRecorder(FlywheelResources(kube), policy)), "127.0.0.1", 0)
+        app = build_app(config, AlertRecorder(FlywheelResources(kube), policy),
+                        PodOwnerStore(KubeObjectReader(kube)), OperatorCounters())
+        self._server = IntakeServer(app, "127.0.0.1", 0)
 
     async def __aenter__(self) -> str:
         await self._server.start()
@@ -419,7 +433,9 @@ async def cluster_api(cluster: TestCluster, *, bearer_token: str | None = None) 
     return KubeApi(configuration)
 
 
-async def test_an_alert_the_api_server_refuses_is_refused_alone(test_cluster: TestCluster, namespace: str) -> None:
+async def test_an_alert_the_api_server_refuses_is_refused_alone(
+    test_cluster: TestCluster, namespace: str, checkout: str
+) -> None:
     # Cluster-wide scope: the namespace check is left to the API server, which has no such namespace.
     config = IntakeConfig(token=TOKEN, max_body_bytes=1024 * 1024, scope=NamespaceScope())
     async with running_intake(config, await cluster_api(test_cluster)) as url, aiohttp.ClientSession() as session:
@@ -429,7 +445,7 @@ async def test_an_alert_the_api_server_refuses_is_refused_alone(test_cluster: Te
             body = await response.json()
             assert response.status == 201, body
     assert [entry["outcome"] for entry in body["alerts"]] == ["refused", "created"]
-    assert "not found" in body["alerts"][0]["reason"]
+    assert "does not exist" in body["alerts"][0]["reason"]
 
 
 async def test_an_operator_without_permissions_answers_500_so_that_alertmanager_retries(
@@ -559,3 +575,79 @@ def test_the_real_alertmanager_delivers_firing_and_resolved_alerts(
     assert resolved[0]["endsAt"]
     # Whatever Alertmanager re-sent meanwhile, each notification is on record once.
     assert [s["status"] for s in incident(test_cluster, namespace, name)["spec"]["signals"]] == ["firing", "resolved"]
+
+
+def statefulset_manifest(name: str, namespace: str) -> str:
+    labels = {"app.kubernetes.io/name": f"{name}-db"}
+    return json.dumps({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "replicas": 1, "serviceName": name, "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {
+                "containers": [{"name": "db", "image": "registry.example/flywheel-sample:1.0"}],
+                "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
+            }},
+        },
+    })
+
+
+def pod_of(cluster: TestCluster, namespace: str, selector: str) -> str:
+    items = cluster.kubectl_json("get", "pods", "-n", namespace, "-l", selector)["items"]
+    return str(items[0]["metadata"]["name"]) if items else ""
+
+
+def test_kube_prometheus_alerts_about_pods_become_incidents_on_the_owning_workload(
+    test_cluster: TestCluster, namespace: str, alertmanager: Alertmanager
+) -> None:
+    """Labels exactly as kube-prometheus-stack's rules (release "prometheus") emit them."""
+    test_cluster.kubectl("apply", "-f", "-", input=statefulset_manifest("ledger", namespace))
+    test_cluster.kubectl("rollout", "status", "deployment/checkout", "-n", namespace, "--timeout=120s")
+    test_cluster.kubectl("rollout", "status", "statefulset/ledger", "-n", namespace, "--timeout=120s")
+    web_pod = pod_of(test_cluster, namespace, "app=checkout")
+    db_pod = wait_for(lambda: pod_of(test_cluster, namespace, "app.kubernetes.io/name=ledger-db"),
+                      timeout=60, what="the StatefulSet's Pod")
+    ksm = {"job": "kube-state-metrics", "endpoint": "http", "instance": "10.244.0.7:8080",
+           "service": "prometheus-kube-state-metrics"}
+    ksm_own_pod = {"pod": "prometheus-kube-state-metrics-6d9f7c8b5-x2x9z", "container": "kube-state-metrics"}
+    cases = {
+        "KubePodCrashLooping": ({"severity": "warning", "pod": web_pod, "container": "app", "uid": "0b7c1e2d",
+                                 "reason": "CrashLoopBackOff", **ksm}, ("Deployment", "checkout"), "checkout"),
+        "KubePodNotReady": ({"severity": "warning", "pod": db_pod}, ("StatefulSet", "ledger"), "ledger-db"),
+        "KubeContainerWaiting": ({"severity": "warning", "pod": db_pod, "container": "db"},
+                                 ("StatefulSet", "ledger"), "ledger-db"),
+        "CPUThrottlingHigh": ({"severity": "info", "pod": web_pod, "container": "app", "instance": "172.18.0.2:10250",
+                               "service": "prometheus-kube-prometheus-kubelet"}, ("Deployment", "checkout"), "checkout"),
+        "KubeDeploymentReplicasMismatch": ({"severity": "warning", "deployment": "checkout", **ksm, **ksm_own_pod},
+                                           ("Deployment", "checkout"), "checkout"),
+        "KubeStatefulSetReplicasMismatch": ({"severity": "warning", "statefulset": "ledger", **ksm, **ksm_own_pod},
+                                            ("StatefulSet", "ledger"), "ledger-db"),
+    }
+    started = rfc3339(datetime.now(UTC).replace(microsecond=0))
+    alertmanager.post_alerts([
+        {"labels": {"alertname": name, "namespace": namespace, **labels}, "startsAt": started,
+         "generatorURL": "http://prometheus.example/graph"}
+        for name, (labels, _, _) in cases.items()
+    ])
+
+    def by_alert() -> dict[str, dict[str, Any]] | None:
+        found = {item["spec"]["alertName"]: item["spec"] for item in intake_incidents(test_cluster, namespace)}
+        return found if set(found) == set(cases) else None
+
+    specs = wait_for(by_alert, timeout=90, what="an Incident per alert from Alertmanager's webhook")
+    for name, (_, (kind, workload), service) in cases.items():
+        assert (specs[name]["targetRef"]["kind"], specs[name]["targetRef"]["name"]) == (kind, workload), name
+        assert specs[name]["service"] == service, name
+
+
+def test_an_alert_about_a_pod_that_is_gone_or_an_exporter_pod_is_refused_with_its_reason(
+    test_cluster: TestCluster, namespace: str, intake_url: str
+) -> None:
+    gone = alert(namespace, fingerprint="abababababababab", deployment="", pod="checkout-5f7d9c-gone1")
+    node = alert(namespace, fingerprint="cdcdcdcdcdcdcdcd", alertname="KubeNodeNotReady", deployment="", reason="",
+                 pod="", node="node-1")
+    answer = post(intake_url, payload(gone, node))
+    assert answer.outcomes() == ["refused", "refused"], answer.body
+    assert "does not exist" in answer.body["alerts"][0]["reason"]
+    assert "names no workload" in answer.body["alerts"][1]["reason"]
+    assert intake_incidents(test_cluster, namespace) == []

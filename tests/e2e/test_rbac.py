@@ -16,7 +16,8 @@ Scenario matrix:
   as tests are; the shipped Deployment watches the whole cluster);
 - least privilege: ``kubectl auth can-i --as`` the ServiceAccount says yes to the calls the
   operator makes and no to deleting or updating workloads, creating them, scaling through the
-  subresource, reading pods, ConfigMaps or any Secret but the signing key, writing Secrets outside
+  subresource, listing, watching or deleting pods (it may only get one, for the intake's owner
+  lookup), reading ConfigMaps or any Secret but the signing key, writing Secrets outside
   its namespace, updating status, touching another peering object, deleting Leases or Flywheel
   resources, changing CRDs, RBAC or webhook configurations, impersonating, and anything by wildcard.
 """
@@ -229,6 +230,8 @@ ALLOWED = [
     ("patch", "statefulsets.apps", "-n=default"),
     ("list", "replicasets.apps", "-n=default"),
     ("list", "controllerrevisions.apps", "-n=default"),
+    ("get", "pods", "-n=default"),
+    ("get", "replicasets.apps", "-n=default"),
     ("update", "leases.coordination.k8s.io", "-n=default"),
     ("create", "events", "-n=default"),
     ("patch", f"clusterkopfpeerings.kopf.dev/{PEERING_NAME}", ""),
@@ -248,7 +251,9 @@ DENIED = [
     ("patch", "deployments.apps[scale]", "-n=default"),
     ("update", "runs.flywheel.dev[status]", "-n=default"),
     ("list", "pods", "--all-namespaces"),
-    ("get", "pods", "-n=default"),
+    ("watch", "pods", "-n=default"),
+    ("delete", "pods", "-n=default"),
+    ("watch", "replicasets.apps", "-n=default"),
     ("create", "pods/exec", "-n=default"),
     ("get", "configmaps", "-n=default"),
     ("list", "secrets", "OWN"),

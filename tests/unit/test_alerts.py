@@ -53,6 +53,9 @@ from flywheel.domain.alerts import (
     NothingToRecordOn,
     PayloadContext,
     StoredIncident,
+    Workload,
+    WorkloadSubject,
+    address_alert,
     fingerprint_key,
     incident_base_name,
     incident_name,
@@ -121,14 +124,28 @@ def alert(labels: dict[str, str] | None = None, **kwargs: Any) -> AlertmanagerAl
     return AlertmanagerAlert.model_validate(alert_json(labels, **kwargs))
 
 
+def map_alert(
+    labels: dict[str, str] | None = None, scope: NamespaceScope = ALL_NAMESPACES,
+    workload_labels: dict[str, str] | None = None, **kwargs: Any,
+) -> AlertIntake | AlertRefusal:
+    """Address the alert, stand in for the lookup (the named workload exists), plan it."""
+    received = alert(labels, **kwargs)
+    address = address_alert(received, scope)
+    if isinstance(address, AlertRefusal):
+        return address
+    subject = address.subject
+    assert isinstance(subject, WorkloadSubject), "pod subjects are resolved in test_pod_owners.py"
+    return plan_alert(received, CONTEXT, address, Workload(subject.kind, subject.name, workload_labels or {}))
+
+
 def planned(labels: dict[str, str] | None = None, scope: NamespaceScope = ALL_NAMESPACES, **kwargs: Any) -> AlertIntake:
-    result = plan_alert(alert(labels, **kwargs), CONTEXT, scope)
+    result = map_alert(labels, scope, **kwargs)
     assert isinstance(result, AlertIntake), result
     return result
 
 
 def refused(labels: dict[str, str] | None = None, scope: NamespaceScope = ALL_NAMESPACES, **kwargs: Any) -> AlertRefusal:
-    result = plan_alert(alert(labels, **kwargs), CONTEXT, scope)
+    result = map_alert(labels, scope, **kwargs)
     assert isinstance(result, AlertRefusal), result
     return result
 
@@ -234,17 +251,22 @@ def test_severity_labels_map_onto_p0_to_p3(value: str | None, severity: Severity
 
 
 @pytest.mark.parametrize(
-    ("changes", "service"),
+    ("workload_labels", "service"),
     [
-        ({"service": "payments", "app": "a", "job": "j"}, "payments"),
-        ({"app": "frontend", "job": "j"}, "frontend"),
-        ({"job": "node-exporter"}, "node-exporter"),
+        ({"app.kubernetes.io/name": "payments", "app": "pay"}, "payments"),
+        ({"app": "frontend"}, "frontend"),
+        ({"app.kubernetes.io/name": "  ", "app": "frontend"}, "frontend"),
         ({}, "checkout"),
-        ({"service": "  ", "app": "frontend"}, "frontend"),
     ],
 )
-def test_service_comes_from_service_app_job_or_deployment(changes: dict[str, str], service: str) -> None:
-    assert planned(labels_with(**changes)).spec.service == service
+def test_service_comes_from_the_workloads_own_labels_else_its_name(
+    workload_labels: dict[str, str], service: str
+) -> None:
+    exporter_labels = {"service": "prometheus-kube-state-metrics", "job": "kube-state-metrics", "app": "ksm",
+                       "endpoint": "http", "instance": "10.244.0.7:8080"}
+    result = map_alert(labels_with(**exporter_labels), workload_labels=workload_labels)
+    assert isinstance(result, AlertIntake), result
+    assert result.spec.service == service
 
 
 def test_a_statefulset_alert_targets_the_statefulset_and_names_it_as_service() -> None:
@@ -319,14 +341,13 @@ def test_signal_labels_keep_identifying_labels_within_the_limits() -> None:
     [
         ({"namespace": None}, "labels.namespace", "missing"),
         ({"namespace": "Shop_Prod"}, "labels.namespace", "not a namespace"),
-        ({"deployment": None}, "labels.deployment", "names no workload"),
+        ({"deployment": None}, "labels.pod", "names no workload"),
         ({"deployment": "Checkout!"}, "labels.deployment", "not a workload name"),
         ({"deployment": None, "statefulset": "db/0"}, "labels.statefulset", "not a workload name"),
         ({"deployment": None, "flywheel_target": "web"}, "labels.flywheel_target", "Kind/name"),
-        ({"deployment": None, "flywheel_target": "DaemonSet/agent"}, "labels.flywheel_target", "Kind/name"),
+        ({"deployment": None, "flywheel_target": "CronJob/agent"}, "labels.flywheel_target", "Kind/name"),
         ({"deployment": None, "flywheel_target": "Deployment/"}, "labels.flywheel_target", "workload name"),
         ({"alertname": "A" * 254}, "labels.alertname", "253"),
-        ({"service": "s" * 300}, "labels.service", "253"),
         ({"error_type": "e" * 300}, "labels.error_type", "253"),
     ],
 )
@@ -514,7 +535,10 @@ _label_maps = st.one_of(
 def test_arbitrary_labels_give_a_valid_spec_or_a_refusal_naming_a_field(
     labels: dict[str, str], annotations: dict[str, str], fingerprint: str
 ) -> None:
-    result = plan_alert(alert(labels, annotations=annotations, fingerprint=fingerprint), CONTEXT, ALL_NAMESPACES)
+    if "pod" in labels and not any(labels.get(k, "").strip() for k in
+                                   ("deployment", "statefulset", "flywheel_target", "flywheel.dev/target")):
+        labels = {**labels, "deployment": "web"}
+    result = map_alert(labels, annotations=annotations, fingerprint=fingerprint)
     if isinstance(result, AlertRefusal):
         assert result.field.startswith("labels.") or result.field == "fingerprint"
         assert result.reason

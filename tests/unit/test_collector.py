@@ -204,6 +204,7 @@ STATUS_FAMILIES = {
 }
 PROCESS_FAMILIES = {
     "flywheel_reconcile_errors", "flywheel_funnel_stalls", "flywheel_stall_notifications",
+    "flywheel_intake_alerts_refused",
     "flywheel_metrics_computation_errors",
 }
 

@@ -1,21 +1,33 @@
 """Alertmanager webhook payloads turned into Incidents: validation and mapping, no I/O.
 
 The intake (``flywheel.intake``) receives Alertmanager's webhook payload (version 4),
-validates it with :func:`parse_payload`, maps every alert with :func:`plan_alert` and
-decides with :func:`place_signal` where the alert's signal goes, given the Incidents
-already recorded for its fingerprint. Everything here is deterministic, so that
-Alertmanager's retries (it re-sends a whole group on any 5xx) never duplicate a
-signal or an Incident.
+validates it with :func:`parse_payload`, finds what every alert is about with
+:func:`address_alert`, has the workload looked up (``flywheel.stores.pod_owners``: the
+only I/O, cached), maps the alert with :func:`plan_alert` and decides with
+:func:`place_signal` where the alert's signal goes, given the Incidents already recorded
+for its fingerprint. Everything here is deterministic, so that Alertmanager's retries (it
+re-sends a whole group on any 5xx) never duplicate a signal or an Incident.
 
 Mapping of one alert (labels are the alert's own labels):
 
 - namespace ← ``namespace``; required, and it must be one the operator watches;
-- targetRef ← ``deployment`` (Deployment) or ``statefulset`` (StatefulSet), else the
-  label ``flywheel.dev/target`` or its classic-charset spelling ``flywheel_target``
-  (Alertmanager and Prometheus before 3.0 only accept ``[a-zA-Z_][a-zA-Z0-9_]*`` label
-  names) holding ``Kind/name``; an alert naming no workload is refused;
-- alertName ← ``alertname``; service ← ``service`` | ``app`` | ``job`` | ``deployment``,
-  else the workload's name; errorType ← ``reason`` | ``error_type``;
+- the workload, in this order: a label naming it — ``deployment``, ``statefulset``
+  (what kube-state-metrics series carry), else ``flywheel.dev/target`` or
+  its classic-charset spelling ``flywheel_target`` holding ``Kind/name`` (Alertmanager and
+  Prometheus before 3.0 only accept ``[a-zA-Z_][a-zA-Z0-9_]*`` label names) — else the
+  ``pod`` label, mapped to the workload that owns the Pod (Pod → ReplicaSet → Deployment,
+  Pod → StatefulSet, read from the API server; a DaemonSet is not a target kind yet, so its
+  Pods are refused as having no supported owner). An alert naming neither,
+  a Pod that is gone or has no supported owner, and a workload that does not exist are
+  refused, each with its reason (:class:`RefusalReason`);
+- service ← the workload's own label ``app.kubernetes.io/name``, else ``app``, else the
+  workload's name. The alert's labels never are: ``job``, ``instance``, ``endpoint``,
+  ``service``, ``pod`` and ``container`` describe the scrape target, which for the
+  standard alerts is an exporter (kube-state-metrics, node-exporter, the kubelet's
+  cAdvisor) and not the workload the alert is about;
+- a ``pod`` label that names the exporter's own Pod (an exporter's series without a pod
+  label of its own gets the scrape target's) is refused rather than mapped to the exporter;
+- alertName ← ``alertname``; errorType ← ``reason`` | ``error_type``;
 - severity ← ``severity``: page→P0, critical→P1, warning→P2, info→P3, P0..P3 as is,
   anything else P2;
 - summary ← annotation ``summary`` | ``description``, cut to the schema's limit.
@@ -36,7 +48,9 @@ import hashlib
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
@@ -56,7 +70,7 @@ from flywheel.api.incident import (
     IncidentTargetRef,
     Signal,
 )
-from flywheel.errors import InvalidInputError
+from flywheel.errors import AlertRefusedError, InvalidInputError
 
 ALERTMANAGER_SOURCE = "alertmanager"
 """``spec.source`` of Incidents opened by the intake."""
@@ -71,7 +85,29 @@ ANNOTATION_MAX_LENGTH = 2048
 """URLs are for humans to click; a longer one is cut rather than bloating the object."""
 
 TARGET_LABELS = ("flywheel.dev/target", "flywheel_target")
-SERVICE_LABELS = ("service", "app", "job", "deployment")
+WORKLOAD_LABELS: tuple[tuple[str, TargetKind], ...] = (
+    ("deployment", TargetKind.DEPLOYMENT),
+    ("statefulset", TargetKind.STATEFULSET),
+)
+"""Labels naming the workload itself (kube-state-metrics' object labels); they win over ``pod``."""
+POD_LABEL = "pod"
+SERVICE_WORKLOAD_LABELS = ("app.kubernetes.io/name", "app")
+"""The workload's own labels that name its service, in this order; else the workload's name."""
+SCRAPE_TARGET_LABELS = ("job", "instance", "endpoint", "service", "pod", "container")
+"""Labels the Prometheus Operator attaches to every series of a scrape target. None of them
+ever becomes the Incident's service; ``pod`` names the alert's subject only when it is not
+the exporter's own Pod."""
+EXPORTER_JOBS = frozenset({"kube-state-metrics", "node-exporter", "kubelet", "cadvisor"})
+"""``job`` values of the exporters that report about other objects (kube-prometheus-stack)."""
+EXPORTER_NAMES = frozenset({"kube-state-metrics", "prometheus-node-exporter", "node-exporter"})
+"""``app.kubernetes.io/name`` of the exporters' own workloads."""
+_EXPORTER_SERVICE = re.compile(
+    r"(?:^|-)(?:kube-state-metrics|prometheus-node-exporter|node-exporter|kubelet)$"
+    r"|^(?:prometheus|alertmanager|thanos-ruler)-operated$"
+)
+"""Services of the exporters as kube-prometheus-stack names them (``<release>-kube-state-metrics``,
+``<release>-prometheus-node-exporter``, ``<release>-kube-prometheus-kubelet``) and the ones the
+Prometheus Operator generates (``prometheus-operated``, the kubelet Service...)."""
 ERROR_TYPE_LABELS = ("reason", "error_type")
 SUMMARY_ANNOTATIONS = ("summary", "description")
 
@@ -109,12 +145,13 @@ _PRIORITY_LABELS = (
     "alertname",
     "namespace",
     "severity",
-    *SERVICE_LABELS,
-    "statefulset",
+    *(label for label, _ in WORKLOAD_LABELS),
     *TARGET_LABELS,
     *ERROR_TYPE_LABELS,
     "pod",
     "container",
+    "service",
+    "job",
     "instance",
 )
 
@@ -226,12 +263,43 @@ def _matches_kopf_pattern(namespace: str, pattern: str) -> bool:
 # --------------------------------------------------------------------------- one alert
 
 
+class RefusalReason(StrEnum):
+    """Why an alert was refused, in a closed vocabulary: the ``reason`` label of
+    ``flywheel_intake_alerts_refused_total`` (the human sentence is in the report and the log)."""
+
+    NO_NAMESPACE = "no_namespace"
+    NAMESPACE_NOT_WATCHED = "namespace_not_watched"
+    INVALID_LABEL = "invalid_label"
+    """A label (or the fingerprint) is not a valid name or is longer than the schema allows."""
+    NO_WORKLOAD = "no_workload"
+    """Neither a workload label nor a ``pod`` label."""
+    EXPORTER_POD = "exporter_pod"
+    """The ``pod`` label names the exporter that reported the alert, not its subject."""
+    POD_NOT_FOUND = "pod_not_found"
+    UNSUPPORTED_OWNER = "unsupported_owner"
+    """The Pod (or its ReplicaSet) is not owned by a Deployment or StatefulSet."""
+    WORKLOAD_NOT_FOUND = "workload_not_found"
+    REFUSED_BY_API = "refused_by_api"
+    """The API server refused the Incident (its content or its namespace)."""
+    UNREADABLE_INCIDENT = "unreadable_incident"
+
+
 @dataclass(frozen=True)
 class AlertRefusal:
     """Why one alert cannot become an Incident; ``field`` is relative to the alert."""
 
     field: str
     reason: str
+    code: RefusalReason = RefusalReason.INVALID_LABEL
+
+    @classmethod
+    def of(cls, error: InvalidInputError) -> AlertRefusal:
+        code = RefusalReason(error.code) if isinstance(error, AlertRefusedError) else RefusalReason.INVALID_LABEL
+        return cls(error.field, error.reason, code)
+
+
+def _refuse(code: RefusalReason, field: str, reason: str) -> AlertRefusedError:
+    return AlertRefusedError(code.value, field, reason)
 
 
 @dataclass(frozen=True)
@@ -319,32 +387,204 @@ def _first_label(labels: Mapping[str, str], names: Sequence[str]) -> tuple[str, 
     return None
 
 
-def _workload_ref(labels: Mapping[str, str]) -> IncidentTargetRef:
-    for label, kind in (("deployment", TargetKind.DEPLOYMENT), ("statefulset", TargetKind.STATEFULSET)):
+# --------------------------------------------------------------------------- the workload
+
+
+@dataclass(frozen=True)
+class WorkloadSubject:
+    """The alert names its workload itself (``label`` is the label that does)."""
+
+    kind: TargetKind
+    name: str
+    label: str
+
+
+@dataclass(frozen=True)
+class PodSubject:
+    """The alert names a Pod: its workload is the Pod's owner."""
+
+    name: str
+
+
+AlertSubject = WorkloadSubject | PodSubject
+
+
+@dataclass(frozen=True)
+class AlertAddress:
+    """Where an alert points: a namespace the operator watches and what in it the alert is about."""
+
+    namespace: str
+    subject: AlertSubject
+    from_exporter: bool = False
+    """The alert's series came from an exporter reporting about other objects (kube-state-metrics,
+    node-exporter, cAdvisor): its ``pod`` label may be the exporter's own."""
+    exporter_service: str | None = None
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A workload as read from the API server: what the Incident targets and its service."""
+
+    kind: TargetKind
+    name: str
+    labels: Mapping[str, str] = dataclass_field(default_factory=dict)
+
+    @property
+    def ref(self) -> IncidentTargetRef:
+        return IncidentTargetRef(kind=self.kind, name=self.name)
+
+    @property
+    def service(self) -> str:
+        """``app.kubernetes.io/name``, else ``app``, else the workload's name."""
+        found = _first_label(self.labels, SERVICE_WORKLOAD_LABELS)
+        if found is not None and len(found[1]) <= SERVICE_MAX_LENGTH:
+            return found[1]
+        return self.name
+
+    @property
+    def is_exporter(self) -> bool:
+        return self.labels.get("app.kubernetes.io/name", "").strip() in EXPORTER_NAMES
+
+    def describe(self) -> str:
+        return f"{self.kind.value}/{self.name}"
+
+
+def workload_of(kind: TargetKind, body: Mapping[str, Any]) -> Workload:
+    """The :class:`Workload` of an ``apps/v1`` object as the API server returns it."""
+    metadata = body.get("metadata") or {}
+    labels = metadata.get("labels") or {}
+    return Workload(kind=kind, name=str(metadata.get("name", "")),
+                    labels={str(key): str(value) for key, value in labels.items()})
+
+
+def is_exporter_alert(labels: Mapping[str, str]) -> bool:
+    """Whether the alert's scrape-target labels are an exporter's (see :data:`EXPORTER_JOBS`)."""
+    job = labels.get("job", "").strip()
+    service = labels.get("service", "").strip()
+    return job in EXPORTER_JOBS or bool(service and _EXPORTER_SERVICE.search(service))
+
+
+def alert_subject(labels: Mapping[str, str]) -> AlertSubject:
+    """What the alert is about: a label naming the workload wins over ``pod``."""
+    for label, kind in WORKLOAD_LABELS:
         value = labels.get(label, "").strip()
         if value:
-            return _valid_workload(kind, value, f"labels.{label}")
+            return _valid_subject(kind, value, f"labels.{label}")
     found = _first_label(labels, TARGET_LABELS)
-    if found is None:
-        raise InvalidInputError(
-            "labels.deployment",
-            "the alert names no workload: set a deployment or statefulset label, "
-            "or flywheel_target (flywheel.dev/target) to Kind/name",
-        )
-    label, value = found
-    kind_text, slash, name = value.partition("/")
-    named_kind = _KINDS_BY_LOWER_NAME.get(kind_text.strip().lower())
-    if not slash or named_kind is None:
-        raise InvalidInputError(
-            f"labels.{label}",
-            f"{_shorten(value)!r} is not Kind/name with Kind one of {', '.join(k.value for k in TargetKind)}",
-        )
-    return _valid_workload(named_kind, name.strip(), f"labels.{label}")
+    if found is not None:
+        label, value = found
+        kind_text, slash, name = value.partition("/")
+        named_kind = _KINDS_BY_LOWER_NAME.get(kind_text.strip().lower())
+        if not slash or named_kind is None:
+            raise _refuse(
+                RefusalReason.INVALID_LABEL, f"labels.{label}",
+                f"{_shorten(value)!r} is not Kind/name with Kind one of {', '.join(k.value for k in TargetKind)}",
+            )
+        return _valid_subject(named_kind, name.strip(), f"labels.{label}")
+    pod = labels.get(POD_LABEL, "").strip()
+    if pod:
+        if len(pod) > DNS1123_SUBDOMAIN_MAX_LENGTH or not _DNS1123_SUBDOMAIN.fullmatch(pod):
+            raise _refuse(RefusalReason.INVALID_LABEL, "labels.pod", f"{_shorten(pod)!r} is not a Pod name")
+        return PodSubject(pod)
+    raise _refuse(
+        RefusalReason.NO_WORKLOAD, "labels.pod",
+        "the alert names no workload: it needs a pod label (its owner is the target), a deployment "
+        "or statefulset label, or flywheel_target (flywheel.dev/target) set to Kind/name",
+    )
+
+
+def _valid_subject(kind: TargetKind, name: str, field_path: str) -> WorkloadSubject:
+    ref = _valid_workload(kind, name, field_path)
+    return WorkloadSubject(ref.kind, ref.name, field_path.removeprefix("labels."))
+
+
+# --------------------------------------------------------------------------- the owner chain
+
+
+@dataclass(frozen=True)
+class OwnedByReplicaSet:
+    """The Pod's controller is a ReplicaSet: its own owner (a Deployment) is the workload."""
+
+    name: str
+
+
+OwnerStep = WorkloadSubject | OwnedByReplicaSet
+
+_APPS_GROUP = "apps"
+_POD_OWNER_KINDS: Mapping[str, TargetKind | None] = {
+    "ReplicaSet": None,
+    "StatefulSet": TargetKind.STATEFULSET,
+}
+
+
+def _controller_reference(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The owner reference with ``controller: true``: the one object that manages this one."""
+    references = (body.get("metadata") or {}).get("ownerReferences") or []
+    return next((ref for ref in references if isinstance(ref, Mapping) and ref.get("controller") is True), None)
+
+
+def _describe_reference(reference: Mapping[str, Any]) -> str:
+    return f"{reference.get('kind')}/{reference.get('name')} ({reference.get('apiVersion')})"
+
+
+def pod_owner(pod: Mapping[str, Any]) -> OwnerStep:
+    """The next step up from a Pod, or :class:`AlertRefusedError` when no supported workload owns it."""
+    name = (pod.get("metadata") or {}).get("name")
+    reference = _controller_reference(pod)
+    if reference is None:
+        raise _refuse(RefusalReason.UNSUPPORTED_OWNER, "labels.pod",
+                      f"Pod {name} has no controller: Flywheel acts on the Deployment or StatefulSet "
+                      "that owns a Pod")
+    group = str(reference.get("apiVersion", "")).partition("/")[0]
+    kind = str(reference.get("kind", ""))
+    owner_name = str(reference.get("name", ""))
+    if group != _APPS_GROUP or kind not in _POD_OWNER_KINDS or not _DNS1123_SUBDOMAIN.fullmatch(owner_name):
+        raise _refuse(RefusalReason.UNSUPPORTED_OWNER, "labels.pod",
+                      f"Pod {name} is controlled by {_describe_reference(reference)}, not by a Deployment "
+                      "or StatefulSet")
+    target_kind = _POD_OWNER_KINDS[kind]
+    if target_kind is None:
+        return OwnedByReplicaSet(owner_name)
+    return WorkloadSubject(target_kind, owner_name, POD_LABEL)
+
+
+def replicaset_owner(replica_set: Mapping[str, Any]) -> WorkloadSubject:
+    """The Deployment owning a ReplicaSet, or :class:`AlertRefusedError` for a bare ReplicaSet."""
+    name = (replica_set.get("metadata") or {}).get("name")
+    reference = _controller_reference(replica_set)
+    if reference is None:
+        raise _refuse(RefusalReason.UNSUPPORTED_OWNER, "labels.pod",
+                      f"the Pod's ReplicaSet {name} belongs to no Deployment")
+    group = str(reference.get("apiVersion", "")).partition("/")[0]
+    owner_name = str(reference.get("name", ""))
+    if group != _APPS_GROUP or reference.get("kind") != "Deployment" or not _DNS1123_SUBDOMAIN.fullmatch(owner_name):
+        raise _refuse(RefusalReason.UNSUPPORTED_OWNER, "labels.pod",
+                      f"the Pod's ReplicaSet {name} is controlled by {_describe_reference(reference)}, "
+                      "not by a Deployment")
+    return WorkloadSubject(TargetKind.DEPLOYMENT, owner_name, POD_LABEL)
+
+
+def pod_not_found(namespace: str, pod: str) -> AlertRefusal:
+    return AlertRefusal("labels.pod", f"Pod {pod} does not exist in namespace {namespace} (gone?)",
+                        RefusalReason.POD_NOT_FOUND)
+
+
+def replicaset_not_found(namespace: str, name: str) -> AlertRefusal:
+    return AlertRefusal("labels.pod", f"the Pod's ReplicaSet {name} does not exist in namespace {namespace} "
+                        "(the Pod is being deleted)", RefusalReason.POD_NOT_FOUND)
+
+
+def workload_not_found(namespace: str, subject: WorkloadSubject) -> AlertRefusal:
+    via = "the owner of the Pod, " if subject.label == POD_LABEL else ""
+    return AlertRefusal(f"labels.{subject.label}",
+                        f"{via}{subject.kind.value}/{subject.name} does not exist in namespace {namespace}",
+                        RefusalReason.WORKLOAD_NOT_FOUND)
 
 
 def _valid_workload(kind: TargetKind, name: str, field: str) -> IncidentTargetRef:
     if len(name) > DNS1123_SUBDOMAIN_MAX_LENGTH or not _DNS1123_SUBDOMAIN.fullmatch(name):
-        raise InvalidInputError(field, f"{_shorten(name)!r} is not a workload name (a DNS-1123 subdomain)")
+        raise _refuse(RefusalReason.INVALID_LABEL, field,
+                      f"{_shorten(name)!r} is not a workload name (a DNS-1123 subdomain)")
     return IncidentTargetRef(kind=kind, name=name)
 
 
@@ -355,7 +595,7 @@ def _bounded_label(labels: Mapping[str, str], names: Sequence[str], max_length: 
         return None
     label, value = found
     if len(value) > max_length:
-        raise InvalidInputError(f"labels.{label}", f"longer than {max_length} characters")
+        raise _refuse(RefusalReason.INVALID_LABEL, f"labels.{label}", f"longer than {max_length} characters")
     return value
 
 
@@ -395,35 +635,73 @@ def _shorten(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def plan_alert(alert: AlertmanagerAlert, context: PayloadContext, scope: NamespaceScope) -> AlertIntake | AlertRefusal:
-    """Map one alert to its Incident, or say which field keeps it from becoming one."""
+def address_alert(alert: AlertmanagerAlert, scope: NamespaceScope) -> AlertAddress | AlertRefusal:
+    """The namespace and the subject of one alert, or which field keeps it from becoming an Incident."""
     try:
-        return _plan(alert, context, scope)
+        labels = alert.labels
+        namespace = labels.get("namespace", "").strip()
+        if not namespace:
+            raise _refuse(RefusalReason.NO_NAMESPACE, "labels.namespace",
+                          "missing: the intake needs the namespace of the workload")
+        if len(namespace) > DNS1123_LABEL_MAX_LENGTH or not _DNS1123_LABEL.fullmatch(namespace):
+            raise _refuse(RefusalReason.INVALID_LABEL, "labels.namespace",
+                          f"{_shorten(namespace)!r} is not a namespace name")
+        if not scope.contains(namespace):
+            raise _refuse(RefusalReason.NAMESPACE_NOT_WATCHED, "labels.namespace",
+                          f"namespace {namespace!r} is not watched by this operator ({scope.describe()})")
+        if len(alert.fingerprint) > FINGERPRINT_MAX_LENGTH:
+            raise _refuse(RefusalReason.INVALID_LABEL, "fingerprint", f"longer than {FINGERPRINT_MAX_LENGTH} characters")
+        exporter = is_exporter_alert(labels)
+        return AlertAddress(
+            namespace=namespace,
+            subject=alert_subject(labels),
+            from_exporter=exporter,
+            exporter_service=labels.get("service", "").strip() or None if exporter else None,
+        )
     except InvalidInputError as exc:
-        return AlertRefusal(exc.field, exc.reason)
+        return AlertRefusal.of(exc)
+
+
+def exporter_pod_refusal(address: AlertAddress, workload: Workload) -> AlertRefusal | None:
+    """A refusal when the alert's ``pod`` label is the exporter's own Pod (see the module docs).
+
+    An exporter's series about another object (a node, a Job, a volume) has no pod label of
+    its own, so the scrape target's — the exporter's Pod — is attached to it: mapping that
+    to its owner would remediate kube-state-metrics for a node that is not ready.
+    """
+    if not isinstance(address.subject, PodSubject) or not address.from_exporter:
+        return None
+    if workload.is_exporter or (address.exporter_service is not None and workload.name == address.exporter_service):
+        return AlertRefusal(
+            "labels.pod",
+            f"Pod {address.subject.name} is the exporter that reported the alert ({workload.describe()}), "
+            "not its subject: the alert names no workload",
+            RefusalReason.EXPORTER_POD,
+        )
+    return None
+
+
+def plan_alert(
+    alert: AlertmanagerAlert, context: PayloadContext, address: AlertAddress, workload: Workload
+) -> AlertIntake | AlertRefusal:
+    """Map one alert, whose workload was looked up, to its Incident, or say which field keeps it
+    from becoming one."""
+    refusal = exporter_pod_refusal(address, workload)
+    if refusal is not None:
+        return refusal
+    try:
+        return _plan(alert, context, address.namespace, workload)
+    except InvalidInputError as exc:
+        return AlertRefusal.of(exc)
     except ValidationError as exc:
         # The checks in _plan mirror the schema; this only fires if the two drift apart.
         first = exc.errors(include_url=False)[0]
         return AlertRefusal(_field_path(first["loc"]), first["msg"])
 
 
-def _plan(alert: AlertmanagerAlert, context: PayloadContext, scope: NamespaceScope) -> AlertIntake:
+def _plan(alert: AlertmanagerAlert, context: PayloadContext, namespace: str, workload: Workload) -> AlertIntake:
     labels = alert.labels
-    namespace = labels.get("namespace", "").strip()
-    if not namespace:
-        raise InvalidInputError("labels.namespace", "missing: the intake needs the namespace of the workload")
-    if len(namespace) > DNS1123_LABEL_MAX_LENGTH or not _DNS1123_LABEL.fullmatch(namespace):
-        raise InvalidInputError("labels.namespace", f"{_shorten(namespace)!r} is not a namespace name")
-    if not scope.contains(namespace):
-        raise InvalidInputError(
-            "labels.namespace", f"namespace {namespace!r} is not watched by this operator ({scope.describe()})"
-        )
-    if len(alert.fingerprint) > FINGERPRINT_MAX_LENGTH:
-        raise InvalidInputError("fingerprint", f"longer than {FINGERPRINT_MAX_LENGTH} characters")
-
-    target = _workload_ref(labels)
     alert_name = _bounded_label(labels, ("alertname",), ALERT_NAME_MAX_LENGTH)
-    service = _bounded_label(labels, SERVICE_LABELS, SERVICE_MAX_LENGTH)
     error_type = _bounded_label(labels, ERROR_TYPE_LABELS, ERROR_TYPE_MAX_LENGTH)
     signal = Signal(
         alert_name=alert_name or UNNAMED_ALERT,
@@ -435,14 +713,13 @@ def _plan(alert: AlertmanagerAlert, context: PayloadContext, scope: NamespaceSco
     )
     spec = IncidentSpec(
         alert_name=alert_name,
-        # An alert naming only a StatefulSet (or a flywheel_target) still has a service: its workload.
-        service=service or target.name,
+        service=workload.service,
         error_type=error_type,
         severity=map_severity(labels.get("severity")),
         source=ALERTMANAGER_SOURCE,
         summary=_summary(alert.annotations),
         signals=[signal],
-        target_ref=target,
+        target_ref=workload.ref,
     )
     key = fingerprint_key(alert.fingerprint)
     annotations = {ANNOTATION_RECEIVER: context.receiver[:ANNOTATION_MAX_LENGTH]}
@@ -609,11 +886,17 @@ __all__ = [
     "ANNOTATION_RECEIVER",
     "CLOSED_PHASES",
     "DEFAULT_SEVERITY",
+    "EXPORTER_JOBS",
     "LABEL_FINGERPRINT",
     "LABEL_SOURCE",
+    "SCRAPE_TARGET_LABELS",
+    "SERVICE_WORKLOAD_LABELS",
     "UNNAMED_ALERT",
+    "WORKLOAD_LABELS",
+    "AlertAddress",
     "AlertIntake",
     "AlertRefusal",
+    "AlertSubject",
     "AlertmanagerAlert",
     "AlertmanagerPayload",
     "AlreadyRecorded",
@@ -621,18 +904,34 @@ __all__ = [
     "CreateIncident",
     "NamespaceScope",
     "NothingToRecordOn",
+    "OwnedByReplicaSet",
+    "OwnerStep",
     "PayloadContext",
     "Placement",
+    "PodSubject",
+    "RefusalReason",
     "StoredIncident",
+    "Workload",
+    "WorkloadSubject",
+    "address_alert",
     "alert_slug",
+    "alert_subject",
     "append_signal",
+    "exporter_pod_refusal",
     "fingerprint_key",
     "incident_base_name",
     "incident_name",
+    "is_exporter_alert",
     "map_severity",
     "parse_payload",
     "place_signal",
     "plan_alert",
+    "pod_not_found",
+    "pod_owner",
+    "replicaset_not_found",
+    "replicaset_owner",
     "sequence_of",
     "signal_key",
+    "workload_not_found",
+    "workload_of",
 ]

@@ -21,10 +21,10 @@ from flywheel.domain.health import WatchedIncident, WatchedRun
 from flywheel.domain.run_state import ObservedRun
 from flywheel.errors import FlywheelError
 from flywheel.handlers.incident import MEMO_INCIDENT_DRIVER, IncidentIndex, all_incidents
-from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
+from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES, operator_counters
 from flywheel.handlers.retention import HistoryRetentionCollector
 from flywheel.logs import get_logger
-from flywheel.metrics.collector import OperatorCounters, ReconcileErrorCounter, build_registry
+from flywheel.metrics.collector import ReconcileErrorCounter, build_registry
 from flywheel.metrics.notifier import EventPoster, Notification, StallNotifier
 from flywheel.metrics.runtime import DriverCollector, MetricsRuntime, WatchRestartCounter
 from flywheel.metrics.server import MetricsApp, MetricsServer
@@ -128,7 +128,7 @@ async def start_metrics(
         raise kopf.PermanentError(f"metrics configuration: {exc}") from exc
     webhook = deps.notify_sender
 
-    counters = OperatorCounters()
+    counters = operator_counters(memo)
     error_counter = ReconcileErrorCounter(counters)
     logging.getLogger(KOPF_OBJECT_LOGGER).addHandler(error_counter)
 

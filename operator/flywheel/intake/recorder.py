@@ -21,10 +21,12 @@ from flywheel.api.incident import INCIDENT
 from flywheel.domain.alerts import (
     LABEL_FINGERPRINT,
     AlertIntake,
+    AlertRefusal,
     AlreadyRecorded,
     AppendSignal,
     CreateIncident,
     NothingToRecordOn,
+    RefusalReason,
     StoredIncident,
     place_signal,
 )
@@ -68,6 +70,12 @@ class RecordResult:
     reason: str | None = None
     retryable: bool = False
     """For FAILED: the API server was unavailable (503); otherwise the receiver is misconfigured (500)."""
+    code: RefusalReason | None = None
+    """For REFUSED: the bounded reason (the metric's label)."""
+
+    @classmethod
+    def refused(cls, refusal: AlertRefusal) -> RecordResult:
+        return cls(RecordOutcome.REFUSED, field=refusal.field, reason=refusal.reason, code=refusal.code)
 
 
 class IncidentWriter(Protocol):
@@ -163,7 +171,7 @@ class AlertRecorder:
             )
             recorded = [StoredIncident.from_body(body) for body in bodies]
         except InvalidInputError as exc:
-            return RecordResult(RecordOutcome.REFUSED, field=exc.field,
+            return RecordResult(RecordOutcome.REFUSED, field=exc.field, code=RefusalReason.UNREADABLE_INCIDENT,
                                 reason=f"an Incident of this alert is unreadable: {exc.reason}")
         except KubernetesApiError as exc:
             # Nothing in a list request comes from the alert (the selector is a hex key): the
@@ -208,7 +216,8 @@ class AlertRecorder:
     def _refused_by_api(cls, exc: KubernetesApiError) -> RecordResult:
         if exc.status in _REFUSED_BY_API:
             # The API server's message names the field (e.g. spec.summary) or the namespace.
-            return RecordResult(RecordOutcome.REFUSED, reason=f"refused by the Kubernetes API: {exc}")
+            return RecordResult(RecordOutcome.REFUSED, reason=f"refused by the Kubernetes API: {exc}",
+                                code=RefusalReason.REFUSED_BY_API)
         return cls._operator_failure(exc)
 
     @staticmethod

@@ -2,7 +2,8 @@
 
 ``POST /intake/alertmanager`` takes Alertmanager's webhook payload (version 4) and
 records every alert on its Incident (see :mod:`flywheel.domain.alerts` for the
-mapping). Answers, in the order they are checked:
+mapping; the workload an alert names, directly or through its Pod, is looked up by a
+:class:`WorkloadResolver`, ``flywheel.stores.pod_owners``). Answers, in the order they are checked:
 
 - 401 without the configured bearer token (or when none is configured at all);
 - 413 when the body exceeds ``intake_max_body_bytes``;
@@ -25,24 +26,30 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from flywheel.domain.alerts import (
-    AlertIntake,
+    AlertAddress,
     AlertmanagerAlert,
     AlertmanagerPayload,
     AlertRefusal,
+    AlertSubject,
     NamespaceScope,
     PayloadContext,
+    Workload,
+    address_alert,
+    fingerprint_key,
     parse_payload,
     plan_alert,
 )
-from flywheel.errors import InvalidInputError
+from flywheel.errors import InvalidInputError, KubernetesApiError, StoreUnavailableError
 from flywheel.intake.recorder import AlertRecorder, IncidentWriter, RecordOutcome, RecordResult
+from flywheel.intake.refusals import RefusalCounter, RefusalLog
 from flywheel.logs import get_logger
 from flywheel.settings import FlywheelSettings
 
@@ -55,6 +62,12 @@ MAX_CONCURRENT_ALERTS = 8
 """Alerts recorded at once, over all requests: a large group finishes quickly, and the
 groups Alertmanager sends at the same time do not flood the API server (nor the
 event loop's thread pool, which the Kubernetes client's calls run in)."""
+
+
+class WorkloadResolver(Protocol):
+    """Finds the workload an alert is about (``flywheel.stores.pod_owners.PodOwnerStore``)."""
+
+    async def resolve(self, namespace: str, subject: AlertSubject) -> Workload | AlertRefusal: ...
 
 
 @dataclass(frozen=True)
@@ -79,9 +92,13 @@ def _error(status: int, message: str, *, field: str | None = None, headers: dict
 class AlertmanagerReceiver:
     """Request handling; one instance per app."""
 
-    def __init__(self, config: IntakeConfig, recorder: AlertRecorder) -> None:
+    def __init__(
+        self, config: IntakeConfig, recorder: AlertRecorder, workloads: WorkloadResolver, refusals: RefusalLog
+    ) -> None:
         self._config = config
         self._recorder = recorder
+        self._workloads = workloads
+        self._refusals = refusals
         self._token = config.token.encode("utf-8") if config.token else None
         self._alerts_at_once = asyncio.Semaphore(MAX_CONCURRENT_ALERTS)
 
@@ -130,17 +147,21 @@ class AlertmanagerReceiver:
         if payload.truncated_alerts:
             log.warning("Alertmanager truncated the group: raise max_alerts of the webhook receiver",
                         receiver=payload.receiver, truncated_alerts=payload.truncated_alerts)
-        plans = [plan_alert(alert, context, self._config.scope) for alert in payload.alerts]
-        results = await asyncio.gather(*(self._record_one(plan, deadline) for plan in plans))
+        addresses = [address_alert(alert, self._config.scope) for alert in payload.alerts]
+        results = await asyncio.gather(*(self._record_one(alert, address, context, deadline)
+                                         for alert, address in zip(payload.alerts, addresses, strict=True)))
 
         entries = [_report_entry(index, alert, result)
                    for index, (alert, result) in enumerate(zip(payload.alerts, results, strict=True))]
-        for entry in entries:
-            details = {key: value for key, value in entry.items() if value is not None}
-            if entry["outcome"] in (RecordOutcome.REFUSED, RecordOutcome.FAILED):
-                log.warning("alert not recorded", receiver=payload.receiver, **details)
+        for alert, entry, result in zip(payload.alerts, entries, results, strict=True):
+            details = {key: value for key, value in entry.items() if value is not None and key != "fingerprint"}
+            if result.outcome is RecordOutcome.REFUSED and result.code is not None:
+                self._refusals.refused(fingerprint_key(alert.fingerprint), result.code,
+                                       receiver=payload.receiver, **details)
+            elif result.outcome in (RecordOutcome.REFUSED, RecordOutcome.FAILED):
+                log.warning("alert not recorded", receiver=payload.receiver, fingerprint=alert.fingerprint, **details)
             else:
-                log.info("alert received", receiver=payload.receiver, **details)
+                log.info("alert received", receiver=payload.receiver, fingerprint=alert.fingerprint, **details)
         counts = Counter(result.outcome for result in results)
         report: dict[str, Any] = {
             "received": len(results),
@@ -156,11 +177,40 @@ class AlertmanagerReceiver:
             return _json_response(500, {"error": "the operator cannot write Incidents", **report})
         return _json_response(201 if counts.get(RecordOutcome.CREATED) else 200, report)
 
-    async def _record_one(self, plan: AlertIntake | AlertRefusal, deadline: float) -> RecordResult:
-        if isinstance(plan, AlertRefusal):
-            return RecordResult(RecordOutcome.REFUSED, field=plan.field, reason=plan.reason)
+    async def _record_one(
+        self, alert: AlertmanagerAlert, address: AlertAddress | AlertRefusal, context: PayloadContext, deadline: float
+    ) -> RecordResult:
+        if isinstance(address, AlertRefusal):
+            return RecordResult.refused(address)
         async with self._alerts_at_once:
+            workload = await self._workload(address, deadline)
+            if isinstance(workload, RecordResult):
+                return workload
+            if isinstance(workload, AlertRefusal):
+                return RecordResult.refused(workload)
+            plan = plan_alert(alert, context, address, workload)
+            if isinstance(plan, AlertRefusal):
+                return RecordResult.refused(plan)
             return await self._recorder.record(plan, deadline)
+
+    async def _workload(self, address: AlertAddress, deadline: float) -> Workload | AlertRefusal | RecordResult:
+        """The alert's workload; a FAILED result when the API server cannot tell (retried until the deadline)."""
+        loop = asyncio.get_running_loop()
+        policy = self._recorder.policy
+        backoff = policy.first_backoff_seconds
+        while True:
+            try:
+                return await self._workloads.resolve(address.namespace, address.subject)
+            except StoreUnavailableError as exc:
+                if deadline - loop.time() <= backoff:
+                    return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=True)
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, policy.max_backoff_seconds)
+            except KubernetesApiError as exc:
+                # 401/403: the operator may not read Pods or workloads (RBAC). Not the alert's
+                # fault: fail the request so that Alertmanager re-sends once it is fixed.
+                log.error("Kubernetes API refused the intake's workload lookup", error=str(exc), status=exc.status)
+                return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=False)
 
 
 def _report_entry(index: int, alert: AlertmanagerAlert, result: RecordResult) -> dict[str, Any]:
@@ -178,12 +228,14 @@ def _report_entry(index: int, alert: AlertmanagerAlert, result: RecordResult) ->
     }
 
 
-def build_app(config: IntakeConfig, recorder: AlertRecorder) -> web.Application:
+def build_app(
+    config: IntakeConfig, recorder: AlertRecorder, workloads: WorkloadResolver, refusals: RefusalCounter
+) -> web.Application:
     if not config.token:
         # Once, here: logging on every refused request would let anyone flood the log.
         log.warning("no intake token configured: the Alertmanager intake refuses every request "
                     "(set FLYWHEEL_INTAKE_TOKEN)")
-    receiver = AlertmanagerReceiver(config, recorder)
+    receiver = AlertmanagerReceiver(config, recorder, workloads, RefusalLog(refusals))
     # client_max_size makes aiohttp itself stop reading past the limit.
     app = web.Application(client_max_size=config.max_body_bytes)
     app.router.add_post(INTAKE_PATH, receiver.receive)
@@ -215,14 +267,19 @@ class IntakeServer:
 
 
 def intake_server(
-    settings: FlywheelSettings, scope: NamespaceScope, incidents: IncidentWriter, host: str = "0.0.0.0"
+    settings: FlywheelSettings,
+    scope: NamespaceScope,
+    incidents: IncidentWriter,
+    workloads: WorkloadResolver,
+    refusals: RefusalCounter,
+    host: str = "0.0.0.0",
 ) -> IntakeServer | None:
     """The intake configured by ``settings``, ready to start; ``None`` when ``intake_port`` is 0."""
     if settings.intake_port == 0:
         return None
     token = settings.intake_token.get_secret_value() if settings.intake_token else None
     config = IntakeConfig(token=token or None, max_body_bytes=settings.intake_max_body_bytes, scope=scope)
-    return IntakeServer(build_app(config, AlertRecorder(incidents)), host, settings.intake_port)
+    return IntakeServer(build_app(config, AlertRecorder(incidents), workloads, refusals), host, settings.intake_port)
 
 
 __all__ = [
@@ -231,6 +288,7 @@ __all__ = [
     "AlertmanagerReceiver",
     "IntakeConfig",
     "IntakeServer",
+    "WorkloadResolver",
     "build_app",
     "intake_server",
 ]

@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from flywheel.api.enums import ActionType, RunMode
+from flywheel.domain.alerts import RefusalReason
 from flywheel.domain.funnel import StallRule
 from flywheel.domain.health import NODE_ACTIVITY_WINDOW, SUCCESS_RATE_FALLBACK_WINDOW
 from flywheel.metrics.snapshot import MetricsSnapshot, PipelineSnapshot, SnapshotHolder
@@ -61,6 +62,7 @@ class OperatorCounters:
         self._reconcile_errors: Counter[str] = Counter()
         self._stalls_started: Counter[str] = Counter()
         self._notifications: Counter[tuple[str, str, str]] = Counter()
+        self._alerts_refused: Counter[RefusalReason] = Counter()
         self._computation_errors = 0
 
     def reconcile_error(self, kind: str | None) -> None:
@@ -82,12 +84,17 @@ class OperatorCounters:
         with self._lock:
             self._computation_errors += 1
 
+    def alert_refused(self, reason: RefusalReason) -> None:
+        with self._lock:
+            self._alerts_refused[RefusalReason(reason)] += 1
+
     def families(self) -> Iterator[Metric]:
         with self._lock:
             reconcile_errors = dict(self._reconcile_errors)
             stalls_started = dict(self._stalls_started)
             notifications = dict(self._notifications)
             computation_errors = self._computation_errors
+            alerts_refused = dict(self._alerts_refused)
         errors = CounterMetricFamily(
             "flywheel_reconcile_errors",
             "Handler failures Kopf reported for Flywheel's resources (errors, temporary and permanent), by kind.",
@@ -115,6 +122,15 @@ class OperatorCounters:
                 for outcome in NOTIFICATION_OUTCOMES:
                     sent.add_metric([rule.value, channel, outcome], notifications.get((rule.value, channel, outcome), 0))
         yield sent
+        refused = CounterMetricFamily(
+            "flywheel_intake_alerts_refused",
+            "Alertmanager alerts the intake refused (no Incident), by reason; the intake's log names "
+            "the alert and the reason once per fingerprint.",
+            labels=["reason"],
+        )
+        for reason in RefusalReason:
+            refused.add_metric([reason.value], alerts_refused.get(reason, 0))
+        yield refused
         yield CounterMetricFamily(
             "flywheel_metrics_computation_errors",
             "Metrics snapshots that could not be computed at all (the previous snapshot stays published).",
