@@ -204,7 +204,12 @@ def test_the_deployment_runs_two_peering_replicas_safely(rendered: list[dict[str
     secret_refs = {name: entry["valueFrom"]["secretKeyRef"] for name, entry in variables.items()
                    if "secretKeyRef" in entry.get("valueFrom", {})}
     assert {"FLYWHEEL_DATABASE_URL", "FLYWHEEL_INTAKE_TOKEN"} <= set(secret_refs)
-    assert all(ref["optional"] is True for ref in secret_refs.values())
+    # Two peering replicas need one shared PostgreSQL history: the database URL is required (the
+    # operator refuses SQLite with peering), every other credential optional.
+    assert "optional" not in secret_refs["FLYWHEEL_DATABASE_URL"]
+    assert "FLYWHEEL_DATABASE_URL" not in settings
+    assert all(ref["optional"] is True for name, ref in secret_refs.items() if name != "FLYWHEEL_DATABASE_URL")
+    assert settings["FLYWHEEL_HISTORY_SPOOL_DIR"].startswith("/var/lib/flywheel/")
     # Every key, in the ConfigMap and in env, is a setting the operator reads.
     known = {f"FLYWHEEL_{field.upper()}" for field in FlywheelSettings.model_fields}
     assert {key for key in [*settings, *variables] if key.startswith("FLYWHEEL_")} <= known
