@@ -264,6 +264,7 @@ async def serve_admission(kopf_settings: kopf.OperatorSettings, settings: Flywhe
 
     kube = memo.deps.kube
     memo[MEMO_OPERATOR_IDENTITY] = await own_identity(kube)
+    memo.deps.run_stores.approvals.operator_identity = memo[MEMO_OPERATOR_IDENTITY]
     log.info("admission webhooks on", mode=settings.webhook_mode.value, identity=memo[MEMO_OPERATOR_IDENTITY])
     if settings.webhook_mode is WebhookMode.SERVICE:
         from flywheel.handlers.admission import ReloadableWebhookServer, ServingContext

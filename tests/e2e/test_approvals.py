@@ -294,7 +294,7 @@ def test_admission_refuses_whoever_may_not_decide_and_hand_written_identity(
 
     refused = decide(test_cluster, namespace, name, "Approve", "my own", CREATOR, APPROVERS, check=False)
     assert refused.returncode != 0
-    assert "four-eyes" in refused.stderr and "created the Incident" in refused.stderr
+    assert "four-eyes" in refused.stderr and "created or changed the Incident" in refused.stderr
 
     refused = test_cluster.kubectl(
         *as_user(APPROVER, APPROVERS), "annotate", "approval", name, "-n", namespace,

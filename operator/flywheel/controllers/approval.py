@@ -24,17 +24,22 @@ from flywheel.api.incident import IncidentStatus
 from flywheel.domain.approval import (
     APPROVE,
     CREATED_BY,
-    DECIDED_AT,
     DECIDED_BY,
     DECIDED_GROUPS,
     INCIDENT_CREATED_BY,
     ApproverPolicy,
     Refusal,
     Requester,
+    StampedDecision,
     TokenRefused,
     decision_refusal,
     issue_token,
+    late_decision_refusal,
     new_grant,
+    stamp_decision,
+    stamp_incident_authors,
+    verify_decision_stamp,
+    verify_incident_authors,
     verify_token,
 )
 from flywheel.domain.escalation import ActionStats
@@ -43,7 +48,7 @@ from flywheel.domain.names import label_value
 from flywheel.domain.run_state import RunErrorCode
 from flywheel.errors import RedisRefusedError, RedisUnavailableError
 from flywheel.logs import get_logger
-from flywheel.settings import FlywheelSettings
+from flywheel.settings import FlywheelSettings, WebhookMode
 from flywheel.stores.history import AuditEvent, HistoryKind
 from flywheel.stores.kube import API_VERSION
 
@@ -164,6 +169,7 @@ class _Approval:
     action: Mapping[str, Any]
     annotations: Mapping[str, str]
     status: Mapping[str, Any]
+    body: Mapping[str, Any]
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> _Approval:
@@ -185,6 +191,7 @@ class _Approval:
             action=spec.get("action") or {},
             annotations=dict(meta.get("annotations") or {}),
             status=dict(status),
+            body=body,
         )
 
     @property
@@ -222,6 +229,8 @@ class ApprovalGate:
         self._audit = audit
         self._policy = ApproverPolicy.of(settings.approver_users, settings.approver_groups)
         self.announcer: Announcer | None = None
+        # The user Flywheel authenticates as (set at start-up with the webhooks): never an approver.
+        self.operator_identity: str | None = None
         self._announcements: set[asyncio.Task[object]] = set()
 
     # -- the waiting Run ------------------------------------------------------------------
@@ -260,82 +269,119 @@ class ApprovalGate:
         return verdict
 
     async def _decide(self, run: GateRun, approval: _Approval, now: datetime) -> GateVerdict:
-        ref = approval.ref
-        if approval.phase is ApprovalPhase.APPROVED:
-            decider = str(approval.status.get("decidedBy") or "")
-            return GateVerdict(
-                GateState.APPROVED,
-                ref,
-                self._decided_message("approved", decider, approval.reason),
-                decider=decider,
-                token=await self._token(run, approval, decider, now),
-            )
-        if approval.phase is ApprovalPhase.REJECTED:
-            decider = str(approval.status.get("decidedBy") or "")
-            return GateVerdict(
-                GateState.REJECTED, ref, self._decided_message("rejected", decider, approval.reason), decider=decider
-            )
-        if approval.phase is ApprovalPhase.EXPIRED:
-            return GateVerdict(GateState.EXPIRED, ref, str(approval.status.get("message") or "the Approval expired"))
-        if approval.decision is not None and approval.phase is not ApprovalPhase.INVALID:
-            return await self._take_decision(run, approval, now)
-        if now >= approval.expires_at:
-            message = f"no decision before {_iso(approval.expires_at)}"
-            phase = approval.phase if approval.phase is ApprovalPhase.INVALID else ApprovalPhase.EXPIRED
-            if phase is ApprovalPhase.EXPIRED:
-                await self._write(approval, ApprovalPhase.EXPIRED, message, now)
-            self._record(approval, "approval.expired", f"Approval {approval.name} expired: {message}", now,
-                         outcome=ApprovalPhase.EXPIRED.value)
-            return GateVerdict(GateState.EXPIRED, ref, f"Approval {approval.name} expired: {message}",
-                               events=[("Warning", "ApprovalExpired", f"Approval {approval.name} expired: {message}")])
-        if approval.phase is ApprovalPhase.INVALID:
-            message = f"Approval {approval.name} is Invalid ({approval.status.get('message')}); the Run waits until it expires"
-        else:
-            message = f"waiting for a decision on Approval {approval.name} until {_iso(approval.expires_at)}"
-        return GateVerdict(GateState.WAITING, ref, message)
+        """What the evidence says: ``spec.decision`` with the seal our webhook wrote, the policy, the deadline.
 
-    async def _take_decision(self, run: GateRun, approval: _Approval, now: datetime) -> GateVerdict:
-        assert approval.decision is not None
-        decider = approval.decider()
-        refusal: Refusal | None
-        if decider is None:
-            refusal = Refusal(
-                "identity-required",
-                "the decision carries no identity stamped by Flywheel's admission webhook "
-                "(FLYWHEEL_WEBHOOK_MODE is off, or the webhook configuration is missing)",
+        The Approval's status is only what this gate wrote from that evidence: a status
+        written by anyone else is ignored, reported and overwritten, never believed.
+        """
+        if approval.decision is None:
+            if now >= approval.expires_at:
+                return await self._expired(approval, f"no decision before {_iso(approval.expires_at)}", now)
+            if approval.phase in (ApprovalPhase.APPROVED, ApprovalPhase.REJECTED, ApprovalPhase.EXPIRED):
+                message = (
+                    f"status.phase {approval.phase.value} was not written by Flywheel: spec.decision is not set, "
+                    "so nothing was decided; ignored, the Run keeps waiting for a decision"
+                )
+                return await self._refused(approval, message, now, actor=None)
+            if approval.phase is ApprovalPhase.INVALID:
+                message = (
+                    f"Approval {approval.name} is Invalid ({approval.status.get('message')}); the Run waits for a "
+                    f"valid decision until {_iso(approval.expires_at)}"
+                )
+            else:
+                message = f"waiting for a decision on Approval {approval.name} until {_iso(approval.expires_at)}"
+            return GateVerdict(GateState.WAITING, approval.ref, message)
+        evidence = await self._evidence(run, approval)
+        if isinstance(evidence, Refusal):
+            if evidence.rule == "approval-expired":
+                return await self._expired(approval, str(evidence), now)
+            # No actor: the identity on a refused decision may be the forgery itself.
+            verdict = await self._refused(approval, f"decision refused: {evidence}", now, actor=None)
+            if now >= approval.expires_at:
+                return await self._expired(approval, f"no valid decision before {_iso(approval.expires_at)}", now)
+            return verdict
+        return await self._decided(run, approval, evidence, now)
+
+    async def _evidence(self, run: GateRun, approval: _Approval) -> StampedDecision | Refusal:
+        """The decision, verified: sealed by our webhook for this Approval, in time, by an allowed second person."""
+        if self._settings.webhook_mode is WebhookMode.OFF:
+            return Refusal(
+                "webhooks-off",
+                "FLYWHEEL_WEBHOOK_MODE is off: no identity can be stamped by the API server, so approvals are refused",
             )
-        else:
-            refusal = decision_refusal(
-                approval.decision, decider, self._policy, approval.annotations.get(INCIDENT_CREATED_BY)
-            )
-        if refusal is not None:
-            message = f"decision refused: {refusal}"
-            await self._write(approval, ApprovalPhase.INVALID, message, now)
-            self._record(approval, "approval.invalid", message, now, outcome=ApprovalPhase.INVALID.value,
-                         actor=decider.username if decider else None)
-            return GateVerdict(
-                GateState.WAITING,
-                approval.ref,
-                f"Approval {approval.name} is Invalid: {message}",
-                events=[("Warning", "ApprovalRefused", f"Approval {approval.name}: {message}")],
-            )
-        assert decider is not None
-        approved = approval.decision == APPROVE
+        key = await self._signing_key.key()
+        stamped = verify_decision_stamp(approval.body, key)
+        if isinstance(stamped, Refusal):
+            return stamped
+        late = late_decision_refusal(stamped.decided_at, approval.expires_at)
+        if late is not None:
+            return late
+        authors = await self.incident_authors(run.namespace, run.incident_name, key)
+        refusal = decision_refusal(
+            stamped.decision,
+            stamped.decider,
+            self._policy,
+            None if isinstance(authors, Refusal) else authors,
+            self.operator_identity,
+        )
+        if refusal is not None and refusal.rule == "four-eyes" and isinstance(authors, Refusal):
+            return authors
+        return refusal or stamped
+
+    async def incident_authors(self, namespace: str, incident_name: str, key: bytes) -> tuple[str, ...] | Refusal:
+        """Who created or changed the Incident's spec, as our webhook sealed it (a Refusal when unknown)."""
+        incident = await self._incidents.get(namespace, incident_name)
+        if incident is None:
+            return Refusal("four-eyes", f"Incident {incident_name} not found: its authors cannot be verified")
+        authors = verify_incident_authors(incident, key)
+        if isinstance(authors, Refusal):
+            return authors
+        creator = (incident.get("metadata") or {}).get("annotations", {}).get(CREATED_BY)
+        return (*authors, creator) if creator and creator not in authors else authors
+
+    async def _decided(
+        self, run: GateRun, approval: _Approval, stamped: StampedDecision, now: datetime
+    ) -> GateVerdict:
+        decider = stamped.decider
+        approved = stamped.decision == APPROVE
         phase = ApprovalPhase.APPROVED if approved else ApprovalPhase.REJECTED
         word = "approved" if approved else "rejected"
         message = self._decided_message(word, decider.username, approval.reason)
-        await self._write(approval, phase, message, now, decider=decider)
-        self._record(approval, "approval.decided", message, now, outcome=phase.value, actor=decider.username)
         verdict = GateVerdict(
-            GateState.APPROVED if approved else GateState.REJECTED,
-            approval.ref,
-            message,
-            decider=decider.username,
-            events=[("Normal", "Approved" if approved else "Rejected", f"Approval {approval.name}: {message}")],
+            GateState.APPROVED if approved else GateState.REJECTED, approval.ref, message, decider=decider.username
         )
+        if (approval.phase, approval.status.get("decidedBy"), approval.status.get("message")) != (
+            phase, decider.username, message
+        ):
+            await self._write(approval, phase, message, now, decider=decider, decided_at=stamped.decided_at)
+            self._record(approval, "approval.decided", message, now, outcome=phase.value, actor=decider.username)
+            verdict.events.append(("Normal", "Approved" if approved else "Rejected", f"Approval {approval.name}: {message}"))
         if approved:
             verdict.token = await self._token(run, approval, decider.username, now)
         return verdict
+
+    async def _refused(self, approval: _Approval, message: str, now: datetime, actor: str | None) -> GateVerdict:
+        """The Approval is Invalid for ``message`` (written and reported once); the Run keeps waiting."""
+        events: list[tuple[str, str, str]] = []
+        if (approval.phase, approval.status.get("message")) != (ApprovalPhase.INVALID, message):
+            await self._write(approval, ApprovalPhase.INVALID, message, now)
+            self._record(approval, "approval.invalid", message, now, outcome=ApprovalPhase.INVALID.value, actor=actor)
+            events.append(("Warning", "ApprovalRefused", f"Approval {approval.name}: {message}"))
+        return GateVerdict(
+            GateState.WAITING, approval.ref, f"Approval {approval.name} is Invalid: {message}", events=events
+        )
+
+    async def _expired(self, approval: _Approval, why: str, now: datetime) -> GateVerdict:
+        """The Approval's deadline passed: Expired (unless already Invalid), and the Run times out."""
+        message = f"Approval {approval.name} expired: {why}"
+        if approval.phase is not ApprovalPhase.INVALID and (
+            approval.phase, approval.status.get("message")
+        ) != (ApprovalPhase.EXPIRED, why):
+            await self._write(approval, ApprovalPhase.EXPIRED, why, now)
+        self._record(approval, "approval.expired", message, now, outcome=ApprovalPhase.EXPIRED.value)
+        return GateVerdict(
+            GateState.EXPIRED, approval.ref, message, events=[("Warning", "ApprovalExpired", message)]
+        )
 
     @staticmethod
     def _decided_message(word: str, decider: str, reason: str | None) -> str:
@@ -352,6 +398,34 @@ class ApprovalGate:
             ttl=timedelta(seconds=self._settings.approval_token_ttl_seconds),
         )
         return issue_token(grant, await self._signing_key.key())
+
+    # -- admission: the webhooks run in this process and seal with the same key -----------
+
+    async def stamp_decision(
+        self, old: Mapping[str, Any] | None, body: Mapping[str, Any], requester: Requester, now: datetime
+    ) -> dict[str, str]:
+        """The annotations the mutating webhook writes on an Approval this request decides."""
+        return stamp_decision(old, body, requester, now, await self._signing_key.key())
+
+    async def stamp_incident_authors(
+        self, operation: str, old: Mapping[str, Any] | None, body: Mapping[str, Any], requester: Requester
+    ) -> dict[str, str]:
+        """The annotations the mutating webhook writes on an Incident created or changed by ``requester``."""
+        return stamp_incident_authors(operation, old, body, requester, await self._signing_key.key())
+
+    async def authors_behind(self, approval: Mapping[str, Any]) -> tuple[str, ...] | None:
+        """The verified authors of the Incident whose Run the Approval is for; None when unknown.
+
+        For the validating webhook's early answer; the gate checks again before it acts.
+        """
+        namespace = str((approval.get("metadata") or {}).get("namespace") or "")
+        run_ref = (approval.get("spec") or {}).get("runRef") or {}
+        run = await self._resources.find("runs", namespace, str(run_ref.get("name") or ""))
+        if run is None or run["metadata"].get("uid") != run_ref.get("uid"):
+            return None
+        incident_name = str(((run.get("spec") or {}).get("incidentRef") or {}).get("name") or "")
+        authors = await self.incident_authors(namespace, incident_name, await self._signing_key.key())
+        return None if isinstance(authors, Refusal) else authors
 
     # -- the executor ---------------------------------------------------------------------
 
@@ -488,6 +562,7 @@ class ApprovalGate:
         message: str,
         now: datetime,
         decider: Requester | None = None,
+        decided_at: datetime | None = None,
     ) -> dict[str, Any]:
         conditions = [Condition.model_validate(c) for c in approval.status.get("conditions") or []]
         decided = phase in (ApprovalPhase.APPROVED, ApprovalPhase.REJECTED)
@@ -507,8 +582,12 @@ class ApprovalGate:
             "conditions": [c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in conditions],
         }
         if decider is not None:
-            decided_at = _parse(approval.annotations.get(DECIDED_AT)) or now
-            status.update(decidedBy=decider.username, decidedGroups=list(decider.groups)[:64], decidedAt=_iso(decided_at))
+            status.update(
+                decidedBy=decider.username, decidedGroups=list(decider.groups)[:64], decidedAt=_iso(decided_at or now)
+            )
+        else:
+            # A decider written by anyone else does not stay on record next to our verdict.
+            status.update(decidedBy=None, decidedGroups=None, decidedAt=None)
         log.info("approval_status", approval=approval.name, namespace=approval.namespace, run=approval.run_name,
                  phase=phase.value,
                  message=message)

@@ -25,14 +25,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from flywheel.domain.approval import (
+    APPROVE,
     CREATED_BY,
     ApproverPolicy,
     Refusal,
     Requester,
+    decided_in_this_request,
     review_approval_change,
     review_incident_change,
-    stamp_decision,
 )
+from flywheel.errors import FlywheelError
 from flywheel.logs import get_logger
 from flywheel.stores.kube import GROUP, VERSION
 from flywheel.stores.webhook_certificate import KeyPair
@@ -46,6 +48,8 @@ INCIDENT_CREATOR: Final = "incident-creator"
 
 # 403: the request is understood and refused (what kubectl prints as Forbidden).
 FORBIDDEN: Final = 403
+# 503: what the decision needs (the signing key, the Incident) cannot be read right now.
+UNAVAILABLE: Final = 503
 # The user this operator authenticates as (a SelfSubjectReview at start-up).
 MEMO_OPERATOR_IDENTITY: Final = "operator_identity"
 
@@ -117,20 +121,41 @@ def _refuse(refusal: Refusal, kind: str, name: str | None, requester: Requester)
     raise kopf.AdmissionError(str(refusal), code=FORBIDDEN)
 
 
+def _unavailable(exc: FlywheelError, what: str) -> kopf.AdmissionError:
+    # Fail closed: nothing is stamped or allowed without the key and the facts.
+    log.warning("admission_unavailable", what=what, error=str(exc))
+    return kopf.AdmissionError(f"Flywheel cannot {what} right now ({exc}); try again", code=UNAVAILABLE)
+
+
 @kopf.on.mutate(GROUP, VERSION, "approvals", id=STAMP_APPROVER, operations=["UPDATE"])
 async def stamp_approver(
-    old: kopf.Body | None, body: kopf.Body, userinfo: kopf.UserInfo, patch: kopf.Patch, **_: Any
+    old: kopf.Body | None, body: kopf.Body, userinfo: kopf.UserInfo, patch: kopf.Patch, memo: kopf.Memo, **_: Any
 ) -> None:
-    """Whoever sets spec.decision is recorded as the API server authenticated them."""
+    """Whoever sets spec.decision is recorded as the API server authenticated them, and sealed."""
     requester = Requester.from_userinfo(userinfo)
-    for key, value in stamp_decision(old, body, requester, datetime.now(UTC)).items():
+    try:
+        stamp = await memo.deps.run_stores.approvals.stamp_decision(old, body, requester, datetime.now(UTC))
+    except FlywheelError as exc:
+        raise _unavailable(exc, "seal the decision") from exc
+    for key, value in stamp.items():
         patch.metadata.annotations[key] = value
 
 
-@kopf.on.mutate(GROUP, VERSION, "incidents", id=STAMP_INCIDENT_CREATOR, operations=["CREATE"])
-async def stamp_incident_creator(userinfo: kopf.UserInfo, patch: kopf.Patch, **_: Any) -> None:
-    """The Incident's creator, for the four-eyes rule on its Runs' Approvals."""
-    patch.metadata.annotations[CREATED_BY] = Requester.from_userinfo(userinfo).username
+@kopf.on.mutate(GROUP, VERSION, "incidents", id=STAMP_INCIDENT_CREATOR, operations=["CREATE", "UPDATE"])
+async def stamp_incident_creator(
+    operation: str, old: kopf.Body | None, body: kopf.Body, userinfo: kopf.UserInfo, patch: kopf.Patch,
+    memo: kopf.Memo, **_: Any,
+) -> None:
+    """The Incident's creator, and everyone who changes its spec, for the four-eyes rule on its Runs."""
+    requester = Requester.from_userinfo(userinfo)
+    try:
+        stamp = await memo.deps.run_stores.approvals.stamp_incident_authors(operation, old, body, requester)
+    except FlywheelError as exc:
+        raise _unavailable(exc, "record who wrote the Incident") from exc
+    if operation == "CREATE":
+        patch.metadata.annotations[CREATED_BY] = requester.username
+    for key, value in stamp.items():
+        patch.metadata.annotations[key] = value
 
 
 @kopf.on.validate(GROUP, VERSION, "approvals", id=APPROVAL_POLICY, operations=["CREATE", "UPDATE"])
@@ -145,7 +170,16 @@ async def approval_policy(
     settings = memo.deps.settings
     requester = Requester.from_userinfo(userinfo)
     policy = ApproverPolicy.of(settings.approver_users, settings.approver_groups)
-    refusal = review_approval_change(operation, old, body, requester, policy, memo.get(MEMO_OPERATOR_IDENTITY))
+    authors = None
+    if operation == "UPDATE" and decided_in_this_request(old, body) and body.get("spec", {}).get("decision") == APPROVE:
+        try:
+            authors = await memo.deps.run_stores.approvals.authors_behind(body)
+        except FlywheelError as exc:
+            raise _unavailable(exc, "verify who wrote the Incident") from exc
+    refusal = review_approval_change(
+        operation, old, body, requester, policy, memo.get(MEMO_OPERATOR_IDENTITY), authors=authors,
+        now=datetime.now(UTC),
+    )
     if refusal is not None:
         _refuse(refusal, "Approval", body.get("metadata", {}).get("name"), requester)
 

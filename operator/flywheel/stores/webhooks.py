@@ -46,7 +46,7 @@ class WebhookSpec:
 # Must match the handler ids in flywheel.handlers.admission and manifests/base.
 WEBHOOKS: Final = (
     WebhookSpec("stamp-approver", "approvals", ("UPDATE",), mutating=True),
-    WebhookSpec("stamp-incident-creator", "incidents", ("CREATE",), mutating=True),
+    WebhookSpec("stamp-incident-creator", "incidents", ("CREATE", "UPDATE"), mutating=True),
     WebhookSpec("approval-policy", "approvals", ("CREATE", "UPDATE"), mutating=False),
     WebhookSpec("incident-creator", "incidents", ("CREATE", "UPDATE"), mutating=False),
 )
