@@ -176,7 +176,7 @@ def test_approvers_list_approve_reject_and_explain_with_every_refusal(
     line = refused_line(flywheel(test_cluster, "approve", "zeta-oom-1", "-n", namespace, "--reason", "mine",
                                  user=CREATOR, groups=(APPROVERS,)))
     assert line.startswith(f"error: approval {namespace}/zeta-oom-1: four eyes: ")
-    assert f"'{CREATOR}' created the Incident" in line
+    assert f"'{CREATOR}' created or changed the Incident" in line
     line = refused_line(flywheel(test_cluster, "approve", "zeta-oom-1", "-n", namespace, "--reason", "looks ok",
                                  user="mallory", groups=(OUTSIDERS,)))
     assert line.startswith(f"error: approval {namespace}/zeta-oom-1: not an approver: user 'mallory'")

@@ -48,7 +48,7 @@ SERVICE = "flywheel"
 RULES = REPO_ROOT / "operator" / "flywheel" / "rules" / "default.yaml"
 WEBHOOK_PATHS = {
     ("MutatingWebhookConfiguration", "/stamp-approver"): ("approvals", {"UPDATE"}),
-    ("MutatingWebhookConfiguration", "/stamp-incident-creator"): ("incidents", {"CREATE"}),
+    ("MutatingWebhookConfiguration", "/stamp-incident-creator"): ("incidents", {"CREATE", "UPDATE"}),
     ("ValidatingWebhookConfiguration", "/approval-policy"): ("approvals", {"CREATE", "UPDATE"}),
     ("ValidatingWebhookConfiguration", "/incident-creator"): ("incidents", {"CREATE", "UPDATE"}),
 }
