@@ -23,7 +23,8 @@ from flywheel.logs import get_logger
 log = get_logger(__name__)
 
 DEFAULT_CLUSTER_NAME = "flywheel"
-TEST_CLUSTER_NAME = "flywheel-test"
+# Parallel checkouts (one per worktree) each name their own test cluster.
+TEST_CLUSTER_NAME = os.environ.get("FLYWHEEL_TEST_CLUSTER_NAME", "flywheel-test")
 # Nodes that kwokctl creates carry this annotation; kwok manages only those.
 FAKE_NODE_COUNT = 2
 # A ConfigMap that marks a cluster as one of ours, so tests can refuse any other cluster.
