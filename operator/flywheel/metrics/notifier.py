@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
@@ -32,10 +31,10 @@ import redis.asyncio
 from flywheel.domain.funnel import (
     STALL_NOTIFICATION_INTERVAL,
     FunnelCounts,
-    ObjectSample,
     StallAlert,
     StallRule,
 )
+from flywheel.domain.notifications import Notification
 from flywheel.errors import ConfigurationError, RedisRefusedError, RedisUnavailableError
 from flywheel.logs import get_logger
 from flywheel.metrics.collector import OperatorCounters
@@ -56,20 +55,6 @@ RETRYABLE_STATUSES: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
 class WebhookFormat(StrEnum):
     JSON = "json"
     SLACK = "slack"
-
-
-@dataclass(frozen=True, slots=True)
-class Notification:
-    """Something people should know, as sent to every channel."""
-
-    kind: str
-    reason: str  # CamelCase, the Event reason
-    title: str
-    message: str
-    scope: str
-    occurred_at: datetime
-    subjects: tuple[ObjectSample, ...] = ()
-    details: Mapping[str, Any] = field(default_factory=dict)
 
 
 def stall_notification(alert: StallAlert, funnel: FunnelCounts, scope: str, now: datetime) -> Notification:
