@@ -28,6 +28,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import structlog
+
 from flywheel.errors import FlywheelError
 from flywheel.logs import get_logger
 
@@ -121,6 +123,15 @@ class _Tracked:
 
 def _uid(body: Mapping[str, Any]) -> str:
     return str(body["metadata"]["uid"])
+
+
+def _log_context(kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body.get("metadata") or {}
+    context: dict[str, Any] = {"kind": kind, "namespace": meta.get("namespace"), "name": meta.get("name")}
+    trace = (body.get("spec") or {}).get("traceId")
+    if trace:
+        context["trace_id"] = trace
+    return context
 
 
 def _identity(body: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -217,11 +228,13 @@ class ObjectDriver:
 
     async def _pass(self, uid: str, tracked: _Tracked) -> None:
         async with tracked.lock:
-            try:
-                await self._pass_locked(uid, tracked)
-            finally:
-                if tracked.forgotten and self._tracked.get(uid) is tracked:
-                    del self._tracked[uid]
+            # Every line a pass logs, down to the stores, carries the object it is about.
+            with structlog.contextvars.bound_contextvars(**_log_context(self._kind, tracked.body)):
+                try:
+                    await self._pass_locked(uid, tracked)
+                finally:
+                    if tracked.forgotten and self._tracked.get(uid) is tracked:
+                        del self._tracked[uid]
 
     async def _pass_locked(self, uid: str, tracked: _Tracked) -> None:
         if self._tracked.get(uid) is not tracked or tracked.forgotten:
@@ -248,10 +261,7 @@ class ObjectDriver:
         except PassDeferred as deferred:
             delay = self._failed(tracked, "deferred", deferred.reason, deferred.delay, started)
         except Exception as exc:
-            meta = tracked.body.get("metadata") or {}
-            log.exception(
-                "pass_failed", kind=self._kind, namespace=meta.get("namespace"), name=meta.get("name")
-            )
+            log.exception("pass_failed")
             delay = self._failed(tracked, "error", type(exc).__name__, FAILED_PASS_RETRY_SECONDS, started)
         if delay is None:
             # Kept (with its slot) until a watch event shows the object done, but without the
