@@ -117,12 +117,12 @@ class FlywheelSettings(BaseSettings):
     run_max_concurrent_per_namespace: int = Field(
         default=5,
         ge=1,
-        description="Runs executing at once per namespace; further Runs wait Pending with condition Throttled.",
+        description="Runs executing at once per namespace; further Runs (approved ones too) wait with condition Throttled.",
     )
     run_max_concurrent_per_target: int = Field(
         default=1,
         ge=1,
-        description="Runs executing at once per workload; further Runs wait Pending with condition Throttled.",
+        description="Runs executing at once per workload; further Runs (approved ones too) wait with condition Throttled.",
     )
     circuit_breaker_max_remediations: int = Field(
         default=3,

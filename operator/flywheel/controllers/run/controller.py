@@ -63,7 +63,7 @@ class RunController:
         self._incidents = stores.incidents
         self._approvals = stores.approvals
         self._admission = Admission(policy.limits)
-        self._approval_wait = ApprovalWait(stores.approvals, self.tenant)
+        self._approval_wait = ApprovalWait(stores.approvals, self.tenant, policy.limits)
         self._execution = Execution(stores.workloads, stores.approvals, self.tenant, policy.max_scale_replicas)
         self._verification = Verification(stores.workloads)
         self._outcome = OutcomeRecorder(repairs, stores.incidents, stores.attempts, self.tenant)
@@ -119,7 +119,7 @@ class RunController:
                     return
                 continue
             if before is RunState.WAITING_APPROVAL:
-                await self._approval_wait.waiting_approval(ctx)
+                await self._approval_wait.waiting_approval(ctx, peers)
                 return
             if before is RunState.RUNNING:
                 await self._execution.running(ctx)
