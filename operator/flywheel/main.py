@@ -140,6 +140,9 @@ def run_operator(
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     require_shared_history(settings.database_url, standalone=standalone)
+    from flywheel.intake import require_intake_token
+
+    require_intake_token(settings)
     # Importing the handler modules registers them with Kopf's default registry.
     import flywheel.handlers
 

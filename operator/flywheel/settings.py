@@ -27,6 +27,10 @@ class WebhookCertSource(StrEnum):
     DIRECTORY = "directory"
 
 
+MIN_INTAKE_TOKEN_LENGTH = 32
+"""The shortest intake token accepted: the token is a remediation credential, not a password."""
+
+
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -146,7 +150,8 @@ class FlywheelSettings(BaseSettings):
     intake_token: SecretStr | None = Field(
         default=None,
         description=(
-            "Bearer token Alertmanager must send (http_config.authorization.credentials). "
+            "Bearer token Alertmanager must send (http_config.authorization.credentials), at least "
+            f"{MIN_INTAKE_TOKEN_LENGTH} characters (the operator refuses to start with a shorter one). "
             "Unset: the receiver refuses every request with 401."
         ),
     )
@@ -154,6 +159,33 @@ class FlywheelSettings(BaseSettings):
         default=1024 * 1024,
         ge=1024,
         description="Largest webhook payload accepted; larger ones are refused with 413.",
+    )
+    intake_max_json_depth: int = Field(
+        default=16,
+        ge=4,
+        le=256,
+        description=(
+            "Deepest JSON nesting accepted in a webhook payload (Alertmanager's is 4 levels); deeper ones "
+            "are refused with 400."
+        ),
+    )
+    intake_rate_limit_per_second: float = Field(
+        default=20.0,
+        ge=0,
+        description=(
+            "Requests per second each client address may send to the intake (a token bucket); over it the "
+            "answer is 429 with Retry-After. 0 disables the limit."
+        ),
+    )
+    intake_rate_limit_burst: int = Field(
+        default=100, ge=1, description="Requests a client address may send at once before its rate limit applies."
+    )
+    intake_tls_cert_dir: str | None = Field(
+        default=None,
+        description=(
+            "Directory with tls.crt and tls.key (e.g. a mounted cert-manager Secret): the intake serves HTTPS "
+            "and loads the files again when they change. Unset: plain HTTP."
+        ),
     )
     metrics_port: int = Field(
         default=8080,
@@ -319,6 +351,11 @@ class FlywheelSettings(BaseSettings):
         if value not in ("json", "slack"):
             raise ValueError("notify_webhook_format must be 'json' or 'slack'")
         return value
+
+    @field_validator("intake_tls_cert_dir", mode="before")
+    @classmethod
+    def _blank_cert_dir_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("notify_webhook_url", mode="before")
     @classmethod
