@@ -314,6 +314,11 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     kube = KubeApi()
     memo.peering = peering_observer(settings, tuple(memo.get(MEMO_WATCHED_NAMESPACES) or ()), kube)
     memo.deps = await build_dependencies(flywheel_settings, kube)
+    scope = memo.deps.namespaces.scope
+    # Flywheel acts only where a namespace opted in: say where, once, before anything acts (an
+    # upgrade from a version without the opt-in stops acting in every unlabelled namespace).
+    log.info("remediation_scope", acts_in=scope.describe(), listed=sorted(scope.listed),
+             protected=sorted(scope.protected - scope.listed))
     approvals = memo.deps.run_stores.approvals
     if approvals is not None:
         approvals.announcer = approval_announcer(memo.deps.notify_sender)

@@ -229,6 +229,14 @@ class FlywheelSettings(BaseSettings):
         min_length=1,
         description="The operator's own namespace; the approval signing-key Secret lives there.",
     )
+    remediation_namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Namespaces Flywheel may act in besides those labelled flywheel.dev/remediation=enabled, "
+            "comma-separated; the only way to include kube-system, kube-public, kube-node-lease or "
+            "FLYWHEEL_NAMESPACE. Runs elsewhere fail with NamespaceNotEnabled and the intake refuses their alerts."
+        ),
+    )
     approver_groups: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["flywheel-approvers"],
         description="Groups whose members may decide Approvals, comma-separated.",
@@ -340,7 +348,7 @@ class FlywheelSettings(BaseSettings):
             raise ValueError("log_format must be 'console' or 'json'")
         return value
 
-    @field_validator("internal_sources", "approver_groups", "approver_users", mode="before")
+    @field_validator("internal_sources", "approver_groups", "approver_users", "remediation_namespaces", mode="before")
     @classmethod
     def _lists_from_csv(cls, value: object) -> object:
         return _split_csv(value)

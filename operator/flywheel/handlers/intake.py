@@ -52,7 +52,8 @@ async def start_intake(memo: kopf.Memo, **_: Any) -> None:
         return
     context = await _tls_context(settings, memo)
     server = intake_server(
-        settings, scope, deps.resources, workloads, operator_counters(memo), ssl_context=context
+        settings, scope, deps.resources, workloads, operator_counters(memo), ssl_context=context,
+        namespaces=deps.namespaces,
     )
     if server is None:
         return

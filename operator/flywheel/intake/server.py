@@ -50,6 +50,7 @@ from flywheel.domain.alerts import (
     AlertSubject,
     NamespaceScope,
     PayloadContext,
+    RefusalReason,
     Workload,
     address_alert,
     fingerprint_key,
@@ -72,6 +73,12 @@ MAX_CONCURRENT_ALERTS = 8
 """Alerts recorded at once, over all requests: a large group finishes quickly, and the
 groups Alertmanager sends at the same time do not flood the API server (nor the
 event loop's thread pool, which the Kubernetes client's calls run in)."""
+
+
+class NamespaceGate(Protocol):
+    """Whether Flywheel may act in a namespace (``flywheel.stores.namespaces.NamespaceLabels``)."""
+
+    async def refusal(self, namespace: str) -> str | None: ...
 
 
 class WorkloadResolver(Protocol):
@@ -107,9 +114,15 @@ class AlertmanagerReceiver:
     """Request handling; one instance per app."""
 
     def __init__(
-        self, config: IntakeConfig, recorder: AlertRecorder, workloads: WorkloadResolver, refusals: RefusalLog
+        self,
+        config: IntakeConfig,
+        recorder: AlertRecorder,
+        workloads: WorkloadResolver,
+        refusals: RefusalLog,
+        namespaces: NamespaceGate | None = None,
     ) -> None:
         self._config = config
+        self._namespaces = namespaces
         self._recorder = recorder
         self._workloads = workloads
         self._refusals = refusals
@@ -214,6 +227,9 @@ class AlertmanagerReceiver:
         if isinstance(address, AlertRefusal):
             return RecordResult.refused(address)
         async with self._alerts_at_once:
+            refused = await self._namespace_refusal(address)
+            if refused is not None:
+                return refused
             workload = await self._workload(address, deadline)
             if isinstance(workload, RecordResult):
                 return workload
@@ -223,6 +239,21 @@ class AlertmanagerReceiver:
             if isinstance(plan, AlertRefusal):
                 return RecordResult.refused(plan)
             return await self._recorder.record(plan, deadline)
+
+    async def _namespace_refusal(self, address: AlertAddress) -> RecordResult | None:
+        """A refusal when the alert's namespace has not opted in: no Incident there would ever act."""
+        if self._namespaces is None:
+            return None
+        try:
+            refusal = await self._namespaces.refusal(address.namespace)
+        except StoreUnavailableError as exc:
+            return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=True)
+        except KubernetesApiError as exc:
+            log.error("Kubernetes API refused the intake's namespace lookup", error=str(exc), status=exc.status)
+            return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=False)
+        if refusal is None:
+            return None
+        return RecordResult.refused(AlertRefusal("labels.namespace", refusal, RefusalReason.NAMESPACE_NOT_ENABLED))
 
     async def _workload(self, address: AlertAddress, deadline: float) -> Workload | AlertRefusal | RecordResult:
         """The alert's workload; a FAILED result when the API server cannot tell (retried until the deadline)."""
@@ -278,13 +309,17 @@ def _report_entry(index: int, alert: AlertmanagerAlert, result: RecordResult) ->
 
 
 def build_app(
-    config: IntakeConfig, recorder: AlertRecorder, workloads: WorkloadResolver, refusals: RefusalCounter
+    config: IntakeConfig,
+    recorder: AlertRecorder,
+    workloads: WorkloadResolver,
+    refusals: RefusalCounter,
+    namespaces: NamespaceGate | None = None,
 ) -> web.Application:
     if not config.token:
         # Once, here: logging on every refused request would let anyone flood the log.
         log.warning("no intake token configured: the Alertmanager intake refuses every request "
                     "(set FLYWHEEL_INTAKE_TOKEN)")
-    receiver = AlertmanagerReceiver(config, recorder, workloads, RefusalLog(refusals))
+    receiver = AlertmanagerReceiver(config, recorder, workloads, RefusalLog(refusals), namespaces)
     # client_max_size makes aiohttp itself stop reading past the limit.
     app = web.Application(client_max_size=config.max_body_bytes)
     app.router.add_post(INTAKE_PATH, receiver.receive)
@@ -327,6 +362,7 @@ def intake_server(
     refusals: RefusalCounter,
     host: str = "0.0.0.0",
     ssl_context: ssl.SSLContext | None = None,
+    namespaces: NamespaceGate | None = None,
 ) -> IntakeServer | None:
     """The intake configured by ``settings``, ready to start; ``None`` when ``intake_port`` is 0."""
     if settings.intake_port == 0:
@@ -341,7 +377,7 @@ def intake_server(
         rate_per_second=settings.intake_rate_limit_per_second,
         rate_burst=settings.intake_rate_limit_burst,
     )
-    app = build_app(config, AlertRecorder(incidents), workloads, refusals)
+    app = build_app(config, AlertRecorder(incidents), workloads, refusals, namespaces)
     return IntakeServer(app, host, settings.intake_port, ssl_context)
 
 
@@ -364,6 +400,7 @@ __all__ = [
     "AlertmanagerReceiver",
     "IntakeConfig",
     "IntakeServer",
+    "NamespaceGate",
     "WorkloadResolver",
     "build_app",
     "intake_server",
