@@ -128,6 +128,8 @@ class RunErrorCode(StrEnum):
     RUN_TIMEOUT = "E-RUN-TIMEOUT"
     RUN_STALE = "E-RUN-STALE"
     CANCELLED = "E-CANCELLED"
+    # The Run's namespace has not opted in (domain.namespaces): refused before acting.
+    NAMESPACE_NOT_ENABLED = "E-NAMESPACE-NOT-ENABLED"
     APPROVAL_REJECTED = "E-APPR-REJECTED"
     APPROVAL_EXPIRED = "E-APPR-EXPIRED"
     APPROVAL_TOKEN_INVALID = "E-APPR-TOKEN-INVALID"

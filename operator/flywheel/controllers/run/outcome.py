@@ -13,6 +13,7 @@ from flywheel.controllers.run.incident_patches import resolution_patch, unremedi
 from flywheel.controllers.run.passes import OUTCOME_RECORDED, RunPass
 from flywheel.controllers.run.ports import AttemptRecord, AttemptSink, IncidentStatusWriter, RepairRecorder
 from flywheel.controllers.run.views import IncidentView, own_status
+from flywheel.domain.run_state import RunErrorCode
 from flywheel.errors import FlywheelError, KubernetesApiError, RedisUnavailableError, StoreUnavailableError
 from flywheel.logs import get_logger
 from flywheel.stores.incidents import StatusMutation, StatusUpdate, UpdateResult
@@ -51,7 +52,8 @@ class OutcomeRecorder:
         state = ctx.state
         missing: list[str] = []
         notes: list[str] = []
-        if not run.shadow and state in UNREMEDIATED_STATES:
+        refused = state is RunState.CANCELLED and status.error_code == RunErrorCode.NAMESPACE_NOT_ENABLED.value
+        if not run.shadow and (state in UNREMEDIATED_STATES or refused):
             await self._report_unremediated(ctx, missing, notes)
         acted = not run.shadow and status.started_at is not None and status.attempt >= 1
         if not acted or state is RunState.CANCELLED:
@@ -153,7 +155,7 @@ class OutcomeRecorder:
         """Say on the Incident that its Run ended without remediating it, and that a person must."""
         run, status = ctx.run, ctx.status
         ref = run.spec.incident_ref
-        outcome = "failed" if ctx.state is RunState.FAILED else "timed out"
+        outcome = {RunState.FAILED: "failed", RunState.CANCELLED: "was refused"}.get(ctx.state, "timed out")
         cause = status.steps[-1].message if status.steps else ""
         code = f"{status.error_code}: " if status.error_code else ""
         message = (
