@@ -46,7 +46,7 @@ from flywheel.api.names import (
     RUN_CREATED_EVENT_REASON,
     Event,
 )
-from flywheel.domain.actions import IncidentTarget
+from flywheel.domain.actions import ACTIONS_BY_KIND, IncidentTarget
 from flywheel.domain.advisor import AdvisorResult, IncidentFacts, advisors_to_consult, build_messages
 from flywheel.domain.decision import (
     NEEDS_PERMANENT_FIX_WARNING,
@@ -547,7 +547,7 @@ class IncidentReconciler:
                     messages,
                     expected_target=incident.target,
                     deadline=policy.advisor_timeout_seconds,
-                    allowed_actions=catalogue.action_types,
+                    allowed_actions=catalogue.action_types & ACTIONS_BY_KIND[incident.target.kind],
                 )
             )
         return decide(
