@@ -95,6 +95,15 @@ class FlywheelSettings(BaseSettings):
         default=None,
         description="YAML rule catalogue replacing the built-in one (mount a ConfigMap here).",
     )
+    rules_reload_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description=(
+            "How often FLYWHEEL_RULES_FILE is checked for a new version (a mounted ConfigMap is updated in "
+            "place); a valid one replaces the catalogue without a restart, a broken one is refused and the "
+            "old one kept. 0: read once at start-up."
+        ),
+    )
     max_automatic_risk: RiskLevel = Field(
         default=RiskLevel.MEDIUM,
         description="Riskiest action applied without approval (low, medium, high, critical); riskier ones wait for a person.",

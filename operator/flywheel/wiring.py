@@ -11,7 +11,7 @@ and the stall notifier.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 import kopf
@@ -19,17 +19,20 @@ import redis.asyncio
 from sqlalchemy import Engine
 
 from flywheel.controllers.approval import ApprovalGate
+from flywheel.controllers.catalogue_reload import LiveCatalogue
 from flywheel.controllers.incident import AdvisorPanel, IncidentPolicy, IncidentStores
 from flywheel.controllers.run import AttemptRecord, RunPolicy, RunStores
 from flywheel.domain.escalation import EscalationThresholds
 from flywheel.domain.namespaces import RemediationScope
-from flywheel.domain.rules import RuleCatalogue, configured_catalogue
+from flywheel.domain.rules import default_catalogue, default_catalogue_text, load_catalogue
 from flywheel.domain.run_state import SafetyLimits
+from flywheel.errors import ConfigurationError
 from flywheel.metrics.notifier import WebhookSender
 from flywheel.settings import FlywheelSettings
 from flywheel.stores.advisor_client import AdvisorClient, advisors_from_settings
 from flywheel.stores.anomaly_redis import AnomalyStore, connect_redis
 from flywheel.stores.approvals import SigningKeyStore, TokenLedger
+from flywheel.stores.catalogue_file import CatalogueFile, content_digest
 from flywheel.stores.claims import AnomalyClaims
 from flywheel.stores.history import HistoryKind, HistoryStore, HistoryWriter, RepairExecution
 from flywheel.stores.history.engine import create_history_engine
@@ -76,7 +79,8 @@ class Dependencies:
     kube: KubeApi
     redis: redis.asyncio.Redis
     anomalies: AnomalyStore
-    catalogue: RuleCatalogue
+    # The catalogue in force; the reload loop (handlers/catalogue.py) replaces it when the file changes.
+    catalogue: LiveCatalogue
     resources: FlywheelResources
     advisor_client: AdvisorClient | None
     history: HistoryWriter
@@ -158,7 +162,7 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
         action_history=anomalies,
         audit=history,
     )
-    catalogue = configured_catalogue(settings.rules_file)
+    catalogue = live_catalogue(settings.rules_file)
     advisor_client = AdvisorClient() if endpoints else None
     advisors = AdvisorPanel(advisor_client, endpoints) if advisor_client is not None else None
     claims = AnomalyClaims(kube)
@@ -194,6 +198,24 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
 def remediation_scope(settings: FlywheelSettings) -> RemediationScope:
     """Where Flywheel may act: the opt-in label, the listed namespaces, never the protected ones."""
     return RemediationScope.of(settings.remediation_namespaces, settings.namespace)
+
+
+def live_catalogue(rules_file: str | None) -> LiveCatalogue:
+    """The catalogue from ``FLYWHEEL_RULES_FILE`` when set, else the built-in one, with its content
+    hash. A broken file refuses the start-up (ConfigurationError naming the rule and the field)."""
+    now = datetime.now(UTC)
+    if rules_file is None or not rules_file.strip():
+        return LiveCatalogue(default_catalogue(), content_digest(default_catalogue_text().encode()), now)
+    file = CatalogueFile(rules_file)
+    source = f"rule catalogue {file.path}"
+    version = file.read()
+    try:
+        catalogue = load_catalogue(version.text(), source=source)
+    except ConfigurationError as exc:
+        if str(exc).startswith(source):
+            raise
+        raise ConfigurationError(f"{source}: {exc}") from exc
+    return LiveCatalogue(catalogue, version.digest, now)
 
 
 def notification_sender(settings: FlywheelSettings) -> WebhookSender | None:

@@ -1,11 +1,12 @@
 """A flapping alert escalates: repeat firings delivered to the real intake count, once each.
 
 Scenario (real operator, real intake, real Redis, real Deployment on the local control plane):
-the alert is KubePodCrashLooping with the labels kube-prometheus-stack's Alertmanager sends
-(kube-state-metrics series labels, the ServiceMonitor's target labels, the rule's severity)
-plus ``flywheel_target`` — the owner-chain lookup from ``pod`` is another branch's work and
-not merged here. The Deployment's new pods cannot be scheduled, so its restart never
-completes and the Incident stays open (Mitigating) while the alert resolves and fires again:
+the alert is KubePodCrashLooping with exactly the labels kube-prometheus-stack's Alertmanager
+sends (kube-state-metrics series labels — the Pod's own ``pod``, ``container``, ``uid`` — the
+ServiceMonitor's target labels, the rule's severity) and nothing shaped for Flywheel: the
+intake finds the Deployment through the Pod's owner chain (Pod → ReplicaSet → Deployment).
+The Deployment's new pods cannot be scheduled, so its restart never completes and the
+Incident stays open (Mitigating) while the same Pod's alert resolves and fires again:
 - five firing episodes → the same Incident, counted 5 in 24 h, escalation ESCALATE, a
   Warning AnomalyEscalated; re-sending every episode again changes nothing;
 - a person resolves the Incident; the sixth episode opens the next Incident of the chain,
@@ -33,7 +34,7 @@ FINGERPRINT = "5c7e9b1a2d3f4e60"
 INCIDENT = f"am-kubepodcrashlooping-{FINGERPRINT}"
 
 
-def crash_looping(namespace: str, starts_at: datetime, status: str = "firing") -> dict[str, Any]:
+def crash_looping(namespace: str, pod: dict[str, Any], starts_at: datetime, status: str = "firing") -> dict[str, Any]:
     labels = {
         "alertname": "KubePodCrashLooping",
         "container": "app",
@@ -41,12 +42,11 @@ def crash_looping(namespace: str, starts_at: datetime, status: str = "firing") -
         "instance": "10.244.0.17:8080",
         "job": "kube-state-metrics",
         "namespace": namespace,
-        "pod": "checkout-7d4b9c6f5-x2x7q",
+        "pod": pod["metadata"]["name"],
         "reason": "CrashLoopBackOff",
         "service": "kube-prometheus-stack-kube-state-metrics",
         "severity": "warning",
-        "uid": "3b1f0c2e-9a7d-4c55-8e61-0f2d4a6b8c9e",
-        "flywheel_target": "Deployment/checkout",
+        "uid": pod["metadata"]["uid"],
     }
     return {
         "status": status,
@@ -84,6 +84,10 @@ def test_a_flapping_alert_escalates_and_its_next_run_requires_approval(
     test_cluster: TestCluster, namespace: str, start_operator: OperatorFactory, clean_redis_url: str
 ) -> None:
     test_cluster.kubectl("apply", "-f", "-", input=unschedulable_deployment(namespace))
+    # The Pod the alert is about: Pending for good, it is never replaced (the restart's new Pod
+    # is Pending too, so the Deployment controller keeps the old one).
+    pod = wait_for(lambda: next(iter(test_cluster.kubectl_json(
+        "get", "pods", "-n", namespace, "-l", "app=checkout")["items"]), None), timeout=60, what="the Pod")
     port = free_port()
     start_operator(redis_url=clean_redis_url, intake_port=str(port), intake_token=TOKEN, metrics_port="0")
     base = f"http://127.0.0.1:{port}"
@@ -92,13 +96,15 @@ def test_a_flapping_alert_escalates_and_its_next_run_requires_approval(
 
     now = datetime.now(UTC).replace(microsecond=0)
     starts = [now - timedelta(minutes=60 - 10 * episode) for episode in range(6)]
-    answer = post(url, payload(crash_looping(namespace, starts[0])))
+    answer = post(url, payload(crash_looping(namespace, pod, starts[0])))
     assert answer.status == 201, answer.body
+    spec = test_cluster.kubectl_json("get", "incident", INCIDENT, "-n", namespace)["spec"]
+    assert (spec["targetRef"], spec["service"]) == ({"kind": "Deployment", "name": "checkout"}, "checkout")
     wait_for(lambda: anomaly(test_cluster, namespace, INCIDENT).get("count24h") == 1, timeout=60,
              what="the first episode to be counted")
     for episode, starts_at in enumerate(starts[1:5], start=2):
-        post(url, payload(crash_looping(namespace, starts[episode - 2], status="resolved")))
-        answer = post(url, payload(crash_looping(namespace, starts_at)))
+        post(url, payload(crash_looping(namespace, pod, starts[episode - 2], status="resolved")))
+        answer = post(url, payload(crash_looping(namespace, pod, starts_at)))
         assert answer.outcomes() == ["updated"], answer.body
         wait_for(lambda n=episode: anomaly(test_cluster, namespace, INCIDENT).get("count24h") == n, timeout=60,
                  what=f"episode {episode} to be counted")
@@ -113,7 +119,7 @@ def test_a_flapping_alert_escalates_and_its_next_run_requires_approval(
 
     # Alertmanager re-sends every episode (repeat_interval): nothing more is counted.
     for starts_at in starts[:5]:
-        assert post(url, payload(crash_looping(namespace, starts_at))).outcomes() == ["unchanged"]
+        assert post(url, payload(crash_looping(namespace, pod, starts_at))).outcomes() == ["unchanged"]
     assert anomaly(test_cluster, namespace, INCIDENT)["count24h"] == 5
 
     test_cluster.kubectl("patch", "incident", INCIDENT, "-n", namespace, "--type=merge",
@@ -121,7 +127,7 @@ def test_a_flapping_alert_escalates_and_its_next_run_requires_approval(
     wait_for(lambda: (test_cluster.kubectl_json("get", "incident", INCIDENT, "-n", namespace).get("status") or {})
              .get("phase") == "Resolved", timeout=60, what="the manual resolution")
 
-    answer = post(url, payload(crash_looping(namespace, starts[5])))
+    answer = post(url, payload(crash_looping(namespace, pod, starts[5])))
     assert answer.outcomes() == ["created"], answer.body
     following = answer.body["alerts"][0]["incident"]
     assert following == f"{INCIDENT}-2"

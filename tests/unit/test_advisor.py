@@ -105,6 +105,15 @@ def test_messages_only_offer_what_the_catalogue_enables() -> None:
     assert "Scale" not in system and "RolloutUndo" not in system
 
 
+def test_messages_for_a_daemonset_offer_no_scale() -> None:
+    daemonset = IncidentTarget(namespace="shop", kind=TargetKind.DAEMONSET, name="log-agent")
+    system, user = (message["content"] for message in build_messages(facts(target=daemonset), default_catalogue()))
+    assert "RolloutRestart" in system and "RolloutUndo" in system
+    assert "Scale" not in system
+    # high_latency (Scale) matches first; the suggestion is the first rule that applies.
+    assert json.loads(user.removeprefix("Incident:\n"))["ruleSuggestion"]["action"] == "RolloutRestart"
+
+
 # --- the answer: accepted -------------------------------------------------------------
 
 

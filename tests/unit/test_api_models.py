@@ -97,7 +97,10 @@ object_refs = st.fixed_dictionaries({"name": dns_subdomains, "uid": names})
 @st.composite
 def actions(draw: st.DrawFn) -> dict[str, Any]:
     action_type = draw(enum_values(ActionType))
-    action: dict[str, Any] = {"type": action_type, "target": draw(workload_refs)}
+    target = draw(workload_refs)
+    if action_type == ActionType.SCALE and target["kind"] == TargetKind.DAEMONSET:
+        target = {**target, "kind": draw(st.sampled_from([TargetKind.DEPLOYMENT.value, TargetKind.STATEFULSET.value]))}
+    action: dict[str, Any] = {"type": action_type, "target": target}
     if action_type == ActionType.SCALE:
         action["params"] = {"replicas": draw(st.integers(min_value=1, max_value=1000))}
     elif action_type == ActionType.ROLLOUT_UNDO and draw(st.booleans()):
@@ -625,6 +628,20 @@ def test_action_params_must_match_the_action_type(action: dict[str, Any], messag
     with pytest.raises(ValidationError) as refused:
         Action.model_validate({**action, "target": {"kind": "Deployment", "name": "web"}})
     assert message in str(refused.value)
+
+
+@pytest.mark.parametrize("action_type", ["RolloutRestart", "RolloutUndo"])
+def test_a_daemonset_takes_restarts_and_rollbacks(action_type: str) -> None:
+    action = Action.model_validate({"type": action_type, "target": {"kind": "DaemonSet", "name": "agent"}})
+    assert action.target.kind is TargetKind.DAEMONSET
+
+
+def test_scaling_a_daemonset_is_refused_naming_the_type() -> None:
+    with pytest.raises(ValidationError) as refused:
+        Action.model_validate(
+            {"type": "Scale", "target": {"kind": "DaemonSet", "name": "agent"}, "params": {"replicas": 2}}
+        )
+    assert "type Scale does not apply to a DaemonSet" in str(refused.value)
 
 
 def test_scale_below_one_replica_is_refused() -> None:

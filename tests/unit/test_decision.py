@@ -487,3 +487,58 @@ def test_input_validation() -> None:
         DecisionInput(alert_names="KubePodCrashLooping", severity=Severity.P2, target=TARGET)  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="advisors_asked"):
         make_input("x", advisor_results=(timeout("a"), timeout("b")), advisors_asked=1)
+
+
+# --- DaemonSets: no Scale ---------------------------------------------------------------
+
+DAEMONSET = IncidentTarget(namespace="shop", kind=TargetKind.DAEMONSET, name="log-agent")
+
+
+def test_a_scale_action_on_a_daemonset_is_refused_naming_the_type() -> None:
+    with pytest.raises(InvalidInputError) as refused:
+        ProposedAction(ActionType.SCALE, TargetKind.DAEMONSET, "log-agent", replicas=2)
+    assert refused.value.field == "action.type"
+    assert "Scale does not apply to a DaemonSet" in refused.value.reason
+    ProposedAction(ActionType.ROLLOUT_RESTART, TargetKind.DAEMONSET, "log-agent")
+    ProposedAction(ActionType.ROLLOUT_UNDO, TargetKind.DAEMONSET, "log-agent", to_revision=1)
+
+
+def test_a_rule_that_scales_is_no_candidate_for_a_daemonset() -> None:
+    # high_latency (Scale) matches first; for a Deployment it wins, for a DaemonSet the next rule does.
+    assert run(make_input("HighLatencyErrors")).action.type is ActionType.SCALE
+    outcome = run(make_input("HighLatencyErrors", target=DAEMONSET))
+    assert outcome.matched_rule == "high_error_rate"
+    assert outcome.action == ProposedAction(ActionType.ROLLOUT_UNDO, TargetKind.DAEMONSET, "log-agent")
+    assert "Not applicable to DaemonSet/log-agent: high_latency (Scale)" in outcome.reasoning
+
+
+def test_a_daemonset_whose_only_matching_rules_scale_gets_a_restart_for_a_person_to_decide() -> None:
+    catalogue = load_catalogue(
+        """
+- name: slow
+  keywords: [latency]
+  action: {type: Scale, params: {replicas: 3}}
+  risk: low
+- name: default
+  action: {type: Scale, params: {replicas: 2}}
+  risk: low
+"""
+    )
+    outcome = decide(make_input("HighLatency", target=DAEMONSET), catalogue)
+    assert outcome.action == ProposedAction(ActionType.ROLLOUT_RESTART, TargetKind.DAEMONSET, "log-agent")
+    assert outcome.requires_approval
+    assert outcome.approval_reasons == ("no matching rule offers an action a DaemonSet supports",)
+    assert outcome.run_mode is RunMode.AUTO
+    # What the Incident's status and the Run carry is valid for the API schema.
+    Decision.model_validate({"id": decision_id("uid-1", 0), "state": "Ready", **outcome.status_fields()})
+
+
+def test_an_advisor_proposing_to_scale_a_daemonset_is_not_used() -> None:
+    advice = ProposedAdvice(
+        action=ProposedAction(ActionType.ROLLOUT_RESTART, TargetKind.DAEMONSET, "log-agent"),
+        target=DAEMONSET, confidence=0.9, reasoning="restart it",
+    )
+    result = AdvisorResult(advisor="a", advice=advice, latency_seconds=0.1)
+    outcome = run(make_input("KubePodCrashLooping", target=DAEMONSET, advisor_results=(result,)))
+    assert outcome.source is DecisionSource.ADVISOR
+    assert outcome.action.type is ActionType.ROLLOUT_RESTART

@@ -1,11 +1,13 @@
 """The workload of a Pod-level alert, through the owner chain, with an in-memory API stand-in.
 
 Scenario matrix:
-- Pod → ReplicaSet → Deployment, Pod → StatefulSet: the Incident targets the workload, its
+- Pod → ReplicaSet → Deployment, Pod → StatefulSet, Pod → DaemonSet: the Incident targets the workload, its
   service is the workload's app.kubernetes.io/name, else app, else its name;
-- labels naming the workload (deployment, statefulset, flywheel_target) win over pod;
-- refusals with their bounded reason: Pod gone, Pod without controller, Pod of a Job, of a
-  DaemonSet (not a target kind), bare ReplicaSet, workload gone, the exporter's own Pod;
+- labels naming the workload (deployment, statefulset, daemonset, flywheel_target) win over pod;
+- another exporter's Pod (node-exporter's DaemonSet Pod reported by kube-state-metrics) is a
+  subject like any other;
+- refusals with their bounded reason: Pod gone, Pod without controller, Pod of a Job, bare
+  ReplicaSet, workload gone (a DaemonSet deleted under its Pod), the exporter's own Pod;
 - the cache: a storm of alerts about the same Pods reads each object once, concurrent
   lookups share one read, entries expire, transient API failures are not cached;
 - refusals are counted on every delivery and logged once per fingerprint and reason;
@@ -86,7 +88,13 @@ def api() -> InMemoryApi:
     api.put("apps", "statefulsets", obj("postgres", labels={"app": "db"}))
     api.put("", "pods", obj("postgres-0", owner("StatefulSet", "postgres")))
     api.put("", "pods", obj("migrate-abcde", owner("Job", "migrate", api_version="batch/v1")))
+    api.put("apps", "daemonsets", obj("agent", labels={"app.kubernetes.io/name": "log-agent"}))
     api.put("", "pods", obj("agent-9xk2p", owner("DaemonSet", "agent")))
+    api.put("", "pods", obj("collector-5kq2z", owner("DaemonSet", "collector")))
+    api.put("apps", "daemonsets", obj("prometheus-prometheus-node-exporter",
+                                      labels={"app.kubernetes.io/name": "prometheus-node-exporter"}))
+    api.put("", "pods", obj("prometheus-prometheus-node-exporter-7xk2m",
+                            owner("DaemonSet", "prometheus-prometheus-node-exporter")))
     api.put("", "pods", obj("standalone"))
     api.put("apps", "replicasets", obj("bare-rs"))
     api.put("", "pods", obj("bare-rs-p0d", owner("ReplicaSet", "bare-rs")))
@@ -142,6 +150,19 @@ CRASH_LOOPING = {"alertname": "KubePodCrashLooping", "severity": "warning", "rea
          TargetKind.STATEFULSET, "postgres", "db"),
         ({"alertname": "Custom", "flywheel_target": "Deployment/checkout", "pod": "postgres-0"},
          TargetKind.DEPLOYMENT, "checkout", "checkout-api"),
+        ({**CRASH_LOOPING, "pod": "agent-9xk2p", "container": "agent"}, TargetKind.DAEMONSET, "agent", "log-agent"),
+        # KubeContainerWaiting aggregates by (namespace, pod, container): nothing else is left.
+        ({"alertname": "KubeContainerWaiting", "severity": "warning", "pod": "agent-9xk2p", "container": "agent"},
+         TargetKind.DAEMONSET, "agent", "log-agent"),
+        ({"alertname": "KubeDaemonSetRolloutStuck", "severity": "warning", "daemonset": "agent",
+          "pod": "prometheus-kube-state-metrics-6d9f7c8b5-x2x9z", "container": "kube-state-metrics", **KSM_TARGET},
+         TargetKind.DAEMONSET, "agent", "log-agent"),
+        ({"alertname": "KubeDaemonSetNotScheduled", "severity": "warning", "daemonset": "agent",
+          "pod": "prometheus-kube-state-metrics-6d9f7c8b5-x2x9z", "container": "kube-state-metrics", **KSM_TARGET},
+         TargetKind.DAEMONSET, "agent", "log-agent"),
+        # node-exporter is an exporter, but here kube-state-metrics reports about its Pod.
+        ({**CRASH_LOOPING, "pod": "prometheus-prometheus-node-exporter-7xk2m", "container": "node-exporter"},
+         TargetKind.DAEMONSET, "prometheus-prometheus-node-exporter", "prometheus-node-exporter"),
     ],
 )
 def test_an_alert_maps_to_the_workload_that_owns_its_pod(
@@ -161,7 +182,8 @@ def test_an_alert_maps_to_the_workload_that_owns_its_pod(
         ({"pod": "orphan-rs-p0d"}, RefusalReason.POD_NOT_FOUND, "ReplicaSet gone-rs"),
         ({"pod": "standalone"}, RefusalReason.UNSUPPORTED_OWNER, "no controller"),
         ({"pod": "migrate-abcde"}, RefusalReason.UNSUPPORTED_OWNER, "Job/migrate"),
-        ({"pod": "agent-9xk2p"}, RefusalReason.UNSUPPORTED_OWNER, "DaemonSet/agent"),
+        ({"pod": "collector-5kq2z"}, RefusalReason.WORKLOAD_NOT_FOUND, "DaemonSet/collector"),
+        ({"daemonset": "nothing-here"}, RefusalReason.WORKLOAD_NOT_FOUND, "DaemonSet/nothing-here"),
         ({"pod": "bare-rs-p0d"}, RefusalReason.UNSUPPORTED_OWNER, "belongs to no Deployment"),
         ({"deployment": "nothing-here"}, RefusalReason.WORKLOAD_NOT_FOUND, "Deployment/nothing-here"),
         ({"alertname": "KubeNodeNotReady", "node": "node-1", "condition": "Ready", "container": "kube-state-metrics",

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from flywheel.api.enums import ActionType, TargetKind
-from flywheel.domain.run_state import ActionNotApplicableError
+from flywheel.domain.run_state import ActionNotApplicableError, RolloutState, classify_rollout
 from flywheel.stores.workloads import (
     ACTION_LOG_ANNOTATION,
     ACTION_LOG_LENGTH,
@@ -146,3 +146,26 @@ def test_rollout_facts_of_a_statefulset(strategy: dict[str, Any], pending: bool)
     assert facts.desired == 1, "replicas default to 1"
     assert facts.revision_pending is pending
     assert (facts.total, facts.updated, facts.ready, facts.available) == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("status", "generation", "state"),
+    [
+        # as `kubectl rollout status daemonset`: observed generation, then updated, then available
+        ({"observedGeneration": 1, "desiredNumberScheduled": 3, "currentNumberScheduled": 3,
+          "updatedNumberScheduled": 3, "numberReady": 3, "numberAvailable": 3}, 2, RolloutState.PROGRESSING),
+        ({"observedGeneration": 2, "desiredNumberScheduled": 3, "currentNumberScheduled": 3,
+          "updatedNumberScheduled": 2, "numberReady": 3, "numberAvailable": 3}, 2, RolloutState.PROGRESSING),
+        ({"observedGeneration": 2, "desiredNumberScheduled": 3, "currentNumberScheduled": 3,
+          "updatedNumberScheduled": 3, "numberReady": 3, "numberAvailable": 2}, 2, RolloutState.PROGRESSING),
+        ({"observedGeneration": 2, "desiredNumberScheduled": 3, "currentNumberScheduled": 3,
+          "updatedNumberScheduled": 3, "numberReady": 3, "numberAvailable": 3}, 2, RolloutState.COMPLETE),
+        # no eligible node: nothing to roll out
+        ({"observedGeneration": 2}, 2, RolloutState.COMPLETE),
+    ],
+)
+def test_rollout_of_a_daemonset(status: dict[str, Any], generation: int, state: RolloutState) -> None:
+    body = {"metadata": {"generation": generation}, "spec": {}, "status": status}
+    facts = rollout_facts(TargetKind.DAEMONSET, body)
+    assert facts.desired == int(status.get("desiredNumberScheduled") or 0)
+    assert classify_rollout(facts).state is state

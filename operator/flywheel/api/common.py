@@ -250,7 +250,7 @@ class ObjectRef(SpecModel):
 class WorkloadRef(SpecModel):
     """A workload in the owning object's namespace."""
 
-    kind: TargetKind = Field(description="Deployment or StatefulSet.")
+    kind: TargetKind = Field(description="Deployment, StatefulSet or DaemonSet.")
     name: str = Field(
         min_length=1,
         max_length=DNS1123_SUBDOMAIN_MAX_LENGTH,
@@ -289,13 +289,22 @@ _REVISION_ONLY_FOR_UNDO = CelRule(
     field_path=".params.toRevision",
     reason="FieldValueForbidden",
 )
+_NO_SCALE_FOR_DAEMONSET = CelRule(
+    rule="self.type != 'Scale' || self.target.kind != 'DaemonSet'",
+    message="type Scale does not apply to a DaemonSet (it runs one Pod per eligible node and has no replicas); "
+    "use RolloutRestart or RolloutUndo",
+    field_path=".type",
+    reason="FieldValueForbidden",
+)
 
 
 class Action(SpecModel):
     """A typed remediation from the action catalogue: never a free-form command."""
 
     model_config = ConfigDict(
-        json_schema_extra=cel_rules(_SCALE_NEEDS_REPLICAS, _REPLICAS_ONLY_FOR_SCALE, _REVISION_ONLY_FOR_UNDO)
+        json_schema_extra=cel_rules(
+            _SCALE_NEEDS_REPLICAS, _REPLICAS_ONLY_FOR_SCALE, _REVISION_ONLY_FOR_UNDO, _NO_SCALE_FOR_DAEMONSET
+        )
     )
 
     type: ActionType = Field(description="RolloutRestart, Scale or RolloutUndo.")
@@ -313,6 +322,8 @@ class Action(SpecModel):
             raise ValueError(_REPLICAS_ONLY_FOR_SCALE.message)
         if self.type is not ActionType.ROLLOUT_UNDO and to_revision is not None:
             raise ValueError(_REVISION_ONLY_FOR_UNDO.message)
+        if self.type is ActionType.SCALE and self.target.kind is TargetKind.DAEMONSET:
+            raise ValueError(_NO_SCALE_FOR_DAEMONSET.message)
         return self
 
 

@@ -18,6 +18,7 @@ class Severity(StrEnum):
 class TargetKind(StrEnum):
     DEPLOYMENT = "Deployment"
     STATEFULSET = "StatefulSet"
+    DAEMONSET = "DaemonSet"
 
 
 class RemediationMode(StrEnum):

@@ -46,7 +46,7 @@ from flywheel.api.names import (
     RUN_CREATED_EVENT_REASON,
     Event,
 )
-from flywheel.domain.actions import IncidentTarget
+from flywheel.domain.actions import ACTIONS_BY_KIND, IncidentTarget
 from flywheel.domain.advisor import AdvisorResult, IncidentFacts, advisors_to_consult, build_messages
 from flywheel.domain.decision import (
     NEEDS_PERMANENT_FIX_WARNING,
@@ -63,7 +63,7 @@ from flywheel.domain.escalation import (
     incident_occurrences,
 )
 from flywheel.domain.names import label_value, suffixed_name
-from flywheel.domain.rules import AlertFacts, RuleCatalogue
+from flywheel.domain.rules import AlertFacts, CatalogueSource
 from flywheel.domain.signature import anomaly_key
 from flywheel.errors import NotFoundError, RedisUnavailableError
 from flywheel.logs import get_logger
@@ -302,7 +302,7 @@ class IncidentStores:
     anomalies: AnomalyCounts
     resources: FlywheelObjects
     claims: AnomalyClaimer
-    catalogue: RuleCatalogue
+    catalogue: CatalogueSource
     advisors: AdvisorPanel | None = None
 
 
@@ -525,6 +525,8 @@ class IncidentReconciler:
         self, incident: IncidentObject, anomaly: AnomalyStatus | None, recorded_stats: dict[str, ActionStats] | None
     ) -> DecisionOutcome:
         stores, policy = self._stores, self._policy
+        # One version for the whole decision, even if the catalogue is reloaded while advisors answer.
+        catalogue = stores.catalogue.current()
         stats: dict[str, ActionStats] = {}
         if anomaly is not None and not anomaly.degraded:
             stats = recorded_stats if recorded_stats is not None else await self._action_stats(incident, anomaly.key)
@@ -538,14 +540,14 @@ class IncidentReconciler:
                 service=incident.spec.service, error_type=incident.spec.error_type, summary=incident.spec.summary,
                 escalation_level=escalation, action_stats=stats, alerts=incident.alerts,
             )
-            messages = build_messages(facts, stores.catalogue)
+            messages = build_messages(facts, catalogue)
             advisor_results = tuple(
                 await stores.advisors.client.ask_all(
                     consulted,
                     messages,
                     expected_target=incident.target,
                     deadline=policy.advisor_timeout_seconds,
-                    allowed_actions=stores.catalogue.action_types,
+                    allowed_actions=catalogue.action_types & ACTIONS_BY_KIND[incident.target.kind],
                 )
             )
         return decide(
@@ -562,7 +564,7 @@ class IncidentReconciler:
                 advisors_asked=len(consulted) if consulted else None,
                 alerts=incident.alerts,
             ),
-            stores.catalogue,
+            catalogue,
             max_automatic_risk=policy.max_automatic_risk,
         )
 

@@ -9,15 +9,36 @@ values, so nothing free-form can reach the executor.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from flywheel.api.enums import ActionType, TargetKind
 from flywheel.errors import InvalidInputError
 
-# RFC 1123 subdomain, the rule Kubernetes applies to Deployment and StatefulSet names.
+# RFC 1123 subdomain, the rule Kubernetes applies to workload names.
 _OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _MAX_OBJECT_NAME_LENGTH = 253
+
+
+ACTIONS_BY_KIND: Mapping[TargetKind, frozenset[ActionType]] = {
+    TargetKind.DEPLOYMENT: frozenset(ActionType),
+    TargetKind.STATEFULSET: frozenset(ActionType),
+    # A DaemonSet runs one Pod per eligible node: it has no replica count to scale.
+    TargetKind.DAEMONSET: frozenset({ActionType.ROLLOUT_RESTART, ActionType.ROLLOUT_UNDO}),
+}
+"""The action types each target kind supports; the API schema refuses the others (CEL on ``Action``)."""
+
+
+def inapplicable_reason(action_type: ActionType, kind: TargetKind) -> str | None:
+    """Why ``action_type`` cannot act on a workload of ``kind``; ``None`` when it can."""
+    if action_type in ACTIONS_BY_KIND[kind]:
+        return None
+    supported = " or ".join(sorted(action.value for action in ACTIONS_BY_KIND[kind]))
+    return (
+        f"{action_type.value} does not apply to a {kind.value} (it runs one Pod per eligible node and "
+        f"has no replicas); use {supported}"
+    )
 
 
 def _is_positive_int(value: object) -> bool:
@@ -158,6 +179,9 @@ class ProposedAction:
             raise InvalidInputError("action.target.kind", f"unsupported target kind {self.target_kind!r}")
         validate_object_name(self.target_name, field="action.target.name")
         validate_action_params(self.type, self.replicas, self.to_revision)
+        reason = inapplicable_reason(self.type, self.target_kind)
+        if reason is not None:
+            raise InvalidInputError("action.type", reason)
 
     @property
     def params(self) -> dict[str, int]:

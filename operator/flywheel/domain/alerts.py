@@ -11,13 +11,12 @@ re-sends a whole group on any 5xx) never duplicate a signal or an Incident.
 Mapping of one alert (labels are the alert's own labels):
 
 - namespace ← ``namespace``; required, and it must be one the operator watches;
-- the workload, in this order: a label naming it — ``deployment``, ``statefulset``
-  (what kube-state-metrics series carry), else ``flywheel.dev/target`` or
+- the workload, in this order: a label naming it — ``deployment``, ``statefulset``,
+  ``daemonset`` (what kube-state-metrics series carry), else ``flywheel.dev/target`` or
   its classic-charset spelling ``flywheel_target`` holding ``Kind/name`` (Alertmanager and
   Prometheus before 3.0 only accept ``[a-zA-Z_][a-zA-Z0-9_]*`` label names) — else the
   ``pod`` label, mapped to the workload that owns the Pod (Pod → ReplicaSet → Deployment,
-  Pod → StatefulSet, read from the API server; a DaemonSet is not a target kind yet, so its
-  Pods are refused as having no supported owner). An alert naming neither,
+  Pod → StatefulSet, Pod → DaemonSet, read from the API server). An alert naming neither,
   a Pod that is gone or has no supported owner, and a workload that does not exist are
   refused, each with its reason (:class:`RefusalReason`);
 - service ← the workload's own label ``app.kubernetes.io/name``, else ``app``, else the
@@ -88,6 +87,7 @@ TARGET_LABELS = ("flywheel.dev/target", "flywheel_target")
 WORKLOAD_LABELS: tuple[tuple[str, TargetKind], ...] = (
     ("deployment", TargetKind.DEPLOYMENT),
     ("statefulset", TargetKind.STATEFULSET),
+    ("daemonset", TargetKind.DAEMONSET),
 )
 """Labels naming the workload itself (kube-state-metrics' object labels); they win over ``pod``."""
 POD_LABEL = "pod"
@@ -101,6 +101,16 @@ EXPORTER_JOBS = frozenset({"kube-state-metrics", "node-exporter", "kubelet", "ca
 """``job`` values of the exporters that report about other objects (kube-prometheus-stack)."""
 EXPORTER_NAMES = frozenset({"kube-state-metrics", "prometheus-node-exporter", "node-exporter"})
 """``app.kubernetes.io/name`` of the exporters' own workloads."""
+EXPORTER_NAMES_BY_JOB: Mapping[str, frozenset[str]] = {
+    "kube-state-metrics": frozenset({"kube-state-metrics"}),
+    "node-exporter": frozenset({"prometheus-node-exporter", "node-exporter"}),
+    # The kubelet (and its cAdvisor) is no Pod: a pod label on its series is always the subject's.
+    "kubelet": frozenset(),
+    "cadvisor": frozenset(),
+}
+"""The workloads (``app.kubernetes.io/name``) each exporter job runs as: an alert from that job
+whose ``pod`` is one of them names the exporter itself. Another exporter's Pod is a subject like
+any other (kube-state-metrics reporting node-exporter's DaemonSet Pod crash looping)."""
 _EXPORTER_SERVICE = re.compile(
     r"(?:^|-)(?:kube-state-metrics|prometheus-node-exporter|node-exporter|kubelet)$"
     r"|^(?:prometheus|alertmanager|thanos-ruler)-operated$"
@@ -279,7 +289,7 @@ class RefusalReason(StrEnum):
     """The ``pod`` label names the exporter that reported the alert, not its subject."""
     POD_NOT_FOUND = "pod_not_found"
     UNSUPPORTED_OWNER = "unsupported_owner"
-    """The Pod (or its ReplicaSet) is not owned by a Deployment or StatefulSet."""
+    """The Pod (or its ReplicaSet) is not owned by a Deployment, StatefulSet or DaemonSet."""
     WORKLOAD_NOT_FOUND = "workload_not_found"
     REFUSED_BY_API = "refused_by_api"
     """The API server refused the Incident (its content or its namespace)."""
@@ -421,6 +431,7 @@ class AlertAddress:
     """The alert's series came from an exporter reporting about other objects (kube-state-metrics,
     node-exporter, cAdvisor): its ``pod`` label may be the exporter's own."""
     exporter_service: str | None = None
+    exporter_job: str | None = None
 
 
 @dataclass(frozen=True)
@@ -446,6 +457,13 @@ class Workload:
     @property
     def is_exporter(self) -> bool:
         return self.labels.get("app.kubernetes.io/name", "").strip() in EXPORTER_NAMES
+
+    def is_exporter_of(self, job: str | None) -> bool:
+        """Whether this workload is the exporter that ``job`` scrapes (any exporter when the job is unknown)."""
+        names = EXPORTER_NAMES_BY_JOB.get(job or "")
+        if names is None:
+            return self.is_exporter
+        return self.labels.get("app.kubernetes.io/name", "").strip() in names
 
     def describe(self) -> str:
         return f"{self.kind.value}/{self.name}"
@@ -490,8 +508,8 @@ def alert_subject(labels: Mapping[str, str]) -> AlertSubject:
         return PodSubject(pod)
     raise _refuse(
         RefusalReason.NO_WORKLOAD, "labels.pod",
-        "the alert names no workload: it needs a pod label (its owner is the target), a deployment "
-        "or statefulset label, or flywheel_target (flywheel.dev/target) set to Kind/name",
+        "the alert names no workload: it needs a pod label (its owner is the target), a deployment, "
+        "statefulset or daemonset label, or flywheel_target (flywheel.dev/target) set to Kind/name",
     )
 
 
@@ -516,6 +534,7 @@ _APPS_GROUP = "apps"
 _POD_OWNER_KINDS: Mapping[str, TargetKind | None] = {
     "ReplicaSet": None,
     "StatefulSet": TargetKind.STATEFULSET,
+    "DaemonSet": TargetKind.DAEMONSET,
 }
 
 
@@ -535,15 +554,15 @@ def pod_owner(pod: Mapping[str, Any]) -> OwnerStep:
     reference = _controller_reference(pod)
     if reference is None:
         raise _refuse(RefusalReason.UNSUPPORTED_OWNER, "labels.pod",
-                      f"Pod {name} has no controller: Flywheel acts on the Deployment or StatefulSet "
-                      "that owns a Pod")
+                      f"Pod {name} has no controller: Flywheel acts on the Deployment, StatefulSet or "
+                      "DaemonSet that owns a Pod")
     group = str(reference.get("apiVersion", "")).partition("/")[0]
     kind = str(reference.get("kind", ""))
     owner_name = str(reference.get("name", ""))
     if group != _APPS_GROUP or kind not in _POD_OWNER_KINDS or not _DNS1123_SUBDOMAIN.fullmatch(owner_name):
         raise _refuse(RefusalReason.UNSUPPORTED_OWNER, "labels.pod",
-                      f"Pod {name} is controlled by {_describe_reference(reference)}, not by a Deployment "
-                      "or StatefulSet")
+                      f"Pod {name} is controlled by {_describe_reference(reference)}, not by a Deployment, "
+                      "StatefulSet or DaemonSet")
     target_kind = _POD_OWNER_KINDS[kind]
     if target_kind is None:
         return OwnedByReplicaSet(owner_name)
@@ -659,6 +678,7 @@ def address_alert(alert: AlertmanagerAlert, scope: NamespaceScope) -> AlertAddre
             subject=alert_subject(labels),
             from_exporter=exporter,
             exporter_service=labels.get("service", "").strip() or None if exporter else None,
+            exporter_job=labels.get("job", "").strip() or None if exporter else None,
         )
     except InvalidInputError as exc:
         return AlertRefusal.of(exc)
@@ -673,7 +693,9 @@ def exporter_pod_refusal(address: AlertAddress, workload: Workload) -> AlertRefu
     """
     if not isinstance(address.subject, PodSubject) or not address.from_exporter:
         return None
-    if workload.is_exporter or (address.exporter_service is not None and workload.name == address.exporter_service):
+    if workload.is_exporter_of(address.exporter_job) or (
+        address.exporter_service is not None and workload.name == address.exporter_service
+    ):
         return AlertRefusal(
             "labels.pod",
             f"Pod {address.subject.name} is the exporter that reported the alert ({workload.describe()}), "

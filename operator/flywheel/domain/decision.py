@@ -11,6 +11,9 @@ Policy (SPEC §2), applied by :func:`decide` in this order:
 3. **History.** An action that succeeded less than 20% of the time over at least
    two attempts for this anomaly is skipped for the next candidate (next matching
    rule in catalogue order, then the catch-all). If none is left, a person decides.
+   A rule whose action the target's kind does not support (Scale on a DaemonSet) is no
+   candidate at all; when no matching rule's action applies, a RolloutRestart (which
+   applies to every kind) is proposed for a person to decide.
 4. **Approval.** Required for escalated anomalies, for PERMANENT_FIX (where a
    missing permanent fix also blocks any automatic action), for
    ``remediation.mode: RequireApproval``, and for actions riskier than the
@@ -35,7 +38,7 @@ from flywheel.api.enums import (
     RunMode,
     Severity,
 )
-from flywheel.domain.actions import IncidentTarget, ProposedAction
+from flywheel.domain.actions import IncidentTarget, ProposedAction, inapplicable_reason
 from flywheel.domain.advisor import AdvisorResult, ConsensusResult, consensus, uses_consensus
 from flywheel.domain.escalation import ActionStats, should_skip_action
 from flywheel.domain.rules import AlertFacts, RuleCatalogue, RuleHit, risk_rank
@@ -208,7 +211,7 @@ def _refusal(result: AdvisorResult, decision_input: DecisionInput, catalogue: Ru
         return f"proposed an action on {workload}, not on the Incident's target"
     if action.type not in catalogue.action_types:
         return f"proposed {action.type.value}, which the rule catalogue does not offer"
-    return None
+    return inapplicable_reason(action.type, action.target_kind)
 
 
 def _screen(
@@ -331,10 +334,15 @@ def decide(
     history = _History(stats=decision_input.action_stats, skip=skip)
     match = catalogue.match(decision_input.alert_names, decision_input.alerts)
 
+    # A rule whose action the target's kind does not support (Scale on a DaemonSet) is no
+    # candidate: it would make a Run the API server refuses and nobody could execute.
+    candidates = [hit for hit in match.hits if inapplicable_reason(hit.rule.action.type, target.kind) is None]
+    inapplicable = [hit for hit in match.hits if hit not in candidates]
+
     # Rules first: the first candidate whose action has not kept failing.
     rule_choice: RuleHit | None = None
     passed_over: list[RuleHit] = []
-    for hit in match.hits:
+    for hit in candidates:
         if history.allows(hit.rule.action.type):
             rule_choice = hit
             break
@@ -380,9 +388,9 @@ def decide(
             sentences.append(f"Passed over {names}: the action kept failing.")
         if advisor_error:
             sentences.append(f"Advisors not used: {advisor_error}.")
-    else:
+    elif candidates:
         # Every candidate kept failing: offer the best-matching rule to a person.
-        primary = match.first
+        primary = candidates[0]
         action = primary.rule.action.bind(target.kind, target.name)
         risk = primary.rule.risk
         confidence = primary.rule.confidence
@@ -393,6 +401,30 @@ def decide(
             f"anomaly; proposing {action.describe()} for a person to decide."
         )
         approval_reasons.append("every candidate action kept failing for this anomaly")
+    else:
+        # No matching rule offers an action this kind of workload supports (a catalogue whose
+        # catch-all scales, for a DaemonSet): a restart applies to every kind; a person decides.
+        primary = match.first
+        action = ProposedAction(ActionType.ROLLOUT_RESTART, target.kind, target.name)
+        risk = (
+            catalogue.risk_for(ActionType.ROLLOUT_RESTART)
+            if ActionType.ROLLOUT_RESTART in catalogue.action_types
+            else primary.rule.risk
+        )
+        confidence = primary.rule.confidence
+        source = DecisionSource.RULES
+        matched_rule = primary.rule.name
+        sentences.append(
+            f"Rules matched {primary.explain()}, but no matching rule's action applies to "
+            f"{target.kind.value}/{target.name}; proposing {action.describe()} for a person to decide."
+        )
+        approval_reasons.append(f"no matching rule offers an action a {target.kind.value} supports")
+    if inapplicable and advisor_choice is None:
+        names = ", ".join(f"{hit.rule.name} ({hit.rule.action.type.value})" for hit in inapplicable)
+        sentences.append(
+            f"Not applicable to {target.kind.value}/{target.name}: {names} "
+            f"({inapplicable_reason(inapplicable[0].rule.action.type, target.kind)})."
+        )
 
     sentences.append(history.summary())
 

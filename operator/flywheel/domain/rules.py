@@ -18,8 +18,10 @@ the flywheel-health metrics.
 
 The built-in catalogue is the package file ``flywheel/rules/default.yaml``; users
 copy that very file into a ConfigMap to change it, so the documented format and
-the shipped rules cannot drift apart. Reading a catalogue file is the only I/O in
-this module and happens once, at start-up.
+the shipped rules cannot drift apart. Reading a catalogue file at start-up is the only
+I/O in this module; later versions of the file are read by the reloader
+(``flywheel.controllers.catalogue_reload``), which hands the text to :func:`load_catalogue`
+and publishes the result through a :class:`CatalogueSource`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import yaml
 from pydantic import (
@@ -275,6 +277,17 @@ class RuleCatalogue:
 
     def __repr__(self) -> str:
         return f"RuleCatalogue({[rule.name for rule in self._rules]!r}, source={self.source!r})"
+
+    def current(self) -> RuleCatalogue:
+        """A fixed catalogue is its own :class:`CatalogueSource`."""
+        return self
+
+
+class CatalogueSource(Protocol):
+    """Where a decision takes the catalogue from: one call per decision, so a decision never
+    mixes two versions of a catalogue reloaded meanwhile."""
+
+    def current(self) -> RuleCatalogue: ...
 
 
 def _check_catalogue_shape(rules: tuple[Rule, ...], source: str) -> None:

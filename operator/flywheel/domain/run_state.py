@@ -181,7 +181,7 @@ class RolloutState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class RolloutFacts:
-    """What the workload's status says about its rollout (Deployment or StatefulSet)."""
+    """What the workload's status says about its rollout (Deployment, StatefulSet or DaemonSet)."""
 
     generation: int
     observed_generation: int

@@ -20,6 +20,7 @@ from flywheel.domain.funnel import funnel_period
 from flywheel.domain.health import WatchedIncident, WatchedRun
 from flywheel.domain.run_state import ObservedRun
 from flywheel.errors import FlywheelError
+from flywheel.handlers.catalogue import CatalogueCollector
 from flywheel.handlers.incident import MEMO_INCIDENT_DRIVER, IncidentIndex, all_incidents
 from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES, operator_counters
 from flywheel.handlers.retention import HistoryRetentionCollector
@@ -139,12 +140,13 @@ async def start_metrics(
     watch_restarts.install()
     registry.register(watch_restarts)
     registry.register(HistoryRetentionCollector(memo))
+    registry.register(CatalogueCollector(memo))
 
     computer = SnapshotComputer(
         history=HistoryMetricsQueries(deps.history_engine),
         anomalies=AnomalyMetricsReader(deps.redis, deps.anomalies.thresholds, tenant=config.tenant),
         live_view=lambda: live_view(incident_index, run_views),
-        playbook_count=lambda: deps.catalogue.playbook_count,
+        playbook_count=lambda: deps.catalogue.current().playbook_count,
         period=period,
         internal_sources=config.internal_sources,
     )

@@ -31,8 +31,11 @@ class KubernetesEventPoster:
         self._kube = kube
         self._component = component
 
-    async def post(self, subject: ObjectSample, *, type: str, reason: str, message: str) -> None:
-        """Post one Event about ``subject``; raises StoreUnavailableError/KubernetesApiError on failure."""
+    async def post(
+        self, subject: ObjectSample, *, type: str, reason: str, message: str, api_version: str = API_VERSION
+    ) -> None:
+        """Post one Event about ``subject`` (a Flywheel resource unless ``api_version`` says otherwise);
+        raises StoreUnavailableError/KubernetesApiError on failure."""
         now = _timestamp(datetime.now(UTC))
         body = {
             "apiVersion": "v1",
@@ -43,7 +46,7 @@ class KubernetesEventPoster:
                 "namespace": subject.namespace,
             },
             "involvedObject": {
-                "apiVersion": API_VERSION,
+                "apiVersion": api_version,
                 "kind": subject.kind,
                 "name": subject.name,
                 "namespace": subject.namespace,

@@ -1,7 +1,7 @@
 """The workload an alert is about, read from the API server: Pod → owner chain → workload.
 
 The intake maps an alert naming a Pod to the workload owning it (Pod → ReplicaSet →
-Deployment, Pod → StatefulSet), and reads the workload itself for its
+Deployment, Pod → StatefulSet, Pod → DaemonSet), and reads the workload itself for its
 service labels; the steps of the chain are pure (:mod:`flywheel.domain.alerts`), the reads
 are here.
 
@@ -55,6 +55,7 @@ LOOKUP_TIMEOUT_SECONDS = 3.0
 _PLURALS = {
     TargetKind.DEPLOYMENT: "deployments",
     TargetKind.STATEFULSET: "statefulsets",
+    TargetKind.DAEMONSET: "daemonsets",
 }
 
 

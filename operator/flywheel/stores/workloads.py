@@ -154,8 +154,32 @@ def stamp_annotations(
     }
 
 
+def daemonset_rollout_facts(workload: Mapping[str, Any]) -> RolloutFacts:
+    """Rollout progress of a DaemonSet, judged as ``kubectl rollout status daemonset`` does.
+
+    The desired count is ``status.desiredNumberScheduled`` (one Pod per eligible node, set by
+    the controller), not a spec field; the rollout is complete once the controller observed the
+    generation and every desired Pod is updated (``updatedNumberScheduled``) and available
+    (``numberAvailable``). ``currentNumberScheduled`` counts nodes running a Pod of any
+    revision, so a surplus over the updated ones is old Pods still to be replaced.
+    """
+    metadata = workload.get("metadata") or {}
+    status = workload.get("status") or {}
+    return RolloutFacts(
+        generation=int(metadata.get("generation") or 0),
+        observed_generation=int(status.get("observedGeneration") or 0),
+        desired=int(status.get("desiredNumberScheduled") or 0),
+        total=int(status.get("currentNumberScheduled") or 0),
+        updated=int(status.get("updatedNumberScheduled") or 0),
+        ready=int(status.get("numberReady") or 0),
+        available=int(status.get("numberAvailable") or 0),
+    )
+
+
 def rollout_facts(kind: TargetKind, workload: Mapping[str, Any]) -> RolloutFacts:
-    """Rollout progress of a Deployment or StatefulSet from its spec and status."""
+    """Rollout progress of a Deployment, StatefulSet or DaemonSet from its spec and status."""
+    if kind is TargetKind.DAEMONSET:
+        return daemonset_rollout_facts(workload)
     metadata = workload.get("metadata") or {}
     spec = workload.get("spec") or {}
     status = workload.get("status") or {}
@@ -226,7 +250,7 @@ def choose_revision(
 
 
 class WorkloadStore:
-    """Apply remediation actions to Deployments and StatefulSets, and read their rollouts."""
+    """Apply remediation actions to Deployments, StatefulSets and DaemonSets, and read their rollouts."""
 
     def __init__(self, kube: KubeApi) -> None:
         self._kube = kube
@@ -329,6 +353,8 @@ class WorkloadStore:
         max_replicas: int,
     ) -> _Plan:
         what = _describe(action.target_kind, action.target_name)
+        if action.target_kind is TargetKind.DAEMONSET:
+            _refuse_on_delete_daemonset(workload, what)
         if action.type is ActionType.ROLLOUT_RESTART:
             template_annotations = {
                 RESTARTED_AT_ANNOTATION: _iso(stamp.at),
@@ -365,6 +391,10 @@ class WorkloadStore:
         if action.type is ActionType.ROLLOUT_UNDO:
             if action.target_kind is TargetKind.DEPLOYMENT:
                 current_revision, revision, template = await self._deployment_undo_target(
+                    namespace, workload, action
+                )
+            elif action.target_kind is TargetKind.DAEMONSET:
+                current_revision, revision, template = await self._daemonset_undo_target(
                     namespace, workload, action
                 )
             else:
@@ -450,6 +480,45 @@ class WorkloadStore:
         revision, template = choose_revision(templates, current, action.to_revision, what)
         return current, revision, template
 
+    async def _daemonset_undo_target(
+        self, namespace: str, daemonset: Mapping[str, Any], action: ProposedAction
+    ) -> tuple[int, int, dict[str, Any]]:
+        """(current revision, chosen revision, its pod template) from the DaemonSet's ControllerRevisions.
+
+        As ``kubectl rollout undo daemonset``: the DaemonSet's status names no revision, and the
+        controller gives the revision of its current template the highest number (a rollback to an
+        old template renumbers that template's ControllerRevision), so the current revision is the
+        highest one, and "the previous revision" the highest below it.
+        """
+        what = _describe(action.target_kind, action.target_name)
+        templates = await self._controller_revision_templates(namespace, daemonset, what)
+        if not templates:
+            raise ActionNotApplicableError(f"{what} has no ControllerRevision yet")
+        current = max(templates)
+        revision, template = choose_revision(templates, current, action.to_revision, what)
+        return current, revision, template
+
+    async def _controller_revision_templates(
+        self, namespace: str, workload: Mapping[str, Any], what: str
+    ) -> dict[int, dict[str, Any]]:
+        """The pod template of every ControllerRevision the workload controls, by revision number."""
+        uid = workload["metadata"]["uid"]
+        items = (await self._kube.request(
+            "GET", _apps(namespace, "controllerrevisions"), f"list ControllerRevisions of {what}",
+            query={"labelSelector": _selector(workload)},
+        ))["items"]
+        templates: dict[int, dict[str, Any]] = {}
+        for item in items:
+            if not _owned_by(item, uid):
+                continue
+            stored = ((item.get("data") or {}).get("spec") or {}).get("template")
+            if isinstance(stored, dict):
+                # The controller stores the template as a strategic-merge patch with "$patch": "replace".
+                templates[int(item.get("revision") or 0)] = {
+                    key: value for key, value in stored.items() if key != "$patch"
+                }
+        return templates
+
     async def _patch(
         self, namespace: str, kind: TargetKind, name: str, body: dict[str, Any], *, dry_run: bool
     ) -> dict[str, Any]:
@@ -460,7 +529,23 @@ class WorkloadStore:
         )
 
 
-_PLURALS = {TargetKind.DEPLOYMENT: "deployments", TargetKind.STATEFULSET: "statefulsets"}
+def _refuse_on_delete_daemonset(daemonset: Mapping[str, Any], what: str) -> None:
+    """A DaemonSet with ``updateStrategy: OnDelete`` replaces a Pod only when someone deletes it:
+    a template change would roll nothing out and the Run could never be verified (``kubectl
+    rollout status`` refuses such a DaemonSet too)."""
+    strategy = ((daemonset.get("spec") or {}).get("updateStrategy") or {}).get("type", "RollingUpdate")
+    if strategy != "RollingUpdate":
+        raise ActionNotApplicableError(
+            f"{what} has updateStrategy {strategy}: its Pods are replaced only when deleted, so a "
+            "rollout restart or undo would change nothing that can be verified"
+        )
+
+
+_PLURALS = {
+    TargetKind.DEPLOYMENT: "deployments",
+    TargetKind.STATEFULSET: "statefulsets",
+    TargetKind.DAEMONSET: "daemonsets",
+}
 
 
 def _apps(namespace: str, plural: str, name: str | None = None) -> str:
@@ -478,6 +563,7 @@ __all__ = [
     "action_log",
     "already_applied",
     "choose_revision",
+    "daemonset_rollout_facts",
     "merge_patch",
     "rollout_facts",
     "stamp_annotations",
