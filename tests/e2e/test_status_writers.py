@@ -18,13 +18,15 @@ again, and the pass over the fresh body keeps the resolution.
 
 Scenario matrix:
 - the interleaving above: ``Resolved=True`` survives, the recount lands (``AnomalyRecorded``);
-- the Run's own status write and an Approval's status write refuse a stale read the same way.
+- a Run's status write (the Approval's goes through the same ``write_status``) from a stale read is
+  refused with 409 and leaves the first writer's status in place.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,7 +89,6 @@ async def pass_until_done(passes: IncidentPasses, body: Mapping[str, Any], rerea
     raise AssertionError("the pass never got through")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18: the stale pass's merge patch replaces the conditions list")
 def test_a_stale_incident_pass_never_erases_its_runs_resolution(
     test_cluster: TestCluster, flywheel_crds: None, namespace: str, clean_redis_url: str, tmp_path: Path
 ) -> None:
@@ -136,3 +137,35 @@ def test_a_stale_incident_pass_never_erases_its_runs_resolution(
     assert status["anomaly"]["degraded"] is False
     assert conflicts == 1, "the stale write was refused once, then the pass read the Incident again"
 
+
+
+def test_a_run_status_write_refuses_a_stale_read(
+    test_cluster: TestCluster, flywheel_crds: None, namespace: str, tmp_path: Path
+) -> None:
+    from flywheel.errors import ConflictError
+    from flywheel.stores.kube import FlywheelResources
+
+    run = {
+        "apiVersion": "flywheel.dev/v1alpha1", "kind": "Run", "metadata": {"name": "cart-oom-1"},
+        "spec": {
+            "incidentRef": {"name": "cart-oom", "uid": "0e7c2a9e-0000-4000-8000-000000000001"},
+            "action": {"type": "RolloutRestart", "target": {"kind": "Deployment", "name": "cart"}},
+            "riskLevel": "medium", "mode": "Auto", "traceId": "0af7651916cd43dd8448eb211c80319c",
+        },
+    }
+    test_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(run))
+
+    async def scenario() -> None:
+        kube = KubeApi(config_file=test_cluster.kubeconfig)
+        try:
+            resources = FlywheelResources(kube)
+            read = await resources.get("runs", namespace, "cart-oom-1")
+            await resources.write_status("runs", read, {"state": "Running", "attempt": 1})
+            with pytest.raises(ConflictError):
+                # A second writer still holding the first read: refused, not merged over the first.
+                await resources.write_status("runs", read, {"state": "Pending"})
+        finally:
+            await kube.close()
+
+    asyncio.run(scenario())
+    assert get(test_cluster, namespace, "runs.flywheel.dev", "cart-oom-1")["status"]["state"] == "Running"
