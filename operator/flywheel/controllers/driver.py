@@ -55,12 +55,17 @@ PASS_RESULTS: Final = ("succeeded", "deferred", "stalled", "error")
 
 
 class PassDeferred(FlywheelError):
-    """Raised by a pass that could not finish for a transient reason: try again after ``delay``."""
+    """Raised by a pass that could not finish for a transient reason: try again after ``delay``.
 
-    def __init__(self, reason: str, delay: float) -> None:
+    ``reread``: the pass worked from a body that is out of date (its write lost a race, 409),
+    so the object is read again before the next try.
+    """
+
+    def __init__(self, reason: str, delay: float, *, reread: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.delay = delay
+        self.reread = reread
 
 
 class PassStalled(FlywheelError):
@@ -259,6 +264,8 @@ class ObjectDriver:
             self.stats.record("stalled", time.monotonic() - started, stalled.reason)
             delay = None
         except PassDeferred as deferred:
+            if deferred.reread and tracked.body is passed:  # unless a newer body arrived meanwhile
+                tracked.stale = True
             delay = self._failed(tracked, "deferred", deferred.reason, deferred.delay, started)
         except Exception as exc:
             log.exception("pass_failed")

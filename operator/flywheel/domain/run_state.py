@@ -136,6 +136,8 @@ class RunErrorCode(StrEnum):
     APPROVAL_TOKEN_EXPIRED = "E-APPR-TOKEN-EXPIRED"
     APPROVAL_ACTION_CHANGED = "E-APPR-ACTION-CHANGED"
     APPROVAL_REPLAYED = "E-APPR-REPLAYED"
+    # A write of the Run's pass was refused as invalid (422): retrying is refused again.
+    INVALID_WRITE = "E-INVALID-WRITE"
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,11 +36,25 @@ from flywheel.controllers.run.approval_wait import ApprovalWait, gate_run
 from flywheel.controllers.run.clocks import heartbeat
 from flywheel.controllers.run.execution import Execution
 from flywheel.controllers.run.outcome import OutcomeRecorder
-from flywheel.controllers.run.passes import STEP_CANCEL, STEP_REFUSE, SUCCEEDED, RunOutcome, RunPass
+from flywheel.controllers.run.passes import (
+    STEP_CANCEL,
+    STEP_REFUSE,
+    STEP_WRITE_REFUSED,
+    SUCCEEDED,
+    RunOutcome,
+    RunPass,
+)
 from flywheel.controllers.run.ports import RepairRecorder, RunStores
 from flywheel.controllers.run.verification import Verification
 from flywheel.controllers.run.views import IncidentView, RunObject
-from flywheel.domain.run_state import TERMINAL_STATES, ObservedRun, RunErrorCode, SafetyLimits
+from flywheel.domain.run_state import (
+    TERMINAL_STATES,
+    ObservedRun,
+    RunErrorCode,
+    SafetyLimits,
+    check_transition,
+)
+from flywheel.errors import InvalidWriteError
 
 # Transitions chained within one pass (Verifying → Running → Verifying for a retry).
 MAX_HOPS = 4
@@ -98,6 +112,24 @@ class RunController:
             await self._outcome.finish(ctx, incident)
         heartbeat(ctx)
         self._outcome.hand_over_attempts(ctx, incident)
+        return ctx.outcome()
+
+    def refused(self, run: RunObject, error: InvalidWriteError, now: datetime | None = None) -> RunOutcome:
+        """End a Run whose pass had a write refused as invalid (422): it would be refused again.
+
+        Without this the Run would wait forever, never passed again and past its deadline: it
+        ends Failed (Cancelled from a state that has not acted, which cannot fail) with
+        ``E-INVALID-WRITE``, the API server's causes in its journal and a Warning Event; its
+        outcome is then recorded as for any failed Run. A Run already final is left as it is.
+        """
+        ctx = RunPass(run, now or datetime.now(UTC))
+        ctx.status.observed_generation = run.generation
+        if ctx.state in TERMINAL_STATES:
+            return ctx.outcome()
+        message = f"a write was refused as invalid and would be refused again: {error.describe()}"
+        target = RunState.FAILED if check_transition(ctx.state, RunState.FAILED).allowed else RunState.CANCELLED
+        ctx.move(target, STEP_WRITE_REFUSED, "InvalidWrite", message, code=RunErrorCode.INVALID_WRITE, detail=str(error))
+        ctx.event("Warning", "InvalidWrite", message)
         return ctx.outcome()
 
     # -- state by state ------------------------------------------------------------------
