@@ -150,6 +150,8 @@ def start_operator(
         *,
         run_args: Sequence[str] = ("--standalone",),
         kubeconfig: str | None = None,
+        command: Sequence[str] | None = None,
+        cwd: Path | None = None,
         **env: str,
     ) -> OperatorProcess:
         environment = {
@@ -172,6 +174,8 @@ def start_operator(
             tmp_path / f"operator-{len(started)}.log",
             run_args=run_args,
             kubeconfig=kubeconfig,
+            command=command,
+            cwd=cwd,
         )
         process.start()
         started.append(process)

@@ -34,8 +34,13 @@ class OperatorProcess:
         *,
         run_args: Sequence[str] = ("--standalone",),
         kubeconfig: str | None = None,
+        command: Sequence[str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.cluster = cluster
+        # The operator from this checkout, unless a test runs an installed one (a packaged wheel).
+        self.command = tuple(command or (sys.executable, "-m", "flywheel"))
+        self.cwd = cwd
         self.namespace = namespace
         self.env = {
             **cluster.env,
@@ -61,8 +66,8 @@ class OperatorProcess:
             log.write(f"\n===== start #{self.starts} =====\n".encode())
             log.flush()
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "flywheel", "run", *self.run_args, "--namespace", self.namespace],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                [*self.command, "run", *self.run_args, "--namespace", self.namespace],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd,
             )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
