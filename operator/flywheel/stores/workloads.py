@@ -503,9 +503,10 @@ class WorkloadStore:
     ) -> dict[int, dict[str, Any]]:
         """The pod template of every ControllerRevision the workload controls, by revision number."""
         uid = workload["metadata"]["uid"]
+        # Without matchLabels (never for apps/v1) every revision is listed; ownership filters them.
         items = (await self._kube.request(
             "GET", _apps(namespace, "controllerrevisions"), f"list ControllerRevisions of {what}",
-            query={"labelSelector": _selector(workload)},
+            query={"labelSelector": _selector(workload) or ""},
         ))["items"]
         templates: dict[int, dict[str, Any]] = {}
         for item in items:
