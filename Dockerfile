@@ -11,11 +11,15 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/flywheel
+# The locked, hash-checked dependencies first (a layer that changes only with the lock), then the
+# package itself without resolving anything again.
+COPY requirements/runtime.txt ./requirements/runtime.txt
+RUN /opt/flywheel/bin/pip install --require-hashes -r requirements/runtime.txt
 COPY pyproject.toml README.md ./
 COPY operator ./operator
 # Not editable: the package (rules, migrations) is copied into the virtualenv, and pip compiles its
 # bytecode here, because the running container cannot write any.
-RUN /opt/flywheel/bin/pip install .
+RUN /opt/flywheel/bin/pip install --no-deps .
 
 # --- runtime: the virtualenv only -----------------------------------------------------------
 FROM ${PYTHON_IMAGE}

@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-down test test-unit bench crds lint clean
+.PHONY: setup demo demo-down test test-unit bench crds lock lint clean
 
 setup:
 	@bash hack/setup.sh
@@ -27,6 +27,13 @@ bench: setup
 
 crds: setup
 	@$(VENV)/bin/flywheel crds --output-dir crds
+
+# Exact, hashed versions for setup, CI and the image; run after changing pyproject.toml's
+# dependencies (tests/unit/test_dependency_lock.py fails until the lock agrees with it).
+LOCK_FLAGS := --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links
+lock: setup
+	@$(VENV)/bin/pip-compile $(LOCK_FLAGS) -o requirements/runtime.txt pyproject.toml
+	@$(VENV)/bin/pip-compile $(LOCK_FLAGS) --extra test --extra dev -o requirements/test.txt pyproject.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info operator/*.egg-info

@@ -3,7 +3,8 @@
 Usage::
 
     python bench/retention_soak.py [--duration SECONDS] [--ttl SECONDS] [--rate R] [--interval S]
-                                   [--mode Auto|Shadow] [--workloads W] [--cluster NAME] [--keep-cluster]
+                                   [--duplicate-every N] [--mode Auto|Shadow] [--workloads W]
+                                   [--cluster NAME] [--keep-cluster]
 
 The default is a short run (4 minutes, TTL 60 s); the soak of issue 18 is
 ``--duration 1800 --ttl 300``.
@@ -14,7 +15,9 @@ file and a history spool directory, ``flywheel run --standalone`` runs with
 ``FLYWHEEL_FINISHED_TTL_SECONDS=--ttl``. For ``--duration`` seconds a new Incident is created every
 1/``--rate`` s; each gets an Auto Run (a real rollout restart of one of ``--workloads`` fake
 Deployments) that finishes and resolves it, and retention deletes it ``--ttl``
-seconds later. Every ``--interval`` seconds the script prints the Incidents, Runs and Approvals
+seconds later. Every ``--duplicate-every``-th Incident (default 5; 0: none) is followed at once by
+a twin of the same anomaly, which becomes a Duplicate of it and must leave with it (a Duplicate
+follows its primary's TTL; before that, Duplicates stayed forever and the count grew). Every ``--interval`` seconds the script prints the Incidents, Runs and Approvals
 present, the operator's RSS and ``flywheel_retention_deleted_total``; at the end, over the part
 of the run after the first TTL (when deletions balance the inflow), the slope of the object
 count and of the RSS (least squares, per 10 minutes) and their ranges.
@@ -55,6 +58,7 @@ RETENTION_INTERVAL_SECONDS = 5
 class Sample:
     elapsed: float
     incidents: int
+    duplicates: int
     runs: int
     approvals: int
     rss: int
@@ -83,19 +87,24 @@ async def soak(kubeconfig: Path, namespace: str, operator: OperatorProcess, metr
     prefix = f"ret-{uuid.uuid4().hex[:4]}"
     samples: list[Sample] = []
     started = time.monotonic()
-    created = 0
+    created = twins = 0
     async with KubeClient(kubeconfig) as client:
 
         async def count(plural: str) -> int:
             return len((await client.list(plural, namespace)).get("items") or [])
 
         async def sample() -> Sample:
-            incidents, runs, approvals = await asyncio.gather(count("incidents"), count("runs"), count("approvals"))
+            listed, runs, approvals = await asyncio.gather(
+                client.list("incidents", namespace), count("runs"), count("approvals"))
+            incidents = listed.get("items") or []
+            duplicates = sum(1 for item in incidents if (item.get("status") or {}).get("phase") == "Duplicate")
             deleted = await asyncio.to_thread(deleted_incidents, metrics_url)
-            return Sample(time.monotonic() - started, incidents, runs, approvals, operator.usage().rss_bytes, deleted)
+            return Sample(time.monotonic() - started, len(incidents), duplicates, runs, approvals,
+                          operator.usage().rss_bytes, deleted)
 
         print(f"inflow {arguments.rate}/s for {arguments.duration:.0f} s, TTL {arguments.ttl} s, mode {arguments.mode}")
-        print(f"{'t (s)':>7} {'created':>8} {'incidents':>9} {'runs':>6} {'approvals':>9} {'deleted':>8} {'RSS':>8}")
+        print(f"{'t (s)':>7} {'created':>8} {'incidents':>9} {'dups':>5} {'runs':>6} {'approvals':>9} "
+              f"{'deleted':>8} {'RSS':>8}")
         next_sample = 0.0
         period = 1 / arguments.rate
         while (elapsed := time.monotonic() - started) < arguments.duration:
@@ -103,19 +112,25 @@ async def soak(kubeconfig: Path, namespace: str, operator: OperatorProcess, metr
                 print(f"operator exited:\n{operator.log_tail()}")
                 return 1
             name = f"{prefix}-{created:06d}"
+            service, target = f"svc-{created:06d}", f"app-{created % arguments.workloads:03d}"
             await client.create("incidents", namespace, incident_manifest(
-                name, service=f"svc-{created:06d}", target=f"app-{created % arguments.workloads:03d}",
-                mode=arguments.mode))
+                name, service=service, target=target, mode=arguments.mode))
             created += 1
+            if arguments.duplicate_every and created % arguments.duplicate_every == 0:
+                await client.create("incidents", namespace, incident_manifest(
+                    f"{name}-twin", service=service, target=target, mode=arguments.mode))
+                twins += 1
             if elapsed >= next_sample:
                 current = await sample()
                 samples.append(current)
-                print(f"{current.elapsed:7.0f} {created:8d} {current.incidents:9d} {current.runs:6d} "
+                print(f"{current.elapsed:7.0f} {created:8d} {current.incidents:9d} {current.duplicates:5d} "
+                      f"{current.runs:6d} "
                       f"{current.approvals:9d} {current.deleted:8.0f} {megabytes(current.rss):>8}", flush=True)
                 next_sample += arguments.interval
             await asyncio.sleep(max(0.0, started + created * period - time.monotonic()))
     steady = [item for item in samples if item.elapsed >= arguments.ttl + 2 * RETENTION_INTERVAL_SECONDS]
-    print(f"created {created} Incidents; operator log errors: {operator.errors_in_log()}")
+    print(f"created {created} Incidents and {twins} twins (Duplicates); at most "
+          f"{max((item.duplicates for item in samples), default=0)} Duplicates present; operator log errors: {operator.errors_in_log()}")
     if len(steady) < 2:
         print("too short to judge: run longer than the TTL (e.g. --duration 1800 --ttl 300)")
         return 0
@@ -135,6 +150,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--ttl", type=int, default=60, help="FLYWHEEL_FINISHED_TTL_SECONDS (default 60)")
     parser.add_argument("--rate", type=float, default=0.5, help="new Incidents per second (default 0.5)")
     parser.add_argument("--interval", type=float, default=15.0, help="seconds between samples (default 15)")
+    parser.add_argument("--duplicate-every", type=int, default=5,
+                        help="every N-th Incident gets a twin that becomes its Duplicate (default 5; 0: none)")
     # Auto: a Shadow Run only dry-runs and never resolves its Incident, so retention would have nothing to do.
     parser.add_argument("--mode", choices=("Shadow", "Auto"), default="Auto", help="remediation mode (default Auto)")
     parser.add_argument("--workloads", type=int, default=20, help="fake Deployments (default 20)")
@@ -145,6 +162,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     arguments = parser.parse_args(argv)
     if arguments.rate <= 0 or arguments.duration <= 0 or arguments.ttl < 1 or arguments.interval <= 0:
         parser.error("--rate, --duration, --interval must be positive and --ttl at least 1")
+    if arguments.duplicate_every < 0:
+        parser.error("--duplicate-every must be 0 or more")
     return arguments
 
 

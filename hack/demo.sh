@@ -29,6 +29,9 @@ export FLYWHEEL_METRICS_INTERVAL_SECONDS="${FLYWHEEL_METRICS_INTERVAL_SECONDS:-5
 # Admission webhooks on loopback (generated CA): approvers' identities come from the API server.
 export FLYWHEEL_WEBHOOK_MODE=loopback FLYWHEEL_WEBHOOK_PORT="${FLYWHEEL_WEBHOOK_PORT:-0}"
 export FLYWHEEL_NAMESPACE="${NS}"
+# Flywheel acts only in namespaces that opted in. The demo keeps the operator's own Secrets in the
+# workload's namespace, and the operator's namespace is protected (a label is not enough): list it.
+export FLYWHEEL_REMEDIATION_NAMESPACES="${NS}"
 if [[ -f "${STATE}/operator.pid" ]] && kill -0 "$(cat "${STATE}/operator.pid")" 2>/dev/null; then
   # A previous demo's operator may run older code: replace it.
   kill "$(cat "${STATE}/operator.pid")" && sleep 2
@@ -51,6 +54,8 @@ kubectl get validatingwebhookconfiguration,mutatingwebhookconfiguration -l app.k
 
 step "Deploying the sample workload ${NS}/checkout"
 kubectl create namespace "${NS}" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+# How a team opts its namespace in (for the demo's namespace the list above is what counts).
+kubectl label namespace "${NS}" flywheel.dev/remediation=enabled --overwrite >/dev/null
 kubectl apply -n "${NS}" -f examples/sample-workload.yaml
 kubectl rollout status -n "${NS}" deployment/checkout --timeout=120s
 kubectl get pods -n "${NS}" -o wide

@@ -34,11 +34,13 @@ if [[ ! -x "${VENV}/bin/python" ]]; then
   python3 -m venv "${VENV}"
 fi
 stamp="${VENV}/.flywheel-installed"
-fingerprint="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+# The exact versions of requirements/test.txt (hash-checked), then Flywheel itself on top.
+fingerprint="$(cat pyproject.toml requirements/test.txt | sha256sum | cut -d' ' -f1)"
 if [[ ! -f "${stamp}" || "$(cat "${stamp}")" != "${fingerprint}" ]]; then
-  log "installing Flywheel and its test dependencies into ${VENV}"
+  log "installing Flywheel and its locked test dependencies into ${VENV}"
   "${VENV}/bin/pip" install -q --upgrade pip
-  "${VENV}/bin/pip" install -q -e '.[test]'
+  "${VENV}/bin/pip" install -q --require-hashes -r requirements/test.txt
+  "${VENV}/bin/pip" install -q --no-deps -e .
   echo "${fingerprint}" >"${stamp}"
 fi
 

@@ -6,6 +6,7 @@ reason; it never skips (in CI a skipped e2e test would hide a broken foundation)
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -98,10 +99,25 @@ def kubeconfig(test_cluster: TestCluster) -> str:
 
 @pytest.fixture()
 def namespace(test_cluster: TestCluster) -> Iterator[str]:
-    """A fresh namespace per test, deleted afterwards (without waiting for finalization)."""
+    """A fresh namespace per test, opted in to remediation, deleted afterwards (without waiting)."""
+    with fresh_namespace(test_cluster, {"flywheel.dev/remediation": "enabled"}) as name:
+        yield name
+
+
+@pytest.fixture()
+def unlabelled_namespace(test_cluster: TestCluster) -> Iterator[str]:
+    """A fresh namespace that has not opted in to remediation (no flywheel.dev/remediation label)."""
+    with fresh_namespace(test_cluster, {}) as name:
+        yield name
+
+
+@contextlib.contextmanager
+def fresh_namespace(test_cluster: TestCluster, labels: dict[str, str]) -> Iterator[str]:
     name = f"fw-{uuid.uuid4().hex[:8]}"
     test_cluster.kubectl("create", "namespace", name)
     try:
+        if labels:
+            test_cluster.kubectl("label", "namespace", name, *(f"{key}={value}" for key, value in labels.items()))
         yield name
     finally:
         test_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
@@ -145,6 +161,8 @@ def start_operator(
             "FLYWHEEL_METRICS_PORT": "0",
             # Secrets the operator keeps (the approval signing key) live in the test's namespace.
             "FLYWHEEL_NAMESPACE": namespace,
+            # The operator's own namespace is protected: only the list opts it in (a label is not enough).
+            "FLYWHEEL_REMEDIATION_NAMESPACES": namespace,
             **{f"FLYWHEEL_{key.upper()}": value for key, value in env.items()},
         }
         process = OperatorProcess(

@@ -76,10 +76,10 @@ class UserKube:
     def __init__(self, target: KubeTarget) -> None:
         self._target = target
         try:
-            client = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
+            client = kubernetes.config.new_client_from_config(
                 config_file=target.kubeconfig, context=target.context, persist_config=False
             )
-            contexts, active = kubernetes.config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
+            contexts, active = kubernetes.config.list_kube_config_contexts(
                 config_file=target.kubeconfig
             )
         except (ConfigException, OSError) as exc:
@@ -89,7 +89,7 @@ class UserKube:
         self.default_namespace = str((chosen or {}).get("context", {}).get("namespace") or DEFAULT_NAMESPACE)
 
     def close(self) -> None:
-        self._client.close()  # type: ignore[no-untyped-call]
+        self._client.close()
 
     def __enter__(self) -> Self:
         return self
@@ -128,7 +128,7 @@ class UserKube:
             response = self._client.call_api(
                 method, url, self._headers(headers), payload, _request_timeout=REQUEST_TIMEOUT_SECONDS
             )
-            answer = response.read()  # type: ignore[no-untyped-call]
+            answer = response.read()
         except ApiException as exc:
             raise KubernetesApiError(_api_message(exc.body) or str(exc.reason), status=exc.status) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:

@@ -140,6 +140,9 @@ def run_operator(
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     require_shared_history(settings.database_url, standalone=standalone)
+    from flywheel.intake import require_intake_token
+
+    require_intake_token(settings)
     # Importing the handler modules registers them with Kopf's default registry.
     import flywheel.handlers
 
@@ -311,6 +314,11 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     kube = KubeApi()
     memo.peering = peering_observer(settings, tuple(memo.get(MEMO_WATCHED_NAMESPACES) or ()), kube)
     memo.deps = await build_dependencies(flywheel_settings, kube)
+    scope = memo.deps.namespaces.scope
+    # Flywheel acts only where a namespace opted in: say where, once, before anything acts (an
+    # upgrade from a version without the opt-in stops acting in every unlabelled namespace).
+    log.info("remediation_scope", acts_in=scope.describe(), listed=sorted(scope.listed),
+             protected=sorted(scope.protected - scope.listed))
     approvals = memo.deps.run_stores.approvals
     if approvals is not None:
         approvals.announcer = approval_announcer(memo.deps.notify_sender)

@@ -27,6 +27,10 @@ class WebhookCertSource(StrEnum):
     DIRECTORY = "directory"
 
 
+MIN_INTAKE_TOKEN_LENGTH = 32
+"""The shortest intake token accepted: the token is a remediation credential, not a password."""
+
+
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -126,12 +130,12 @@ class FlywheelSettings(BaseSettings):
     run_max_concurrent_per_namespace: int = Field(
         default=5,
         ge=1,
-        description="Runs executing at once per namespace; further Runs wait Pending with condition Throttled.",
+        description="Runs executing at once per namespace; further Runs (approved ones too) wait with condition Throttled.",
     )
     run_max_concurrent_per_target: int = Field(
         default=1,
         ge=1,
-        description="Runs executing at once per workload; further Runs wait Pending with condition Throttled.",
+        description="Runs executing at once per workload; further Runs (approved ones too) wait with condition Throttled.",
     )
     circuit_breaker_max_remediations: int = Field(
         default=3,
@@ -155,7 +159,8 @@ class FlywheelSettings(BaseSettings):
     intake_token: SecretStr | None = Field(
         default=None,
         description=(
-            "Bearer token Alertmanager must send (http_config.authorization.credentials). "
+            "Bearer token Alertmanager must send (http_config.authorization.credentials), at least "
+            f"{MIN_INTAKE_TOKEN_LENGTH} characters (the operator refuses to start with a shorter one). "
             "Unset: the receiver refuses every request with 401."
         ),
     )
@@ -163,6 +168,33 @@ class FlywheelSettings(BaseSettings):
         default=1024 * 1024,
         ge=1024,
         description="Largest webhook payload accepted; larger ones are refused with 413.",
+    )
+    intake_max_json_depth: int = Field(
+        default=16,
+        ge=4,
+        le=256,
+        description=(
+            "Deepest JSON nesting accepted in a webhook payload (Alertmanager's is 4 levels); deeper ones "
+            "are refused with 400."
+        ),
+    )
+    intake_rate_limit_per_second: float = Field(
+        default=20.0,
+        ge=0,
+        description=(
+            "Requests per second each client address may send to the intake (a token bucket); over it the "
+            "answer is 429 with Retry-After. 0 disables the limit."
+        ),
+    )
+    intake_rate_limit_burst: int = Field(
+        default=100, ge=1, description="Requests a client address may send at once before its rate limit applies."
+    )
+    intake_tls_cert_dir: str | None = Field(
+        default=None,
+        description=(
+            "Directory with tls.crt and tls.key (e.g. a mounted cert-manager Secret): the intake serves HTTPS "
+            "and loads the files again when they change. Unset: plain HTTP."
+        ),
     )
     metrics_port: int = Field(
         default=8080,
@@ -205,6 +237,14 @@ class FlywheelSettings(BaseSettings):
         default="flywheel-system",
         min_length=1,
         description="The operator's own namespace; the approval signing-key Secret lives there.",
+    )
+    remediation_namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Namespaces Flywheel may act in besides those labelled flywheel.dev/remediation=enabled, "
+            "comma-separated; the only way to include kube-system, kube-public, kube-node-lease or "
+            "FLYWHEEL_NAMESPACE. Runs elsewhere fail with NamespaceNotEnabled and the intake refuses their alerts."
+        ),
     )
     approver_groups: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["flywheel-approvers"],
@@ -317,7 +357,7 @@ class FlywheelSettings(BaseSettings):
             raise ValueError("log_format must be 'console' or 'json'")
         return value
 
-    @field_validator("internal_sources", "approver_groups", "approver_users", mode="before")
+    @field_validator("internal_sources", "approver_groups", "approver_users", "remediation_namespaces", mode="before")
     @classmethod
     def _lists_from_csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -328,6 +368,11 @@ class FlywheelSettings(BaseSettings):
         if value not in ("json", "slack"):
             raise ValueError("notify_webhook_format must be 'json' or 'slack'")
         return value
+
+    @field_validator("intake_tls_cert_dir", mode="before")
+    @classmethod
+    def _blank_cert_dir_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("notify_webhook_url", mode="before")
     @classmethod

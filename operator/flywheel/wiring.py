@@ -23,6 +23,7 @@ from flywheel.controllers.catalogue_reload import LiveCatalogue
 from flywheel.controllers.incident import AdvisorPanel, IncidentPolicy, IncidentStores
 from flywheel.controllers.run import AttemptRecord, RunPolicy, RunStores
 from flywheel.domain.escalation import EscalationThresholds
+from flywheel.domain.namespaces import RemediationScope
 from flywheel.domain.rules import default_catalogue, default_catalogue_text, load_catalogue
 from flywheel.domain.run_state import SafetyLimits
 from flywheel.errors import ConfigurationError
@@ -39,6 +40,7 @@ from flywheel.stores.history.migrate import upgrade
 from flywheel.stores.history.spool import FileSpool
 from flywheel.stores.incidents import IncidentStatusStore
 from flywheel.stores.kube import FlywheelResources, KubeApi
+from flywheel.stores.namespaces import KubeNamespaceReader, NamespaceLabels
 from flywheel.stores.peering import PeeringObserver
 from flywheel.stores.workloads import WorkloadStore
 
@@ -91,6 +93,8 @@ class Dependencies:
     history_engine: Engine
     # Where notifications go (Approval requests, funnel stalls), if a webhook is configured.
     notify_sender: WebhookSender | None
+    # The namespace opt-in: labels kept by the namespace watch, read by the Runs and the intake.
+    namespaces: NamespaceLabels
 
     async def close(self) -> None:
         if self.notify_sender is not None:
@@ -162,6 +166,7 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
     advisor_client = AdvisorClient() if endpoints else None
     advisors = AdvisorPanel(advisor_client, endpoints) if advisor_client is not None else None
     claims = AnomalyClaims(kube)
+    namespaces = NamespaceLabels(KubeNamespaceReader(kube), remediation_scope(settings))
     return Dependencies(
         settings=settings,
         kube=kube,
@@ -176,6 +181,7 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
             incidents=incidents,
             attempts=HistoryAttemptSink(history),
             approvals=approvals,
+            namespaces=namespaces,
         ),
         run_policy=run_policy(settings),
         claims=claims,
@@ -185,7 +191,13 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
         incident_policy=incident_policy(settings),
         history_engine=history_engine,
         notify_sender=notify_sender,
+        namespaces=namespaces,
     )
+
+
+def remediation_scope(settings: FlywheelSettings) -> RemediationScope:
+    """Where Flywheel may act: the opt-in label, the listed namespaces, never the protected ones."""
+    return RemediationScope.of(settings.remediation_namespaces, settings.namespace)
 
 
 def live_catalogue(rules_file: str | None) -> LiveCatalogue:

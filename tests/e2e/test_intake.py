@@ -57,7 +57,7 @@ from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
-TOKEN = "s3cret"
+TOKEN = "intake-token-for-the-e2e-tests-0123456789"
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 ALERTMANAGER_BINARY = "/usr/bin/prometheus-alertmanager"
 

@@ -9,7 +9,10 @@ Scenario matrix:
   quoting the API server's cause, one Warning Event ``InvalidWrite``, and no retry (the
   operator logs no ``pass_failed`` retry for it, only the one stall);
 - the policy lifted and the Incident edited by a person: the next pass creates the Run, it
-  succeeds, and ``Stalled`` is gone from the Incident.
+  succeeds, and ``Stalled`` is gone from the Incident;
+- a Run whose Approval create is refused (the same policy on Approvals) does not wait forever:
+  it ends Cancelled with ``E-INVALID-WRITE`` and a Warning Event, and its Incident says it was
+  not remediated.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ pytestmark = pytest.mark.e2e
 REFUSAL = "Runs are frozen in this namespace during the change window"
 
 
-def frozen_runs_policy(name: str, namespace: str, reason: str = "Invalid") -> str:
+def frozen_runs_policy(name: str, namespace: str, reason: str = "Invalid", resource: str = "runs") -> str:
     policy = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicy",
@@ -40,7 +43,7 @@ def frozen_runs_policy(name: str, namespace: str, reason: str = "Invalid") -> st
             "failurePolicy": "Fail",
             "matchConstraints": {"resourceRules": [{
                 "apiGroups": ["flywheel.dev"], "apiVersions": ["*"], "operations": ["CREATE"],
-                "resources": ["runs"],
+                "resources": [resource],
             }]},
             "validations": [{"expression": "false", "reason": reason, "message": REFUSAL}],
         },
@@ -125,3 +128,37 @@ def test_a_refused_write_stalls_the_incident_until_a_person_changes_it(
 
     assert log_before_edit.count("pass_stalled_on_invalid_write") == 1, "reported once"
     assert "pass_failed" not in log_before_edit, "an invalid write is not retried"
+
+
+def test_a_run_whose_approval_is_refused_ends_instead_of_waiting_forever(
+    test_cluster: TestCluster, namespace: str, clean_redis_url: str, start_operator: OperatorFactory
+) -> None:
+    name = f"flywheel-test-{namespace}-frozen-approvals"
+    test_cluster.kubectl("apply", "-f", "-", input=frozen_runs_policy(name, namespace, resource="approvals"))
+    try:
+        create_deployment(test_cluster, "payments", namespace)
+        start_operator(**QUIET, redis_url=clean_redis_url)
+        # The built-in catalogue makes a rollback critical: its Run asks for an Approval.
+        apply_incident(
+            test_cluster, namespace, "payments-errors", "payments", alertName="HighErrorRate", errorType="5xx"
+        )
+        status = wait_for_run(test_cluster, namespace, "payments-errors-1", *FINAL, timeout=60)
+    finally:
+        for kind in ("validatingadmissionpolicybinding", "validatingadmissionpolicy"):
+            test_cluster.kubectl("delete", kind, name, "--ignore-not-found", check=False)
+
+    assert status["state"] == "Cancelled", status
+    assert status["errorCode"] == "E-INVALID-WRITE"
+    assert REFUSAL in status["errorDetail"], status
+    succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
+    assert (succeeded["status"], succeeded["reason"]) == ("False", "InvalidWrite")
+    warnings = [e for e in events_for(test_cluster, namespace, "payments-errors-1") if e["reason"] == "InvalidWrite"]
+    assert warnings and warnings[0]["type"] == "Warning"
+
+    def told() -> dict[str, Any] | None:
+        conditions = (get(test_cluster, namespace, "incident", "payments-errors").get("status") or {}).get(
+            "conditions"
+        ) or []
+        return next((c for c in conditions if c["type"] == "Resolved" and c["reason"] == "NotRemediated"), None)
+
+    assert wait_for(told, timeout=30, what="the Incident told it was not remediated")["status"] == "False"

@@ -1,35 +1,35 @@
 """manifests/ as a platform team uses it: `kubectl apply -k manifests/` on the real API server.
 
-Every test works on a copy of the repository's manifests/, crds/ and rule catalogue, with the
-webhook certificate made by ``flywheel webhook-cert`` (the documented first step), so the
+Every test works on a copy of the repository's manifests/, crds/ and rule catalogue, as they are:
+nothing is generated before the apply (the operator manages its webhook certificate), and the
 source tree is never written to.
 
 Scenario matrix:
 - ``kubectl kustomize manifests/`` renders the namespace, the generated CRDs and Kopf's peering
-  CRDs (the operator creates its peering object itself), RBAC, the two ConfigMaps, the webhook Secret, the Service, the
-  Deployment and both webhook configurations, and nothing of the Prometheus Operator;
-- no Role or ClusterRole rule uses "*" (verbs, resources, apiGroups) or an escalating verb;
+  CRDs (the operator creates its peering object itself), RBAC, the two ConfigMaps, the Service, the
+  Deployment and both webhook configurations, no Secret, and nothing of the Prometheus Operator;
+- no Role or ClusterRole rule uses "*" (verbs, resources, apiGroups) or an escalating verb; Secrets
+  only in the operator's namespace, read and updated only by name (signing key, webhook
+  certificate), the webhook configurations patched only by name;
 - the Deployment: two replicas of `flywheel run --all-namespaces` with peering (never
   --standalone), Kopf's liveness endpoint probed, readiness on the metrics port, requests and
   limits, non-root with a read-only root and no capabilities, POD_NAME and FLYWHEEL_NAMESPACE from
   the downward API, credentials as optional secretKeyRefs, every FLYWHEEL_* key a real setting,
   the rule catalogue mounted where FLYWHEEL_RULES_FILE points and identical to the packaged one,
-  the webhook certificate mounted where FLYWHEEL_WEBHOOK_CERT_DIR points;
+  the managed webhook certificate (no Secret mounted, the Secret and configurations the RBAC
+  names are the ones the settings name);
 - the webhooks reach the Service's 443 → the container's webhook port, on the handler paths, with
-  the generated CA as caBundle, failing closed, never on /status;
+  no caBundle until the operator injects its CA (failing closed meanwhile), never on /status;
 - ``kubectl apply -k manifests/ --dry-run=server`` is accepted by the API server (admission,
   schema validation, RBAC of the applying admin), with no Pod Security warning;
-- the cert-manager and monitoring components render into an overlay: the Certificate's Secret is
-  the one the operator mounts, the CA injector annotation names the Certificate, the
-  ServiceMonitor selects the Service's metrics port.
+- the cert-manager and monitoring components render into an overlay: the operator reads the
+  Certificate's Secret as a mounted directory (FLYWHEEL_WEBHOOK_CERT_SOURCE=directory), the CA
+  injector annotation names the Certificate, the ServiceMonitor selects the Service's metrics port.
 """
 
 from __future__ import annotations
 
-import base64
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,25 +62,10 @@ def copy_sources(destination: Path) -> Path:
     return destination / "manifests"
 
 
-def make_webhook_certificate(output_dir: Path, service: str = SERVICE) -> None:
-    """ca.crt, tls.crt and tls.key by `flywheel webhook-cert`, the documented way."""
-    subprocess.run(
-        [sys.executable, "-m", "flywheel", "webhook-cert", "--service", service, "--namespace", NAMESPACE,
-         "--output-dir", str(output_dir)],
-        check=True, capture_output=True, text=True,
-    )
-
-
 @pytest.fixture(scope="module")
 def manifests(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of manifests/ with the webhook certificate generated as the README says."""
-    directory = copy_sources(tmp_path_factory.mktemp("repo"))
-    tls = directory / "components" / "webhook-tls" / "tls"
-    for stale in tls.iterdir():
-        if stale.name != ".gitignore":
-            stale.unlink()  # only a freshly generated certificate counts
-    make_webhook_certificate(tls)
-    return directory
+    """A copy of manifests/ as the repository has it."""
+    return copy_sources(tmp_path_factory.mktemp("repo"))
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +123,8 @@ def test_kustomize_renders_the_whole_installation(rendered: list[dict[str, Any]]
     # The operator's own, and two for people (unbound: teams bind them in their namespaces).
     assert names["ClusterRole"] == ["flywheel-approver", "flywheel-operator", "flywheel-sre"]
     assert [name.rsplit("-", 1)[0] for name in names["ConfigMap"]] == ["flywheel-rules", "flywheel-settings"]
-    assert [name.rsplit("-", 1)[0] for name in names["Secret"]] == ["flywheel-webhook-tls"]
+    # No certificate to generate first: the operator creates its Secrets itself.
+    assert "Secret" not in names
     assert names["Service"] == [SERVICE]
     assert names["MutatingWebhookConfiguration"] == names["ValidatingWebhookConfiguration"] == ["flywheel"]
     # The Prometheus Operator's kinds stay out of the default install (their CRDs may not exist).
@@ -162,13 +148,27 @@ def test_no_rule_grants_by_wildcard_or_escalates(rendered: list[dict[str, Any]])
             assert not any("*" in value for value in rule[field]), (field, rule)
         assert not ESCALATING_VERBS & set(rule["verbs"]), rule
         assert "nonResourceURLs" not in rule, rule
-    # Secrets only in the operator's own namespace, and reading only the signing key.
+    # Secrets only in the operator's own namespace, read (and, for the certificate, replaced) only by
+    # the names the settings give.
+    settings = settings_data(rendered)
     cluster_rules = only(rendered, "ClusterRole", "flywheel-operator")["rules"]
     assert not any("secrets" in rule["resources"] for rule in cluster_rules)
     secret_rules = only(rendered, "Role", "flywheel-operator")["rules"]
-    readable = [rule for rule in secret_rules if {"get", "list", "watch"} & set(rule["verbs"])]
-    assert readable == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
-                         "resourceNames": [settings_data(rendered)["FLYWHEEL_APPROVAL_SIGNING_SECRET"]]}]
+    named = [rule for rule in secret_rules if set(rule["verbs"]) - {"create"}]
+    certificates = settings.get("FLYWHEEL_WEBHOOK_CERT_SECRET", FlywheelSettings.model_fields["webhook_cert_secret"].default)
+    assert named == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
+         "resourceNames": [settings["FLYWHEEL_APPROVAL_SIGNING_SECRET"]]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "update"], "resourceNames": [certificates]},
+    ]
+    # The CA bundle goes into Flywheel's own two webhook configurations, and no other.
+    admission = [rule for rule in cluster_rules if rule["apiGroups"] == ["admissionregistration.k8s.io"]]
+    configuration = settings.get("FLYWHEEL_WEBHOOK_CONFIGURATION", FlywheelSettings.model_fields["webhook_configuration"].default)
+    assert admission == [{
+        "apiGroups": ["admissionregistration.k8s.io"],
+        "resources": ["mutatingwebhookconfigurations", "validatingwebhookconfigurations"],
+        "resourceNames": [configuration], "verbs": ["patch"],
+    }]
 
 
 def test_the_deployment_runs_two_peering_replicas_safely(rendered: list[dict[str, Any]]) -> None:
@@ -214,10 +214,11 @@ def test_the_deployment_runs_two_peering_replicas_safely(rendered: list[dict[str
     known = {f"FLYWHEEL_{field.upper()}" for field in FlywheelSettings.model_fields}
     assert {key for key in [*settings, *variables] if key.startswith("FLYWHEEL_")} <= known
     assert settings["FLYWHEEL_WEBHOOK_MODE"] == "service"
+    assert settings["FLYWHEEL_WEBHOOK_CERT_SOURCE"] == "managed"
 
 
-def test_the_rule_catalogue_and_the_webhook_certificate_are_mounted_where_the_settings_point(
-    rendered: list[dict[str, Any]], manifests: Path
+def test_the_rule_catalogue_is_mounted_where_the_settings_point_and_no_certificate_is(
+    rendered: list[dict[str, Any]],
 ) -> None:
     settings = settings_data(rendered)
     rules_volume, rules_dir = mount_of_volume(rendered, lambda v: "configMap" in v)
@@ -226,13 +227,10 @@ def test_the_rule_catalogue_and_the_webhook_certificate_are_mounted_where_the_se
     assert rules_dir_setting == rules_dir
     assert rules_map["data"][rules_key] == RULES.read_text()
 
-    tls_volume, tls_dir = mount_of_volume(rendered, lambda v: "secret" in v)
-    assert tls_dir == settings["FLYWHEEL_WEBHOOK_CERT_DIR"]
-    secret = only(rendered, "Secret", tls_volume["secret"]["secretName"])
-    assert secret["type"] == "kubernetes.io/tls"
-    generated = manifests / "components" / "webhook-tls" / "tls"
-    for key in ("tls.crt", "tls.key", "ca.crt"):
-        assert base64.b64decode(secret["data"][key]) == (generated / key).read_bytes(), key
+    # The managed certificate is read from its Secret through the API: no Secret volume that would
+    # keep the pod from starting before the Secret exists.
+    pod = only(rendered, "Deployment", "flywheel-operator")["spec"]["template"]["spec"]
+    assert not [volume for volume in pod["volumes"] if "secret" in volume]
 
 
 def test_the_webhooks_reach_the_operator_on_the_handler_paths(rendered: list[dict[str, Any]]) -> None:
@@ -245,14 +243,13 @@ def test_the_webhooks_reach_the_operator_on_the_handler_paths(rendered: list[dic
     assert container_port(rendered, ports["webhook"]["targetPort"]) == int(settings["FLYWHEEL_WEBHOOK_PORT"]) == 9443
     assert container_port(rendered, ports["intake"]["targetPort"]) == int(settings["FLYWHEEL_INTAKE_PORT"])
 
-    ca = next(doc for doc in find(rendered, "Secret"))["data"]["ca.crt"]
     seen = {}
     for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
         for webhook in only(rendered, kind, "flywheel")["webhooks"]:
             client = webhook["clientConfig"]
             assert {key: client["service"][key] for key in ("name", "namespace", "port")} == {
                 "name": SERVICE, "namespace": NAMESPACE, "port": 443}
-            assert base64.b64decode(client["caBundle"]) == base64.b64decode(ca)
+            assert "caBundle" not in client  # injected by the operator; until then every call fails
             assert (webhook["failurePolicy"], webhook["sideEffects"], webhook["timeoutSeconds"]) == ("Fail", "None", 10)
             assert webhook["admissionReviewVersions"] == ["v1"]
             [rule] = webhook["rules"]
@@ -308,8 +305,10 @@ def test_cert_manager_and_monitoring_components_render_into_an_overlay(
 
     certificate = only(documents, "Certificate", None)
     assert certificate["metadata"]["namespace"] == NAMESPACE
-    tls_volume, _ = mount_of_volume(documents, lambda v: "secret" in v)
+    tls_volume, tls_dir = mount_of_volume(documents, lambda v: "secret" in v)
     assert tls_volume["secret"]["secretName"] == certificate["spec"]["secretName"]
+    settings = settings_data(documents)
+    assert (settings["FLYWHEEL_WEBHOOK_CERT_SOURCE"], settings["FLYWHEEL_WEBHOOK_CERT_DIR"]) == ("directory", tls_dir)
     assert f"{SERVICE}.{NAMESPACE}.svc" in certificate["spec"]["dnsNames"]
     issuer = only(documents, "Issuer", certificate["spec"]["issuerRef"]["name"])
     assert issuer["metadata"]["namespace"] == NAMESPACE

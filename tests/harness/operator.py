@@ -47,9 +47,16 @@ class OperatorProcess:
         self.run_args = tuple(run_args)
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self._ready_before = 0
 
     def start(self, timeout: float = 60.0) -> None:
+        self.spawn()
+        self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it to be ready (chaos tests kill it at any moment)."""
         self.starts += 1
+        self._ready_before = self.log().count(READY_MARK)
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
             log.write(f"\n===== start #{self.starts} =====\n".encode())
             log.flush()
@@ -57,11 +64,14 @@ class OperatorProcess:
                 [sys.executable, "-m", "flywheel", "run", *self.run_args, "--namespace", self.namespace],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"operator exited with {self.process.returncode}:\n{self.log()[-4000:]}")
-            if self.log().count(READY_MARK) >= self.starts:
+            if self.log().count(READY_MARK) > self._ready_before:
                 return
             time.sleep(0.2)
         raise AssertionError(f"operator not ready within {timeout}s:\n{self.log()[-4000:]}")

@@ -14,8 +14,8 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -30,6 +30,14 @@ class PostgresServer:
     port: int
     user: str
     password: str
+    # Stops and starts the server (None: not ours to restart, FLYWHEEL_TEST_POSTGRES_URL).
+    restarter: Callable[[], None] | None = field(default=None, compare=False)
+
+    def restart(self) -> None:
+        """A real restart of the server: every connection is cut, and it accepts new ones after."""
+        if self.restarter is None:
+            raise RuntimeError("this PostgreSQL was not started by the tests: it cannot be restarted")
+        self.restarter()
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://{self.user}:{self.password}@{self.host}:{self.port}/{database}"
@@ -76,7 +84,11 @@ def _debian_cluster() -> Iterator[PostgresServer]:
              f"ALTER USER postgres PASSWORD '{password}'"],
             check=True, capture_output=True, text=True,
         )
-        yield PostgresServer(host="127.0.0.1", port=port, user="postgres", password=password)
+        def restart() -> None:
+            subprocess.run(["pg_ctlcluster", version, name, "restart", "-m", "fast"],
+                           check=True, capture_output=True, text=True)
+
+        yield PostgresServer(host="127.0.0.1", port=port, user="postgres", password=password, restarter=restart)
     except subprocess.CalledProcessError as exc:
         raise RuntimeError(f"could not start PostgreSQL: {exc.cmd}: {exc.stderr}") from exc
     finally:
@@ -96,8 +108,14 @@ def _pytest_postgresql_executor() -> Iterator[PostgresServer]:
         host="127.0.0.1", port=free_port(), datadir=str(workdir / "data"), unixsocketdir=str(workdir),
         logfile=str(workdir / "pg.log"), startparams="-w", dbname="postgres", user="postgres", password=password,
     )
+    def restart() -> None:
+        executor.stop()
+        executor.start()
+
     with executor:
-        yield PostgresServer(host="127.0.0.1", port=executor.port, user="postgres", password=password)
+        yield PostgresServer(
+            host="127.0.0.1", port=executor.port, user="postgres", password=password, restarter=restart
+        )
     shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -314,3 +315,63 @@ async def test_a_stalled_pass_waits_for_the_next_watch_event() -> None:
     await driver.drive(body("stuck"))
     assert driver.failing() == 0 and driver.queue_depth() == 0
     assert driver.stats.passes["stalled"] == 1 and driver.stats.errors["InvalidWrite"] == 1
+
+
+async def test_every_line_a_pass_logs_names_its_object_and_nothing_leaks_to_the_next_pass() -> None:
+    contexts: list[dict[str, Any]] = []
+
+    async def logging_pass(seen: Mapping[str, Any], slot: dict[str, Any]) -> float | None:
+        contexts.append(dict(structlog.contextvars.get_contextvars()))
+        return None
+
+    driver = ObjectDriver("runs", logging_pass, is_active=always_active, refresh=refresh_from({}))
+    traced = body("a")
+    traced["spec"]["traceId"] = "4bf92f3577b34da6a3ce929d0e0e4736"
+    await driver.drive(traced)
+    await driver.drive(body("b"))
+
+    assert contexts == [
+        {"kind": "runs", "namespace": "ns", "name": "run-a", "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"},
+        {"kind": "runs", "namespace": "ns", "name": "run-b"},
+    ]
+    assert structlog.contextvars.get_contextvars() == {}
+
+
+async def test_a_pass_that_lost_a_write_race_is_tried_again_over_a_fresh_read() -> None:
+    seen: list[int] = []
+
+    async def run_pass(current: Mapping[str, Any], slot: dict[str, Any]) -> float | None:
+        seen.append(current["spec"]["version"])
+        if current["spec"]["version"] == 1:
+            raise PassDeferred("Conflict", 0.01, reread=True)
+        return None
+
+    stored = {"raced": body("raced", version=2)}
+    driver = ObjectDriver("incidents", run_pass, is_active=always_active, refresh=refresh_from(stored))
+    driver.start()
+    try:
+        await driver.drive(body("raced", version=1))
+        await wait_until(lambda: len(seen) >= 2)
+        assert seen == [1, 2], "the retry works from the object as stored now, not the body that lost"
+        assert driver.stats.errors["Conflict"] == 1
+    finally:
+        await driver.stop()
+
+
+async def test_a_deferred_pass_without_a_race_keeps_its_body() -> None:
+    seen: list[int] = []
+
+    async def run_pass(current: Mapping[str, Any], slot: dict[str, Any]) -> float | None:
+        seen.append(current["spec"]["version"])
+        if len(seen) == 1:
+            raise PassDeferred("StoreUnavailableError", 0.01)
+        return None
+
+    driver = ObjectDriver("incidents", run_pass, is_active=always_active, refresh=refresh_from({}))
+    driver.start()
+    try:
+        await driver.drive(body("down", version=1))
+        await wait_until(lambda: len(seen) >= 2)
+        assert seen == [1, 1], "no read (it would find nothing here and forget the object)"
+    finally:
+        await driver.stop()

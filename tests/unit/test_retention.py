@@ -5,8 +5,11 @@ Scenario matrix:
   versions read, is deleted (uid + resourceVersion preconditions) and counted with its Runs,
   Approvals and the claim Lease it holds; one second before the TTL it stays;
 - the TTL is measured from the Resolved condition's lastTransitionTime, else status.resolvedAt;
-- Closed counts as finished; Investigating, Mitigating and Duplicate never go, whatever their age
-  (Hypothesis over phases and ages);
+- Closed counts as finished; Investigating, Mitigating and a Duplicate naming no primary never
+  go, whatever their age (Hypothesis over phases and ages);
+- a Duplicate follows its primary: kept while the primary is active or young, deleted with it
+  once the primary is past its TTL, or once the primary is gone; still held while its own alert
+  may be re-sent;
 - the history not holding any of them (a newer version not projected yet, a record still
   spooled) keeps the Incident; an unreachable history database ends the pass, nothing deleted;
 - a Run still running keeps its resolved Incident;
@@ -336,3 +339,43 @@ async def test_the_metrics_show_drops_by_reason_the_backlog_and_deletions_by_kin
     ):
         assert line in text, text
     assert "flywheel_history_spooled_records 1.0" in text
+
+
+def duplicate(name: str, of: str, **kwargs: Any) -> dict[str, Any]:
+    body = incident(name, phase="Duplicate", resolved_at=None, condition_at=None, **kwargs)
+    body["status"]["duplicateOf"] = of
+    return body
+
+
+@pytest.mark.parametrize(
+    ("primary_phase", "at", "deleted"),
+    [
+        ("Mitigating", AFTER_TTL + timedelta(days=30), []),
+        ("Resolved", AFTER_TTL - timedelta(seconds=1), []),
+        ("Resolved", AFTER_TTL, [("shop", "a"), ("shop", "a-twin")]),
+    ],
+)
+async def test_a_duplicate_follows_its_primary_s_ttl(
+    primary_phase: str, at: datetime, deleted: list[tuple[str, str]]
+) -> None:
+    cluster = FakeCluster()
+    cluster.add("incidents", incident("a", phase=primary_phase), duplicate("a-twin", "a"))
+    report = await controller(cluster, FakeHistory(cluster), at).sweep()
+    assert sorted(report.deleted) == deleted
+    if not deleted:
+        assert report.held[Hold.PRIMARY_NOT_EXPIRED] == 1
+
+
+async def test_a_duplicate_whose_primary_is_gone_goes_unless_its_alert_may_be_resent() -> None:
+    cluster = FakeCluster()
+    starts = RESOLVED_AT - timedelta(hours=1)
+    labels = {LABEL_FINGERPRINT: "0123456789abcdef"}
+    cluster.add(
+        "incidents",
+        duplicate("orphan", "deleted-by-hand"),
+        duplicate("firing", "deleted-by-hand", labels=labels, signals=[_signal("firing", starts)]),
+        duplicate("nameless", ""),
+    )
+    report = await controller(cluster, FakeHistory(cluster), RESOLVED_AT).sweep()
+    assert report.deleted == [("shop", "orphan")]
+    assert report.held[Hold.ALERT_STILL_FIRING] == 1 and report.held[Hold.NO_PRIMARY] == 1

@@ -103,8 +103,8 @@ class FlywheelObjects(Protocol):
         self, plural: str, namespace: str, body: dict[str, Any]
     ) -> tuple[dict[str, Any], bool]: ...
     async def find(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None: ...
-    async def patch_status(
-        self, plural: str, namespace: str, name: str, status: Mapping[str, Any]
+    async def write_status(
+        self, plural: str, body: Mapping[str, Any], status: Mapping[str, Any]
     ) -> dict[str, Any]: ...
 
 
@@ -591,7 +591,8 @@ class ApprovalGate:
         log.info("approval_status", approval=approval.name, namespace=approval.namespace, run=approval.run_name,
                  phase=phase.value,
                  message=message)
-        return await self._resources.patch_status(APPROVALS, approval.namespace, approval.name, status)
+        # Computed from the Approval as read: refused (409) if it changed since, never put back over it.
+        return await self._resources.write_status(APPROVALS, approval.body, status)
 
     def _record(
         self,

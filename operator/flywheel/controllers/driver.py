@@ -28,6 +28,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import structlog
+
 from flywheel.errors import FlywheelError
 from flywheel.logs import get_logger
 
@@ -53,12 +55,17 @@ PASS_RESULTS: Final = ("succeeded", "deferred", "stalled", "error")
 
 
 class PassDeferred(FlywheelError):
-    """Raised by a pass that could not finish for a transient reason: try again after ``delay``."""
+    """Raised by a pass that could not finish for a transient reason: try again after ``delay``.
 
-    def __init__(self, reason: str, delay: float) -> None:
+    ``reread``: the pass worked from a body that is out of date (its write lost a race, 409),
+    so the object is read again before the next try.
+    """
+
+    def __init__(self, reason: str, delay: float, *, reread: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.delay = delay
+        self.reread = reread
 
 
 class PassStalled(FlywheelError):
@@ -121,6 +128,15 @@ class _Tracked:
 
 def _uid(body: Mapping[str, Any]) -> str:
     return str(body["metadata"]["uid"])
+
+
+def _log_context(kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body.get("metadata") or {}
+    context: dict[str, Any] = {"kind": kind, "namespace": meta.get("namespace"), "name": meta.get("name")}
+    trace = (body.get("spec") or {}).get("traceId")
+    if trace:
+        context["trace_id"] = trace
+    return context
 
 
 def _identity(body: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -217,11 +233,13 @@ class ObjectDriver:
 
     async def _pass(self, uid: str, tracked: _Tracked) -> None:
         async with tracked.lock:
-            try:
-                await self._pass_locked(uid, tracked)
-            finally:
-                if tracked.forgotten and self._tracked.get(uid) is tracked:
-                    del self._tracked[uid]
+            # Every line a pass logs, down to the stores, carries the object it is about.
+            with structlog.contextvars.bound_contextvars(**_log_context(self._kind, tracked.body)):
+                try:
+                    await self._pass_locked(uid, tracked)
+                finally:
+                    if tracked.forgotten and self._tracked.get(uid) is tracked:
+                        del self._tracked[uid]
 
     async def _pass_locked(self, uid: str, tracked: _Tracked) -> None:
         if self._tracked.get(uid) is not tracked or tracked.forgotten:
@@ -246,12 +264,11 @@ class ObjectDriver:
             self.stats.record("stalled", time.monotonic() - started, stalled.reason)
             delay = None
         except PassDeferred as deferred:
+            if deferred.reread and tracked.body is passed:  # unless a newer body arrived meanwhile
+                tracked.stale = True
             delay = self._failed(tracked, "deferred", deferred.reason, deferred.delay, started)
         except Exception as exc:
-            meta = tracked.body.get("metadata") or {}
-            log.exception(
-                "pass_failed", kind=self._kind, namespace=meta.get("namespace"), name=meta.get("name")
-            )
+            log.exception("pass_failed")
             delay = self._failed(tracked, "error", type(exc).__name__, FAILED_PASS_RETRY_SECONDS, started)
         if delay is None:
             # Kept (with its slot) until a watch event shows the object done, but without the

@@ -2,7 +2,7 @@
 
 One pass (:meth:`RetentionController.sweep`) lists the Incidents, Runs and Approvals of each
 watched namespace (all namespaces when the operator watches the cluster), judges every Incident
-with :func:`flywheel.domain.retention.judge`, and for one that may go asks the history whether
+with :func:`flywheel.domain.retention.judge` (a Duplicate by its primary, as listed in the same pass), and for one that may go asks the history whether
 it holds the Incident, each Run it owns and each Approval those Runs own *at the versions just
 read* — the projection of their last version committed, nothing about them still waiting in
 the writer's queue or spool. Only then is the Incident deleted, with preconditions on its uid
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
-from flywheel.domain.retention import judge, owned_by
+from flywheel.domain.retention import judge, owned_by, primary_of
 from flywheel.errors import DatabaseUnavailableError
 from flywheel.logs import get_logger
 from flywheel.stores.history import HistoryKind
@@ -117,11 +117,12 @@ class RetentionController:
 
     async def _sweep_scope(self, namespace: str | None, report: SweepReport) -> None:
         incidents = await self._resources.list(INCIDENTS, namespace)
+        by_name = {(body["metadata"]["namespace"], body["metadata"]["name"]): body for body in incidents}
         now = self._clock()
         candidates = []
         for incident in incidents:
             # Cheap first: most Incidents are active or young, and need no Run listed.
-            verdict = judge(incident, (), ttl=self._ttl, now=now)
+            verdict = judge(incident, (), ttl=self._ttl, now=now, primary=self._primary(incident, by_name))
             if verdict.hold is None:
                 candidates.append(incident)
             else:
@@ -131,7 +132,15 @@ class RetentionController:
         runs_by_owner = _owner_index(await self._resources.list(RUNS, namespace))
         approvals_by_owner = _owner_index(await self._resources.list(APPROVALS, namespace))
         for incident in candidates:
-            await self._consider(incident, runs_by_owner, approvals_by_owner, now, report)
+            await self._consider(incident, runs_by_owner, approvals_by_owner, now, report, by_name)
+
+    @staticmethod
+    def _primary(
+        incident: Mapping[str, Any], by_name: Mapping[tuple[str, str], dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        """A Duplicate's primary as listed in this pass (None: gone, or not a Duplicate)."""
+        name = primary_of(incident)
+        return by_name.get((incident["metadata"]["namespace"], name)) if name is not None else None
 
     async def _consider(
         self,
@@ -140,11 +149,12 @@ class RetentionController:
         approvals_by_owner: Mapping[str, list[dict[str, Any]]],
         now: datetime,
         report: SweepReport,
+        by_name: Mapping[tuple[str, str], dict[str, Any]],
     ) -> None:
         meta = incident["metadata"]
         uid, namespace, name = meta["uid"], meta["namespace"], meta["name"]
         runs = runs_by_owner.get(uid, [])
-        verdict = judge(incident, runs, ttl=self._ttl, now=now)
+        verdict = judge(incident, runs, ttl=self._ttl, now=now, primary=self._primary(incident, by_name))
         if verdict.hold is not None:
             report.held[verdict.hold.value] += 1
             return
@@ -167,11 +177,12 @@ class RetentionController:
         self._deleted.update({"Incident": 1, "Run": len(runs), "Approval": len(approvals),
                               "Lease": 1 if holds_lease else 0})
         report.deleted.append((namespace, name))
-        assert verdict.finished_at is not None
         _log.info(
             "finished incident deleted after its TTL; the history keeps it",
-            namespace=namespace, incident=name, uid=uid,
-            finished_at=verdict.finished_at.isoformat(), ttl_seconds=int(self._ttl.total_seconds()),
+            namespace=namespace, incident=name, uid=uid, duplicate_of=primary_of(incident),
+            # None for a Duplicate whose primary is gone already.
+            finished_at=verdict.finished_at.isoformat() if verdict.finished_at else None,
+            ttl_seconds=int(self._ttl.total_seconds()),
             runs=[run["metadata"]["name"] for run in runs],
             approvals=[approval["metadata"]["name"] for approval in approvals],
             lease=lease["metadata"]["name"] if lease is not None and holds_lease else None,

@@ -125,21 +125,23 @@ class ManagedCertificateKeeper:
 class DirectoryCertificateWatcher:
     """tls.crt and tls.key of a directory, loaded again whenever they change."""
 
-    def __init__(self, read_pair: Callable[[], KeyPair], serving: ServingPairSink) -> None:
+    def __init__(self, read_pair: Callable[[], KeyPair], serving: ServingPairSink, server: str = "webhook") -> None:
         self._read_pair = read_pair
         self._serving = serving
+        self._server = server
 
     async def reconcile(self) -> None:
-        _load_if_changed(self._serving, await asyncio.to_thread(self._read_pair))
+        _load_if_changed(self._serving, await asyncio.to_thread(self._read_pair), self._server)
 
 
-def _load_if_changed(serving: ServingPairSink, pair: KeyPair) -> None:
+def _load_if_changed(serving: ServingPairSink, pair: KeyPair, server: str = "webhook") -> None:
     new = fingerprint(pair.cert_pem)
     if new == serving.serving_fingerprint:
         return
     serving.load(pair)
     certificate = pair.certificate
-    log.info("webhook_serving_certificate_loaded", fingerprint=new, not_after=certificate.not_valid_after_utc.isoformat())
+    log.info(f"{server}_serving_certificate_loaded", fingerprint=new,
+             not_after=certificate.not_valid_after_utc.isoformat())
 
 
 async def keep_reconciling(reconcile: Callable[[], Awaitable[None]], interval: timedelta, what: str) -> None:
@@ -152,10 +154,13 @@ async def keep_reconciling(reconcile: Callable[[], Awaitable[None]], interval: t
             log.error("webhook_certificate_pass_failed", what=what, error=str(exc))
 
 
-def directory_watcher(directory: Path, serving: ServingPairSink) -> DirectoryCertificateWatcher:
+def directory_watcher(
+    directory: Path, serving: ServingPairSink, *, setting: str = "FLYWHEEL_WEBHOOK_CERT_DIR", server: str = "webhook"
+) -> DirectoryCertificateWatcher:
+    """A watcher of ``directory``'s tls.crt and tls.key; errors name ``setting``, logs ``server``."""
     from flywheel.stores.webhooks import read_serving_pair
 
-    return DirectoryCertificateWatcher(lambda: read_serving_pair(directory), serving)
+    return DirectoryCertificateWatcher(lambda: read_serving_pair(directory, setting), serving, server)
 
 
 __all__ = [

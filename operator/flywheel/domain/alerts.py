@@ -279,6 +279,8 @@ class RefusalReason(StrEnum):
 
     NO_NAMESPACE = "no_namespace"
     NAMESPACE_NOT_WATCHED = "namespace_not_watched"
+    NAMESPACE_NOT_ENABLED = "namespace_not_enabled"
+    """The namespace has not opted in to remediation (``flywheel.domain.namespaces``)."""
     INVALID_LABEL = "invalid_label"
     """A label (or the fingerprint) is not a valid name or is longer than the schema allows."""
     NO_WORKLOAD = "no_workload"

@@ -2,8 +2,10 @@
 
 Like a Job's ``ttlSecondsAfterFinished``: a Resolved or Closed Incident is deleted once its TTL
 has passed since it finished, counted from its ``Resolved`` condition's ``lastTransitionTime``
-(else ``status.resolvedAt``). Never an active one (Investigating, Mitigating), never a Duplicate
-(its primary decides its fate), never one with a Run still running, and — for the intake's
+(else ``status.resolvedAt``). Never an active one (Investigating, Mitigating), never one with a
+Run still running. A Duplicate follows its primary (``status.duplicateOf``): it goes once the
+primary is past its own TTL, or gone (deleted by it, or by hand: a Duplicate never moves again),
+and stays while the primary is active or young, or when it names no primary; and — for the intake's
 ``am-<slug>-<fingerprint>[-N]`` chains — never one whose alert may still be re-sent: an episode
 (fingerprint, startsAt) recorded firing without its resolved notification. Deleting that one
 would let Alertmanager's next re-send of the same episode open a fresh Incident for an alert
@@ -37,6 +39,8 @@ class Hold(StrEnum):
     TTL_NOT_PASSED = "ttl_not_passed"
     RUN_NOT_FINISHED = "run_not_finished"
     ALERT_STILL_FIRING = "alert_still_firing"
+    PRIMARY_NOT_EXPIRED = "primary_not_expired"  # a Duplicate whose primary stays
+    NO_PRIMARY = "no_primary"  # a Duplicate that does not say of which Incident
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -91,11 +95,29 @@ class Verdict:
         return self.hold is None
 
 
+def primary_of(incident: Mapping[str, Any]) -> str | None:
+    """The name of the Incident a Duplicate duplicates; None for any other Incident."""
+    status = incident.get("status") or {}
+    if status.get("phase") != IncidentPhase.DUPLICATE:
+        return None
+    return str(status.get("duplicateOf") or "") or None
+
+
 def judge(
-    incident: Mapping[str, Any], runs: Iterable[Mapping[str, Any]], *, ttl: timedelta, now: datetime
+    incident: Mapping[str, Any],
+    runs: Iterable[Mapping[str, Any]],
+    *,
+    ttl: timedelta,
+    now: datetime,
+    primary: Mapping[str, Any] | None = None,
 ) -> Verdict:
-    """Whether ``incident`` (with the Runs it owns) is past its TTL and may be deleted."""
+    """Whether ``incident`` (with the Runs it owns) is past its TTL and may be deleted.
+
+    ``primary``: for a Duplicate, the Incident it names as it was read (None: it is gone).
+    """
     phase = (incident.get("status") or {}).get("phase")
+    if phase == IncidentPhase.DUPLICATE:
+        return _judge_duplicate(incident, primary, ttl=ttl, now=now)
     if phase not in FINISHED_PHASES:
         return Verdict(Hold.ACTIVE)
     finished = finished_at(incident)
@@ -110,6 +132,21 @@ def judge(
     return Verdict(None, finished)
 
 
+def _judge_duplicate(
+    incident: Mapping[str, Any], primary: Mapping[str, Any] | None, *, ttl: timedelta, now: datetime
+) -> Verdict:
+    if primary_of(incident) is None:
+        return Verdict(Hold.NO_PRIMARY)
+    finished = None
+    if primary is not None:
+        finished = finished_at(primary)
+        if finished is None or now < finished + ttl:
+            return Verdict(Hold.PRIMARY_NOT_EXPIRED, finished)
+    if alert_may_be_resent(incident):
+        return Verdict(Hold.ALERT_STILL_FIRING, finished)
+    return Verdict(None, finished)
+
+
 def owned_by(body: Mapping[str, Any], owner_uids: Iterable[str]) -> bool:
     """Whether one of ``body``'s ownerReferences names one of ``owner_uids``."""
     wanted = set(owner_uids)
@@ -117,4 +154,6 @@ def owned_by(body: Mapping[str, Any], owner_uids: Iterable[str]) -> bool:
     return any(reference.get("uid") in wanted for reference in references)
 
 
-__all__ = ["FINISHED_PHASES", "Hold", "Verdict", "alert_may_be_resent", "finished_at", "judge", "owned_by"]
+__all__ = [
+    "FINISHED_PHASES", "Hold", "Verdict", "alert_may_be_resent", "finished_at", "judge", "owned_by", "primary_of",
+]

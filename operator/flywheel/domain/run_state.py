@@ -128,12 +128,16 @@ class RunErrorCode(StrEnum):
     RUN_TIMEOUT = "E-RUN-TIMEOUT"
     RUN_STALE = "E-RUN-STALE"
     CANCELLED = "E-CANCELLED"
+    # The Run's namespace has not opted in (domain.namespaces): refused before acting.
+    NAMESPACE_NOT_ENABLED = "E-NAMESPACE-NOT-ENABLED"
     APPROVAL_REJECTED = "E-APPR-REJECTED"
     APPROVAL_EXPIRED = "E-APPR-EXPIRED"
     APPROVAL_TOKEN_INVALID = "E-APPR-TOKEN-INVALID"
     APPROVAL_TOKEN_EXPIRED = "E-APPR-TOKEN-EXPIRED"
     APPROVAL_ACTION_CHANGED = "E-APPR-ACTION-CHANGED"
     APPROVAL_REPLAYED = "E-APPR-REPLAYED"
+    # A write of the Run's pass was refused as invalid (422): retrying is refused again.
+    INVALID_WRITE = "E-INVALID-WRITE"
 
 
 @dataclass(frozen=True, slots=True)

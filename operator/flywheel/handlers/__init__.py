@@ -8,6 +8,16 @@ per call), and index functions run for every watch event of their kind.
 (``FLYWHEEL_WEBHOOK_MODE`` not off): Kopf refuses to run with webhook handlers and no server.
 """
 
-from flywheel.handlers import approval, catalogue, history, incident, intake, metrics, retention, run
+from flywheel.handlers import (
+    approval,
+    catalogue,
+    history,
+    incident,
+    intake,
+    metrics,
+    namespaces,
+    retention,
+    run,
+)
 
-__all__ = ["approval", "catalogue", "history", "incident", "intake", "metrics", "retention", "run"]
+__all__ = ["approval", "catalogue", "history", "incident", "intake", "metrics", "namespaces", "retention", "run"]

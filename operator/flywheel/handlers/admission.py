@@ -11,18 +11,12 @@ replaced in place (:class:`ServingContext`) when the managed Secret or the mount
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import ssl
-import tempfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Final
 
 import aiohttp.web
 import kopf
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from flywheel.domain.approval import (
     APPROVE,
@@ -37,7 +31,7 @@ from flywheel.domain.approval import (
 from flywheel.errors import FlywheelError
 from flywheel.logs import get_logger
 from flywheel.stores.kube import GROUP, VERSION
-from flywheel.stores.webhook_certificate import KeyPair
+from flywheel.stores.serving_tls import ServingContext
 
 log = get_logger(__name__)
 
@@ -52,35 +46,6 @@ FORBIDDEN: Final = 403
 UNAVAILABLE: Final = 503
 # The user this operator authenticates as (a SelfSubjectReview at start-up).
 MEMO_OPERATOR_IDENTITY: Final = "operator_identity"
-
-
-class ServingContext:
-    """The server's TLS context; :meth:`load` swaps its certificate for the next handshakes.
-
-    ``load_cert_chain`` on a context in use is what OpenSSL supports: connections already
-    open keep the certificate they were made with. Handshakes run on the event loop's
-    thread, as does ``load``, so none sees a certificate without its key.
-    """
-
-    def __init__(self) -> None:
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self._fingerprint: str | None = None
-
-    @property
-    def serving_fingerprint(self) -> str | None:
-        return self._fingerprint
-
-    def load(self, pair: KeyPair) -> None:
-        # OpenSSL reads a chain only from files: a private directory, removed at once.
-        with tempfile.TemporaryDirectory(prefix="flywheel-webhook-") as directory:
-            cert_file, key_file = Path(directory) / "tls.crt", Path(directory) / "tls.key"
-            key_file.touch(mode=0o600)
-            key_file.write_bytes(pair.key_pem)
-            cert_file.write_bytes(pair.cert_pem)
-            self.context.load_cert_chain(cert_file, key_file)
-        der = x509.load_pem_x509_certificate(pair.cert_pem).public_bytes(serialization.Encoding.DER)
-        self._fingerprint = hashlib.sha256(der).hexdigest()
 
 
 class ReloadableWebhookServer(kopf.WebhookServer):

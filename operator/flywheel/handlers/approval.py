@@ -32,6 +32,8 @@ async def approvals_by_run(
             "name": meta["name"],
             "namespace": namespace,
             "uid": meta["uid"],
+            # The gate's status write is conditional on the version it decided from.
+            "resourceVersion": meta["resourceVersion"],
             "annotations": dict(meta.get("annotations") or {}),
             "ownerReferences": [dict(reference) for reference in meta.get("ownerReferences") or []],
         },

@@ -38,6 +38,8 @@ INVALID_WRITE = "InvalidWrite"
 _STALLED_AT = "stalled_at_generation"
 # A status write of ours racing another writer is read again and retried this often.
 _CONDITION_WRITE_ATTEMPTS = 3
+# A pass whose status write lost a race (409) is tried again this soon, over a fresh read.
+CONFLICT_RETRY_SECONDS = 0.5
 
 
 def build_driver(memo: FlywheelMemo, plural: str, run_pass: PassFunction) -> ObjectDriver:
@@ -66,13 +68,18 @@ def retry_after(
 
     None when the object was deleted meanwhile (its DELETED event forgets it); otherwise it
     raises :class:`PassDeferred` (the driver tries again after ``delay``, backing off while
-    the failures go on). An invalid write is raised again, for :class:`StallReporter` to
+    the failures go on; after a write refused by its resourceVersion precondition, soon and
+    over a fresh read of the object). An invalid write is raised again, for :class:`StallReporter` to
     report and not retry.
     """
     if isinstance(failure, InvalidWriteError):
         raise failure
     if isinstance(failure, NotFoundError):
         return None
+    if isinstance(failure, ConflictError):
+        # Another writer changed the object since this pass read it: compute again from a fresh read.
+        log.info("pass_conflict_reread", kind=kind, namespace=namespace, name=name)
+        raise PassDeferred("Conflict", CONFLICT_RETRY_SECONDS, reread=True) from failure
     log.warning("pass_failed", kind=kind, namespace=namespace, name=name, error=str(failure))
     reason = type(failure).__name__ if failure.__class__ is not KubernetesApiError else f"Http{failure.status}"
     raise PassDeferred(reason, delay) from failure

@@ -113,9 +113,7 @@ class IncidentPasses:
             outcome = await IncidentReconciler(self._deps.incident_policy, self._deps.incident_stores).reconcile(incident, peers)
             status_patch = outcome.status_patch()
             if status_patch:
-                await self._deps.resources.patch_status(
-                    "incidents", incident.namespace, incident.name, status_patch
-                )
+                await self._deps.resources.write_status("incidents", body, status_patch)
         except (KubernetesApiError, StoreUnavailableError) as exc:
             return retry_after(exc, "Incident", incident.namespace, incident.name, UNAVAILABLE_RETRY_SECONDS)
         regarding = dict(body)

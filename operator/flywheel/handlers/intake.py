@@ -7,6 +7,9 @@ keeps receiving alerts during a failover.
 
 from __future__ import annotations
 
+import asyncio
+import ssl
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -15,7 +18,7 @@ from flywheel.domain.alerts import NamespaceScope
 from flywheel.intake import IntakeServer, intake_server
 from flywheel.logs import get_logger
 from flywheel.metrics.collector import OperatorCounters
-from flywheel.settings import get_settings
+from flywheel.settings import FlywheelSettings, get_settings
 from flywheel.stores.pod_owners import KubeObjectReader, PodOwnerStore
 
 log = get_logger(__name__)
@@ -23,6 +26,7 @@ log = get_logger(__name__)
 MEMO_WATCHED_NAMESPACES = "watched_namespaces"
 """Memo key holding the ``--namespace`` patterns the operator was started with (none: cluster-wide)."""
 _MEMO_SERVER = "intake_server"
+_MEMO_CERTIFICATE_TASK = "intake_certificate_task"
 MEMO_COUNTERS = "operator_counters"
 
 
@@ -43,9 +47,15 @@ async def start_intake(memo: kopf.Memo, **_: Any) -> None:
     scope = NamespaceScope(tuple(memo.get(MEMO_WATCHED_NAMESPACES) or ()))
     # One cache per process: every request's lookups share it (see flywheel.stores.pod_owners).
     workloads = PodOwnerStore(KubeObjectReader(deps.kube))
-    server = intake_server(settings, scope, deps.resources, workloads, operator_counters(memo))
-    if server is None:
+    if settings.intake_port == 0:
         log.info("Alertmanager intake disabled (intake_port is 0)")
+        return
+    context = await _tls_context(settings, memo)
+    server = intake_server(
+        settings, scope, deps.resources, workloads, operator_counters(memo), ssl_context=context,
+        namespaces=deps.namespaces,
+    )
+    if server is None:
         return
     try:
         await server.start()
@@ -55,8 +65,39 @@ async def start_intake(memo: kopf.Memo, **_: Any) -> None:
     memo[_MEMO_SERVER] = server
 
 
+async def _tls_context(settings: FlywheelSettings, memo: kopf.Memo) -> ssl.SSLContext | None:
+    """The intake's TLS context from FLYWHEEL_INTAKE_TLS_CERT_DIR, kept current; None for plain HTTP.
+
+    The same in-place reload as the webhook server's directory source: a rotated Secret is
+    served from the next handshake, the listener stays open.
+    """
+    if settings.intake_tls_cert_dir is None:
+        return None
+    from flywheel.controllers.webhook_certificate import directory_watcher, keep_reconciling
+    from flywheel.domain.webhook_certificates import MAX_CHECK_INTERVAL
+    from flywheel.errors import ConfigurationError
+    from flywheel.stores.serving_tls import ServingContext
+
+    serving = ServingContext()
+    watcher = directory_watcher(
+        Path(settings.intake_tls_cert_dir), serving, setting="FLYWHEEL_INTAKE_TLS_CERT_DIR", server="intake"
+    )
+    try:
+        await watcher.reconcile()
+    except (ConfigurationError, OSError, ValueError) as exc:
+        # Never fall back to plain HTTP: the token would cross the network in clear.
+        raise kopf.PermanentError(f"Alertmanager intake cannot serve TLS: {exc}") from exc
+    memo[_MEMO_CERTIFICATE_TASK] = asyncio.create_task(
+        keep_reconciling(watcher.reconcile, MAX_CHECK_INTERVAL, "intake")
+    )
+    return serving.context
+
+
 @kopf.on.cleanup()
 async def stop_intake(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get(_MEMO_CERTIFICATE_TASK)
+    if task is not None:
+        task.cancel()
     server: IntakeServer | None = memo.get(_MEMO_SERVER)
     if server is not None:
         await server.stop()

@@ -31,7 +31,7 @@ from flywheel.controllers.run import (
     observed_run,
 )
 from flywheel.domain.run_state import TERMINAL_STATES, ObservedRun, current_state
-from flywheel.errors import KubernetesApiError, StoreUnavailableError
+from flywheel.errors import InvalidWriteError, KubernetesApiError, StoreUnavailableError
 from flywheel.handlers.driving import build_driver, retry_after, stop_driver
 from flywheel.handlers.history import project
 from flywheel.handlers.incident import IncidentIndex, incident_of
@@ -115,10 +115,15 @@ class RunPasses:
         # the next one counts it as started (AdmittedRuns), whatever the watch has brought back.
         may_start = observed.acts and current_state(observed.state) in _STARTABLE_STATES
         try:
-            async with self._admitted.lock(run.namespace) if may_start else contextlib.nullcontext():
-                outcome = await self._reconcile(run, guard)
-                if may_start:
-                    self._admitted.wrote(observed, outcome.status)
+            try:
+                async with self._admitted.lock(run.namespace) if may_start else contextlib.nullcontext():
+                    outcome = await self._reconcile(run, body, guard)
+                    if may_start:
+                        self._admitted.wrote(observed, outcome.status)
+            except InvalidWriteError as refused:
+                # Refused again however often it is retried: the Run ends instead of waiting
+                # forever (a refusal of that final write stalls it, see handlers.driving).
+                outcome = await self._end_refused(run, body, guard, refused)
         except (KubernetesApiError, StoreUnavailableError) as exc:
             return retry_after(exc, "Run", run.namespace, run.name, UNAVAILABLE_RETRY_SECONDS)
         self._post(body, run.namespace, outcome)
@@ -131,7 +136,7 @@ class RunPasses:
             return None
         return POLL_SECONDS
 
-    async def _reconcile(self, run: RunObject, guard: RunGuard) -> RunOutcome:
+    async def _reconcile(self, run: RunObject, body: Mapping[str, Any], guard: RunGuard) -> RunOutcome:
         """One pass's decisions, with its status patch written (raises if the write failed)."""
         incident = incident_of(self._incident_index, run.namespace, run.spec.incident_ref.name)
         approvals: Iterable[dict[str, Any]] = self._approvals_by_run.get((run.namespace, run.name), [])
@@ -147,8 +152,20 @@ class RunPasses:
         )
         status_patch = outcome.status_patch(run.status)
         if status_patch:
-            await deps.resources.patch_status("runs", run.namespace, run.name, status_patch)
+            await deps.resources.write_status("runs", body, status_patch)
             guard.wrote(outcome.status, time.monotonic())
+        return outcome
+
+    async def _end_refused(
+        self, run: RunObject, body: Mapping[str, Any], guard: RunGuard, refused: InvalidWriteError
+    ) -> RunOutcome:
+        deps = self._deps
+        outcome = RunController(deps.run_policy, deps.anomalies, deps.run_stores).refused(run, refused)
+        status_patch = outcome.status_patch(run.status)
+        if not status_patch:
+            raise refused  # final already: the refused write was of its outcome; stalled, not retried
+        await deps.resources.write_status("runs", body, status_patch)
+        guard.wrote(outcome.status, time.monotonic())
         return outcome
 
     @staticmethod

@@ -13,6 +13,7 @@ from flywheel.intake.server import (
     IntakeServer,
     build_app,
     intake_server,
+    require_intake_token,
 )
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "RetryPolicy",
     "build_app",
     "intake_server",
+    "require_intake_token",
 ]

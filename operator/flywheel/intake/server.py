@@ -5,10 +5,14 @@ records every alert on its Incident (see :mod:`flywheel.domain.alerts` for the
 mapping; the workload an alert names, directly or through its Pod, is looked up by a
 :class:`WorkloadResolver`, ``flywheel.stores.pod_owners``). Answers, in the order they are checked:
 
+- 429 (with Retry-After) when the client address sent more than its rate limit
+  (``intake_rate_limit_per_second``, ``intake_rate_limit_burst``), checked first so that
+  guessing the token costs as much as any other request;
 - 401 without the configured bearer token (or when none is configured at all);
 - 413 when the body exceeds ``intake_max_body_bytes``;
-- 400 when the body is not JSON, 422 when it is not an Alertmanager payload (the
-  message names the field);
+- 400 when the body is not JSON or nests deeper than ``intake_max_json_depth`` (a 4xx:
+  Alertmanager re-sends on 5xx, and a payload that cannot be read never gets better), 422 when
+  it is not an Alertmanager payload (the message names the field);
 - 503 (with Retry-After) when the Kubernetes API stayed unavailable past the retry
   budget, 500 when it refused the operator itself (RBAC): Alertmanager re-sends the
   group on any 5xx, and recording is idempotent, so nothing is lost or duplicated;
@@ -19,6 +23,9 @@ Every answer past the 4xx checks carries a JSON report with one entry per alert
 keeps the others of its group from being recorded.
 
 ``GET /healthz`` answers 200 without authentication, for probes.
+
+With ``intake_tls_cert_dir`` the intake serves HTTPS from that directory's tls.crt and tls.key,
+loaded again into the listening context when they change (as the webhook server does).
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ import asyncio
 import hmac
 import json
 import random
+import ssl
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -41,17 +50,19 @@ from flywheel.domain.alerts import (
     AlertSubject,
     NamespaceScope,
     PayloadContext,
+    RefusalReason,
     Workload,
     address_alert,
     fingerprint_key,
     parse_payload,
     plan_alert,
 )
-from flywheel.errors import InvalidInputError, KubernetesApiError, StoreUnavailableError
+from flywheel.errors import ConfigurationError, InvalidInputError, KubernetesApiError, StoreUnavailableError
+from flywheel.intake.rate_limit import ClientRateLimit
 from flywheel.intake.recorder import AlertRecorder, IncidentWriter, RecordOutcome, RecordResult
 from flywheel.intake.refusals import RefusalCounter, RefusalLog
 from flywheel.logs import get_logger
-from flywheel.settings import FlywheelSettings
+from flywheel.settings import MIN_INTAKE_TOKEN_LENGTH, FlywheelSettings
 
 log = get_logger(__name__)
 
@@ -62,6 +73,12 @@ MAX_CONCURRENT_ALERTS = 8
 """Alerts recorded at once, over all requests: a large group finishes quickly, and the
 groups Alertmanager sends at the same time do not flood the API server (nor the
 event loop's thread pool, which the Kubernetes client's calls run in)."""
+
+
+class NamespaceGate(Protocol):
+    """Whether Flywheel may act in a namespace (``flywheel.stores.namespaces.NamespaceLabels``)."""
+
+    async def refusal(self, namespace: str) -> str | None: ...
 
 
 class WorkloadResolver(Protocol):
@@ -76,6 +93,10 @@ class IntakeConfig:
     """The bearer token; ``None`` (or empty) refuses every request."""
     max_body_bytes: int
     scope: NamespaceScope
+    max_json_depth: int = 16
+    rate_per_second: float = 0.0
+    """Requests per second per client address; 0: no limit."""
+    rate_burst: int = 1
 
 
 def _json_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
@@ -93,19 +114,37 @@ class AlertmanagerReceiver:
     """Request handling; one instance per app."""
 
     def __init__(
-        self, config: IntakeConfig, recorder: AlertRecorder, workloads: WorkloadResolver, refusals: RefusalLog
+        self,
+        config: IntakeConfig,
+        recorder: AlertRecorder,
+        workloads: WorkloadResolver,
+        refusals: RefusalLog,
+        namespaces: NamespaceGate | None = None,
     ) -> None:
         self._config = config
+        self._namespaces = namespaces
         self._recorder = recorder
         self._workloads = workloads
         self._refusals = refusals
         self._token = config.token.encode("utf-8") if config.token else None
         self._alerts_at_once = asyncio.Semaphore(MAX_CONCURRENT_ALERTS)
+        self._rate_limit = (
+            ClientRateLimit(config.rate_per_second, config.rate_burst, time.monotonic)
+            if config.rate_per_second > 0
+            else None
+        )
 
     async def health(self, _: web.Request) -> web.Response:
         return _json_response(200, {"status": "ok"})
 
     async def receive(self, request: web.Request) -> web.Response:
+        if self._rate_limit is not None:
+            # Keyed by the peer address, never by a header the client chooses (X-Forwarded-For).
+            wait = self._rate_limit.take(request.remote or "unknown")
+            if wait is not None:
+                return _error(429, f"rate limit of {self._config.rate_per_second:g} requests per second "
+                              f"exceeded for {request.remote}; re-send after {wait}s",
+                              headers={"Retry-After": str(wait)})
         if not self._authorized(request):
             reason = "missing or wrong bearer token" if self._token else "no intake token is configured"
             return _error(401, reason, headers={"WWW-Authenticate": 'Bearer realm="flywheel-intake"'})
@@ -119,10 +158,15 @@ class AlertmanagerReceiver:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _error(413, f"body larger than {limit} bytes")
+        depth = self._config.max_json_depth
         try:
             data = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             return _error(400, f"body is not JSON: {exc}")
+        except RecursionError:
+            return _error(400, f"body nests JSON deeper than {depth} levels")
+        if json_depth(data) > depth:
+            return _error(400, f"body nests JSON deeper than {depth} levels")
         try:
             payload = parse_payload(data)
         except InvalidInputError as exc:
@@ -183,6 +227,9 @@ class AlertmanagerReceiver:
         if isinstance(address, AlertRefusal):
             return RecordResult.refused(address)
         async with self._alerts_at_once:
+            refused = await self._namespace_refusal(address)
+            if refused is not None:
+                return refused
             workload = await self._workload(address, deadline)
             if isinstance(workload, RecordResult):
                 return workload
@@ -192,6 +239,21 @@ class AlertmanagerReceiver:
             if isinstance(plan, AlertRefusal):
                 return RecordResult.refused(plan)
             return await self._recorder.record(plan, deadline)
+
+    async def _namespace_refusal(self, address: AlertAddress) -> RecordResult | None:
+        """A refusal when the alert's namespace has not opted in: no Incident there would ever act."""
+        if self._namespaces is None:
+            return None
+        try:
+            refusal = await self._namespaces.refusal(address.namespace)
+        except StoreUnavailableError as exc:
+            return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=True)
+        except KubernetesApiError as exc:
+            log.error("Kubernetes API refused the intake's namespace lookup", error=str(exc), status=exc.status)
+            return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=False)
+        if refusal is None:
+            return None
+        return RecordResult.refused(AlertRefusal("labels.namespace", refusal, RefusalReason.NAMESPACE_NOT_ENABLED))
 
     async def _workload(self, address: AlertAddress, deadline: float) -> Workload | AlertRefusal | RecordResult:
         """The alert's workload; a FAILED result when the API server cannot tell (retried until the deadline)."""
@@ -213,6 +275,24 @@ class AlertmanagerReceiver:
                 return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=False)
 
 
+def json_depth(value: Any) -> int:
+    """How deeply ``value`` nests arrays and objects (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        level += 1
+        deepest = max(deepest, level)
+        stack.extend((child, level) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
 def _report_entry(index: int, alert: AlertmanagerAlert, result: RecordResult) -> dict[str, Any]:
     return {
         "index": index,
@@ -229,13 +309,17 @@ def _report_entry(index: int, alert: AlertmanagerAlert, result: RecordResult) ->
 
 
 def build_app(
-    config: IntakeConfig, recorder: AlertRecorder, workloads: WorkloadResolver, refusals: RefusalCounter
+    config: IntakeConfig,
+    recorder: AlertRecorder,
+    workloads: WorkloadResolver,
+    refusals: RefusalCounter,
+    namespaces: NamespaceGate | None = None,
 ) -> web.Application:
     if not config.token:
         # Once, here: logging on every refused request would let anyone flood the log.
         log.warning("no intake token configured: the Alertmanager intake refuses every request "
                     "(set FLYWHEEL_INTAKE_TOKEN)")
-    receiver = AlertmanagerReceiver(config, recorder, workloads, RefusalLog(refusals))
+    receiver = AlertmanagerReceiver(config, recorder, workloads, RefusalLog(refusals), namespaces)
     # client_max_size makes aiohttp itself stop reading past the limit.
     app = web.Application(client_max_size=config.max_body_bytes)
     app.router.add_post(INTAKE_PATH, receiver.receive)
@@ -246,10 +330,13 @@ def build_app(
 class IntakeServer:
     """The app on a TCP port, started and stopped with the operator."""
 
-    def __init__(self, app: web.Application, host: str, port: int) -> None:
+    def __init__(
+        self, app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         self._host = host
         self._port = port
+        self._ssl_context = ssl_context
 
     @property
     def port(self) -> int:
@@ -259,8 +346,9 @@ class IntakeServer:
 
     async def start(self) -> None:
         await self._runner.setup()
-        await web.TCPSite(self._runner, self._host, self._port).start()
-        log.info("Alertmanager intake listening", host=self._host, port=self.port, path=INTAKE_PATH)
+        await web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl_context).start()
+        log.info("Alertmanager intake listening", host=self._host, port=self.port, path=INTAKE_PATH,
+                 scheme="https" if self._ssl_context is not None else "http")
 
     async def stop(self) -> None:
         await self._runner.cleanup()
@@ -273,13 +361,37 @@ def intake_server(
     workloads: WorkloadResolver,
     refusals: RefusalCounter,
     host: str = "0.0.0.0",
+    ssl_context: ssl.SSLContext | None = None,
+    namespaces: NamespaceGate | None = None,
 ) -> IntakeServer | None:
     """The intake configured by ``settings``, ready to start; ``None`` when ``intake_port`` is 0."""
     if settings.intake_port == 0:
         return None
+    require_intake_token(settings)
     token = settings.intake_token.get_secret_value() if settings.intake_token else None
-    config = IntakeConfig(token=token or None, max_body_bytes=settings.intake_max_body_bytes, scope=scope)
-    return IntakeServer(build_app(config, AlertRecorder(incidents), workloads, refusals), host, settings.intake_port)
+    config = IntakeConfig(
+        token=token or None,
+        max_body_bytes=settings.intake_max_body_bytes,
+        scope=scope,
+        max_json_depth=settings.intake_max_json_depth,
+        rate_per_second=settings.intake_rate_limit_per_second,
+        rate_burst=settings.intake_rate_limit_burst,
+    )
+    app = build_app(config, AlertRecorder(incidents), workloads, refusals, namespaces)
+    return IntakeServer(app, host, settings.intake_port, ssl_context)
+
+
+def require_intake_token(settings: FlywheelSettings) -> None:
+    """Refuse a short intake token before anything starts: it is a remediation credential.
+
+    The message names the setting and the length, never the token.
+    """
+    token = settings.intake_token.get_secret_value() if settings.intake_token else ""
+    if token and len(token) < MIN_INTAKE_TOKEN_LENGTH:
+        raise ConfigurationError(
+            f"FLYWHEEL_INTAKE_TOKEN is {len(token)} characters long: at least {MIN_INTAKE_TOKEN_LENGTH} are "
+            "required (e.g. `openssl rand -hex 32`)"
+        )
 
 
 __all__ = [
@@ -288,7 +400,10 @@ __all__ = [
     "AlertmanagerReceiver",
     "IntakeConfig",
     "IntakeServer",
+    "NamespaceGate",
     "WorkloadResolver",
     "build_app",
     "intake_server",
+    "json_depth",
+    "require_intake_token",
 ]

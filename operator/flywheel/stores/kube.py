@@ -303,6 +303,22 @@ class FlywheelResources:
             "PATCH", path, f"update the status of {plural}/{name}", body=body, content_type=MERGE_PATCH
         )
 
+    async def write_status(
+        self, plural: str, body: Mapping[str, Any], status: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Write the status computed from ``body``, only if the object is still as ``body`` shows it.
+
+        Every status write of a pass is a read-modify-write (a merge patch replaces whole lists,
+        the conditions among them), so it carries the resourceVersion it read: if anyone wrote
+        the object since, the API server refuses it (:class:`~flywheel.errors.ConflictError`)
+        and the caller reads the object again and computes again, rather than putting back what
+        the other writer changed.
+        """
+        meta = body["metadata"]
+        return await self.patch_status(
+            plural, meta["namespace"], meta["name"], status, resource_version=str(meta["resourceVersion"])
+        )
+
     # -- guarded writes, for writers racing with others (the Alertmanager intake) -------
     #
     # These calls take an explicit request timeout, fail on conflicts instead of

@@ -83,13 +83,12 @@ def write_certificate(directory: Path, dns_names: Sequence[str], ip_addresses: S
     return WebhookCertificate(directory=directory, ca_pem=authority.cert_pem)
 
 
-def read_serving_pair(directory: Path) -> KeyPair:
+def read_serving_pair(directory: Path, setting: str = "FLYWHEEL_WEBHOOK_CERT_DIR") -> KeyPair:
     """tls.crt and tls.key from ``directory`` (a mounted Secret); a clear error when either is missing."""
     missing = [name for name in (CERT_FILE, KEY_FILE) if not (directory / name).is_file()]
     if missing:
         raise ConfigurationError(
-            f"FLYWHEEL_WEBHOOK_CERT_DIR={directory}: {', '.join(missing)} not found "
-            "(mount the webhook certificate Secret there)"
+            f"{setting}={directory}: {', '.join(missing)} not found (mount the certificate Secret there)"
         )
     return KeyPair((directory / CERT_FILE).read_bytes(), (directory / KEY_FILE).read_bytes())
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from flywheel.api.common import find_condition
 from flywheel.api.enums import ConditionStatus, RunState
@@ -12,9 +12,16 @@ from flywheel.controllers.run.passes import (
     STEP_APPROVAL_EXPIRED,
     STEP_APPROVE,
     STEP_REJECT,
+    STEP_THROTTLE,
+    SUCCEEDED,
+    THROTTLED,
     RunPass,
 )
-from flywheel.domain.run_state import RunErrorCode
+from flywheel.domain.run_state import AdmissionKind, ObservedRun, RunErrorCode, SafetyLimits, admit
+
+# The AwaitingApproval reason of a Run that waits because its target's circuit breaker is
+# open (``domain.run_state.admit``): its approval is the person the breaker asks for.
+BREAKER_OPEN = "CircuitBreakerOpen"
 
 
 def gate_run(ctx: RunPass, tenant: str) -> GateRun:
@@ -37,11 +44,14 @@ def gate_run(ctx: RunPass, tenant: str) -> GateRun:
 class ApprovalWait:
     """WaitingApproval → Running, Cancelled (rejected) or TimedOut (expired)."""
 
-    def __init__(self, approvals: ApprovalGate | None, tenant: Callable[[str], str]) -> None:
+    def __init__(
+        self, approvals: ApprovalGate | None, tenant: Callable[[str], str], limits: SafetyLimits
+    ) -> None:
         self._approvals = approvals
         self._tenant = tenant
+        self._limits = limits
 
-    async def waiting_approval(self, ctx: RunPass) -> None:
+    async def waiting_approval(self, ctx: RunPass, peers: Iterable[ObservedRun] = ()) -> None:
         """Ask for the Approval, and move on once it is decided or expired."""
         if self._approvals is None:
             existing = find_condition(ctx.status.conditions, AWAITING_APPROVAL)
@@ -59,8 +69,11 @@ class ApprovalWait:
         if verdict.approval_ref is not None:
             ctx.status.approval_ref = verdict.approval_ref
         if verdict.state is GateState.APPROVED:
+            if not self._admitted(ctx, peers, verdict.message):
+                return
             ctx.status.approval_token = verdict.token
-            ctx.move(RunState.RUNNING, STEP_APPROVE, "Approved", verdict.message)
+            if ctx.move(RunState.RUNNING, STEP_APPROVE, "Approved", verdict.message):
+                ctx.clear_condition(THROTTLED, "Admitted", "approved and within the safety limits")
         elif verdict.state is GateState.REJECTED:
             ctx.move(
                 RunState.CANCELLED, STEP_REJECT, "Rejected", verdict.message, code=RunErrorCode.APPROVAL_REJECTED
@@ -74,5 +87,49 @@ class ApprovalWait:
                 code=RunErrorCode.APPROVAL_EXPIRED,
             )
         else:
-            ctx.condition(AWAITING_APPROVAL, ConditionStatus.TRUE, "ApprovalRequired", verdict.message)
+            # Keep the reason the Run was sent here for (the breaker's consent depends on it).
+            waiting = find_condition(ctx.status.conditions, AWAITING_APPROVAL)
+            reason = waiting.reason if waiting is not None and waiting.reason else "ApprovalRequired"
+            ctx.condition(AWAITING_APPROVAL, ConditionStatus.TRUE, reason, verdict.message)
+
+    def _admitted(self, ctx: RunPass, peers: Iterable[ObservedRun], approved: str) -> bool:
+        """May the approved Run start now? An approval is no way around the safety limits.
+
+        The concurrency limits hold for every Run that acts. The circuit breaker holds too,
+        unless the breaker is what sent the Run to approval: then the approver is the person
+        it asked for. A held Run stays WaitingApproval with condition Throttled (its Approval
+        stays Approved) until a slot frees or its deadline passes.
+        """
+        admission = admit(ctx.run.observed(), peers, self._limits, ctx.now)
+        if admission.kind is AdmissionKind.ADMIT:
+            return True
+        if admission.kind is AdmissionKind.REQUIRE_APPROVAL:
+            waiting = find_condition(ctx.status.conditions, AWAITING_APPROVAL)
+            if waiting is not None and waiting.reason == BREAKER_OPEN:
+                consented = admit(
+                    ctx.run.observed(), peers, _without_breaker(self._limits), ctx.now
+                )
+                if consented.kind is AdmissionKind.ADMIT:
+                    return True
+                admission = consented
+        message = f"{approved}, but {admission.message}"
+        throttled = find_condition(ctx.status.conditions, THROTTLED)
+        if throttled is None or throttled.status is not ConditionStatus.TRUE or throttled.reason != admission.reason:
+            ctx.step(STEP_THROTTLE, "Waiting", message)
+            ctx.event(
+                "Warning" if admission.kind is AdmissionKind.REQUIRE_APPROVAL else "Normal", "Throttled", message
+            )
+        ctx.condition(THROTTLED, ConditionStatus.TRUE, admission.reason, message)
+        ctx.condition(SUCCEEDED, ConditionStatus.UNKNOWN, "Throttled", "approved, waiting for the safety limits")
+        return False
+
+
+def _without_breaker(limits: SafetyLimits) -> SafetyLimits:
+    """The limits with the circuit breaker consented to (only the concurrency limits left)."""
+    return SafetyLimits(
+        max_running_per_namespace=limits.max_running_per_namespace,
+        max_running_per_target=limits.max_running_per_target,
+        breaker_max_remediations=1 << 30,
+        breaker_window=limits.breaker_window,
+    )
 

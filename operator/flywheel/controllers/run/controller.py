@@ -36,14 +36,30 @@ from flywheel.controllers.run.approval_wait import ApprovalWait, gate_run
 from flywheel.controllers.run.clocks import heartbeat
 from flywheel.controllers.run.execution import Execution
 from flywheel.controllers.run.outcome import OutcomeRecorder
-from flywheel.controllers.run.passes import STEP_CANCEL, SUCCEEDED, RunOutcome, RunPass
+from flywheel.controllers.run.passes import (
+    STEP_CANCEL,
+    STEP_REFUSE,
+    STEP_WRITE_REFUSED,
+    SUCCEEDED,
+    RunOutcome,
+    RunPass,
+)
 from flywheel.controllers.run.ports import RepairRecorder, RunStores
 from flywheel.controllers.run.verification import Verification
 from flywheel.controllers.run.views import IncidentView, RunObject
-from flywheel.domain.run_state import TERMINAL_STATES, ObservedRun, RunErrorCode, SafetyLimits
+from flywheel.domain.run_state import (
+    TERMINAL_STATES,
+    ObservedRun,
+    RunErrorCode,
+    SafetyLimits,
+    check_transition,
+)
+from flywheel.errors import InvalidWriteError
 
 # Transitions chained within one pass (Verifying → Running → Verifying for a retry).
 MAX_HOPS = 4
+# States in which a Run has yet to act (or to act again): the namespace opt-in is checked there.
+_BEFORE_ACTING = frozenset({RunState.PENDING, RunState.WAITING_APPROVAL, RunState.RUNNING})
 
 
 @dataclass(frozen=True)
@@ -62,8 +78,9 @@ class RunController:
         self._policy = policy
         self._incidents = stores.incidents
         self._approvals = stores.approvals
+        self._namespaces = stores.namespaces
         self._admission = Admission(policy.limits)
-        self._approval_wait = ApprovalWait(stores.approvals, self.tenant)
+        self._approval_wait = ApprovalWait(stores.approvals, self.tenant, policy.limits)
         self._execution = Execution(stores.workloads, stores.approvals, self.tenant, policy.max_scale_replicas)
         self._verification = Verification(stores.workloads)
         self._outcome = OutcomeRecorder(repairs, stores.incidents, stores.attempts, self.tenant)
@@ -97,6 +114,24 @@ class RunController:
         self._outcome.hand_over_attempts(ctx, incident)
         return ctx.outcome()
 
+    def refused(self, run: RunObject, error: InvalidWriteError, now: datetime | None = None) -> RunOutcome:
+        """End a Run whose pass had a write refused as invalid (422): it would be refused again.
+
+        Without this the Run would wait forever, never passed again and past its deadline: it
+        ends Failed (Cancelled from a state that has not acted, which cannot fail) with
+        ``E-INVALID-WRITE``, the API server's causes in its journal and a Warning Event; its
+        outcome is then recorded as for any failed Run. A Run already final is left as it is.
+        """
+        ctx = RunPass(run, now or datetime.now(UTC))
+        ctx.status.observed_generation = run.generation
+        if ctx.state in TERMINAL_STATES:
+            return ctx.outcome()
+        message = f"a write was refused as invalid and would be refused again: {error.describe()}"
+        target = RunState.FAILED if check_transition(ctx.state, RunState.FAILED).allowed else RunState.CANCELLED
+        ctx.move(target, STEP_WRITE_REFUSED, "InvalidWrite", message, code=RunErrorCode.INVALID_WRITE, detail=str(error))
+        ctx.event("Warning", "InvalidWrite", message)
+        return ctx.outcome()
+
     # -- state by state ------------------------------------------------------------------
 
     async def _advance(self, ctx: RunPass, incident: IncidentView | None, peers: Iterable[ObservedRun]) -> None:
@@ -108,6 +143,20 @@ class RunController:
             if waited and self._approvals is not None:
                 await self._approvals.withdraw(gate_run(ctx, self.tenant(ctx.run.namespace)), cancellation, ctx.now)
             return
+        if ctx.state in _BEFORE_ACTING and self._namespaces is not None:
+            refusal = await self._namespaces.refusal(ctx.run.namespace)
+            if refusal is not None:
+                # Checked before every attempt, not once: a namespace that opts out stops the next one.
+                waited = ctx.state is RunState.WAITING_APPROVAL
+                message = f"refused: {refusal}"
+                ctx.move(
+                    RunState.CANCELLED, STEP_REFUSE, "NamespaceNotEnabled", message,
+                    code=RunErrorCode.NAMESPACE_NOT_ENABLED,
+                )
+                ctx.event("Warning", "NamespaceNotEnabled", message)
+                if waited and self._approvals is not None:
+                    await self._approvals.withdraw(gate_run(ctx, self.tenant(ctx.run.namespace)), message, ctx.now)
+                return
         for _ in range(MAX_HOPS):
             before = ctx.state
             if before is RunState.PENDING:
@@ -119,7 +168,7 @@ class RunController:
                     return
                 continue
             if before is RunState.WAITING_APPROVAL:
-                await self._approval_wait.waiting_approval(ctx)
+                await self._approval_wait.waiting_approval(ctx, peers)
                 return
             if before is RunState.RUNNING:
                 await self._execution.running(ctx)

@@ -13,7 +13,14 @@ from flywheel.controllers.run.incident_patches import resolution_patch, unremedi
 from flywheel.controllers.run.passes import OUTCOME_RECORDED, RunPass
 from flywheel.controllers.run.ports import AttemptRecord, AttemptSink, IncidentStatusWriter, RepairRecorder
 from flywheel.controllers.run.views import IncidentView, own_status
-from flywheel.errors import FlywheelError, KubernetesApiError, RedisUnavailableError, StoreUnavailableError
+from flywheel.domain.run_state import RunErrorCode
+from flywheel.errors import (
+    FlywheelError,
+    InvalidWriteError,
+    KubernetesApiError,
+    RedisUnavailableError,
+    StoreUnavailableError,
+)
 from flywheel.logs import get_logger
 from flywheel.stores.incidents import StatusMutation, StatusUpdate, UpdateResult
 
@@ -21,6 +28,8 @@ log = get_logger(__name__)
 
 # Final states of a Run that leave its Incident to a person.
 UNREMEDIATED_STATES = frozenset({RunState.FAILED, RunState.TIMED_OUT})
+# The Run's condition saying its Incident refused a write of the outcome as invalid (422).
+INCIDENT_UPDATED = "IncidentUpdated"
 
 
 class OutcomeRecorder:
@@ -51,7 +60,10 @@ class OutcomeRecorder:
         state = ctx.state
         missing: list[str] = []
         notes: list[str] = []
-        if not run.shadow and state in UNREMEDIATED_STATES:
+        # Runs ended before acting because of a refusal did not remediate either: the namespace
+        # did not opt in, or a write of the Run was refused as invalid.
+        refused = status.error_code in (RunErrorCode.NAMESPACE_NOT_ENABLED.value, RunErrorCode.INVALID_WRITE.value)
+        if not run.shadow and (state in UNREMEDIATED_STATES or refused):
             await self._report_unremediated(ctx, missing, notes)
         acted = not run.shadow and status.started_at is not None and status.attempt >= 1
         if not acted or state is RunState.CANCELLED:
@@ -153,7 +165,7 @@ class OutcomeRecorder:
         """Say on the Incident that its Run ended without remediating it, and that a person must."""
         run, status = ctx.run, ctx.status
         ref = run.spec.incident_ref
-        outcome = "failed" if ctx.state is RunState.FAILED else "timed out"
+        outcome = {RunState.FAILED: "failed", RunState.CANCELLED: "was refused"}.get(ctx.state, "timed out")
         cause = status.steps[-1].message if status.steps else ""
         code = f"{status.error_code}: " if status.error_code else ""
         message = (
@@ -177,6 +189,14 @@ class OutcomeRecorder:
         ref = run.spec.incident_ref
         try:
             return await self._incidents.update_status(run.namespace, ref.name, ref.uid, mutation)
+        except InvalidWriteError as exc:
+            # Refused as invalid, it would be refused however often it is retried: said once, on
+            # the Run (condition and Warning Event), and the outcome is recorded without it.
+            message = f"the {what} of Incident {ref.name} was refused as invalid and is not retried: {exc.describe()}"
+            log.error("run_incident_update_refused", run=run.name, incident=ref.name, update=what, error=str(exc))
+            ctx.condition(INCIDENT_UPDATED, ConditionStatus.FALSE, "InvalidWrite", message)
+            ctx.event("Warning", "InvalidWrite", message)
+            return None
         except (StoreUnavailableError, KubernetesApiError) as exc:
             log.warning("run_incident_update_pending", run=run.name, incident=ref.name, update=what, error=str(exc))
             missing.append(f"Incident {what} ({exc})")

@@ -43,12 +43,14 @@ STEP_DRY_RUN = "dry-run"
 STEP_VERIFY = "verify"
 STEP_RETRY = "retry"
 STEP_CANCEL = "cancel"
+STEP_REFUSE = "refuse"
 STEP_TIMEOUT = "timeout"
 STEP_REAP = "reap"
 STEP_APPROVE = "approve"
 STEP_REJECT = "reject"
 STEP_APPROVAL_EXPIRED = "approval-expired"
 STEP_AUTHORISE = "authorise"
+STEP_WRITE_REFUSED = "write-refused"
 
 _STATE_NAMES = frozenset(state.value for state in RunState)
 # Events about an Approval: posted on the Approval as well as on its Run, never merged.

@@ -83,6 +83,12 @@ class IncidentStatusWriter(Protocol):
     ) -> StatusUpdate: ...
 
 
+class NamespaceGate(Protocol):
+    """Whether Flywheel may act in a namespace (``flywheel.stores.namespaces.NamespaceLabels``)."""
+
+    async def refusal(self, namespace: str) -> str | None: ...
+
+
 @dataclass(frozen=True)
 class RunStores:
     """The stores the Run controller acts through, built once per operator.
@@ -95,4 +101,6 @@ class RunStores:
     incidents: IncidentStatusWriter
     attempts: AttemptSink | None = None
     approvals: ApprovalGate | None = None
+    # The namespace opt-in; None (unit tests of the state machine): every namespace may be acted in.
+    namespaces: NamespaceGate | None = None
 
