@@ -228,7 +228,7 @@ def service_certificate(
         return directory_watcher(Path(settings.webhook_cert_dir), serving).reconcile, MAX_CHECK_INTERVAL
     host = f"{settings.webhook_service}.{settings.namespace}.svc"
     policy = CertificatePolicy(
-        dns_names=frozenset({host, f"{host}.cluster.local"}),
+        dns_names=frozenset({host, f"{host}.cluster.local", *settings.webhook_cert_dns_names}),
         serving_validity=timedelta(seconds=settings.webhook_cert_validity_seconds),
         authority_validity=timedelta(seconds=settings.webhook_ca_validity_seconds),
     )

@@ -294,6 +294,14 @@ class FlywheelSettings(BaseSettings):
         min_length=1,
         description="Secret (in FLYWHEEL_NAMESPACE) holding the managed webhook CA and serving pair; created on first start.",
     )
+    webhook_cert_dns_names: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "More DNS names for the managed serving certificate besides <FLYWHEEL_WEBHOOK_SERVICE>.<namespace>.svc "
+            "(and .cluster.local), comma-separated: for webhook configurations that reach the operator by "
+            "clientConfig.url (an operator outside the cluster), like cert-manager's --dynamic-serving-dns-names."
+        ),
+    )
     webhook_service: str = Field(
         default="flywheel",
         min_length=1,
@@ -357,7 +365,10 @@ class FlywheelSettings(BaseSettings):
             raise ValueError("log_format must be 'console' or 'json'")
         return value
 
-    @field_validator("internal_sources", "approver_groups", "approver_users", "remediation_namespaces", mode="before")
+    @field_validator(
+        "internal_sources", "approver_groups", "approver_users", "remediation_namespaces", "webhook_cert_dns_names",
+        mode="before",
+    )
     @classmethod
     def _lists_from_csv(cls, value: object) -> object:
         return _split_csv(value)

@@ -35,7 +35,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import OperatorFactory
-from tests.e2e.test_manifests import make_webhook_certificate
 from tests.e2e.test_runs import FINAL, apply_incident, events_for, get, replica_sets, wait_for_run
 from tests.e2e.workloads import create_deployment
 from tests.harness.cluster import TestCluster
@@ -43,6 +42,7 @@ from tests.harness.ports import free_port
 from tests.harness.serviceaccount import (
     MANIFESTS,
     ServiceAccountIdentity,
+    make_webhook_certificate,
     only,
     operator_service_account,
     render,

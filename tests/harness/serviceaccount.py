@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO_ROOT / "manifests"
 OPERATOR_ROLE_NAME = "flywheel-operator"
 RBAC_API = "rbac.authorization.k8s.io/v1"
+
+
+def make_webhook_certificate(output_dir: Path, service: str, namespace: str = "flywheel-system") -> None:
+    """ca.crt, tls.crt and tls.key by `flywheel webhook-cert` (the directory certificate source)."""
+    subprocess.run(
+        [sys.executable, "-m", "flywheel", "webhook-cert", "--service", service, "--namespace", namespace,
+         "--output-dir", str(output_dir)],
+        check=True, capture_output=True, text=True,
+    )
 
 
 def render(cluster: TestCluster, directory: Path) -> list[dict[str, Any]]:
