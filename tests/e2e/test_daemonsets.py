@@ -7,6 +7,8 @@ Scenario matrix:
   (one new ControllerRevision, one stamp);
 - a rollback returns a DaemonSet with two ControllerRevisions to the previous one (the
   controller renumbers it), as ``kubectl rollout undo daemonset`` does;
+- the store: a Shadow dry run changes nothing; the same attempt applied twice restarts once,
+  the next attempt again; a DaemonSet with ``updateStrategy: OnDelete`` is refused;
 - Scale on a DaemonSet: a Run asking for it is refused by the API server naming
   ``spec.action.type``; an Incident whose matching rule scales gets a Run that restarts instead;
 - kube-prometheus-stack alerts through the real Alertmanager and the intake: pod-level ones
@@ -209,3 +211,45 @@ def test_kube_prometheus_alerts_about_a_daemonset_become_incidents_on_it(
     for name in cases:
         assert specs[name]["targetRef"] == {"kind": "DaemonSet", "name": "log-agent"}, name
         assert specs[name]["service"] == "log-agent-svc", name
+
+
+def test_the_store_restarts_a_daemonset_once_per_attempt_and_refuses_on_delete(
+    test_cluster: TestCluster, namespace: str
+) -> None:
+    import asyncio
+
+    from flywheel.api.enums import ActionType, TargetKind
+    from flywheel.domain.actions import ProposedAction
+    from flywheel.domain.run_state import ActionNotApplicableError
+    from flywheel.stores.kube import KubeApi
+    from flywheel.stores.workloads import ActionResult, ActionStamp, WorkloadStore
+
+    create_daemonset(test_cluster, "log-agent", namespace)
+    restart = ProposedAction(ActionType.ROLLOUT_RESTART, TargetKind.DAEMONSET, "log-agent")
+
+    async def apply(attempt: int, *, dry_run: bool = False) -> ActionResult:
+        # A client per event loop: each asyncio.run below is a loop of its own.
+        kube = KubeApi(config_file=test_cluster.kubeconfig)
+        try:
+            stamp = ActionStamp(run_uid=f"test-{namespace}", attempt=attempt, at=datetime.now(UTC))
+            return await WorkloadStore(kube).apply(namespace, restart, stamp, dry_run=dry_run, max_replicas=10)
+        finally:
+            await kube.close()
+
+    generation = get(test_cluster, namespace, "daemonset", "log-agent")["metadata"]["generation"]
+    shadow = asyncio.run(apply(1, dry_run=True))
+    assert shadow.dry_run and shadow.generation_after == generation + 1
+    assert get(test_cluster, namespace, "daemonset", "log-agent")["metadata"]["generation"] == generation
+
+    first = asyncio.run(apply(1))
+    assert first.changed and first.generation_after == generation + 1
+    again = asyncio.run(apply(1))
+    assert again.already_applied and not again.changed, "a retried attempt never restarts twice"
+    assert get(test_cluster, namespace, "daemonset", "log-agent")["metadata"]["generation"] == generation + 1
+    second = asyncio.run(apply(2))
+    assert second.changed and second.generation_after == generation + 2, "the next attempt restarts again"
+
+    test_cluster.kubectl("patch", "daemonset", "log-agent", "-n", namespace, "--type=merge",
+                         "-p", '{"spec":{"updateStrategy":{"type":"OnDelete","rollingUpdate":null}}}')
+    with pytest.raises(ActionNotApplicableError, match="updateStrategy OnDelete"):
+        asyncio.run(apply(3))

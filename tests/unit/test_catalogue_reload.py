@@ -115,6 +115,15 @@ def test_a_new_version_swapped_in_by_the_kubelet_is_loaded(tmp_path: Path) -> No
     assert warnings.messages == []
 
 
+def test_going_back_to_the_version_in_force_ends_the_refusal(tmp_path: Path) -> None:
+    volume, reloader, _ = setup(tmp_path)
+    volume.write(NOT_YAML)
+    assert check(reloader) is ReloadResult.REFUSED
+    volume.write(V1)
+    assert check(reloader) is None
+    assert not reloader.refusing
+
+
 def test_the_same_bytes_again_are_no_new_version(tmp_path: Path) -> None:
     volume, reloader, _ = setup(tmp_path)
     before = reloader.live.version
@@ -141,6 +150,7 @@ def test_a_broken_version_is_refused_once_and_the_old_catalogue_kept(
     volume.write(broken)
     assert check(reloader) is ReloadResult.REFUSED
     assert reloader.live.current() is kept
+    assert reloader.refusing
     for _ in range(3):
         assert check(reloader) is None, "warned once per broken version"
     volume.write(broken)  # re-applied unchanged: still the same broken version
@@ -155,6 +165,7 @@ def test_a_broken_version_is_refused_once_and_the_old_catalogue_kept(
     assert check(reloader) is ReloadResult.LOADED
     assert [rule.name for rule in reloader.live.current()] == ["latency", "default"]
     assert reloader.reloads == {ReloadResult.REFUSED: 1, ReloadResult.LOADED: 1}
+    assert not reloader.refusing
 
 
 def test_a_second_broken_version_is_refused_too(tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from flywheel.api.enums import (
     ActionType,
@@ -542,3 +544,37 @@ def test_an_advisor_proposing_to_scale_a_daemonset_is_not_used() -> None:
     outcome = run(make_input("KubePodCrashLooping", target=DAEMONSET, advisor_results=(result,)))
     assert outcome.source is DecisionSource.ADVISOR
     assert outcome.action.type is ActionType.ROLLOUT_RESTART
+
+
+_KEYWORDS = ("crash", "latency", "error", "cpu")
+_ACTION_DOCUMENTS = {
+    ActionType.ROLLOUT_RESTART: "{type: RolloutRestart}",
+    ActionType.SCALE: "{type: Scale, params: {replicas: 2}}",
+    ActionType.ROLLOUT_UNDO: "{type: RolloutUndo}",
+}
+
+
+@st.composite
+def catalogues(draw: st.DrawFn) -> str:
+    rules = []
+    for index, keyword in enumerate(draw(st.lists(st.sampled_from(_KEYWORDS), unique=True, max_size=4))):
+        action = _ACTION_DOCUMENTS[draw(st.sampled_from(list(ActionType)))]
+        rules.append(f"- name: r{index}\n  keywords: [{keyword}]\n  action: {action}\n  risk: low\n")
+    fallback = _ACTION_DOCUMENTS[draw(st.sampled_from(list(ActionType)))]
+    rules.append(f"- name: fallback\n  action: {fallback}\n  risk: medium\n")
+    return "".join(rules)
+
+
+@given(
+    catalogue=catalogues(),
+    alert_names=st.lists(st.sampled_from([f"Kube{keyword.title()}Alert" for keyword in _KEYWORDS]), max_size=3),
+    failing=st.sets(st.sampled_from(list(ActionType))),
+)
+def test_no_catalogue_ever_scales_a_daemonset(
+    catalogue: str, alert_names: list[str], failing: set[ActionType]
+) -> None:
+    stats = {action.value: ActionStats(5, 0) for action in failing}
+    outcome = decide(make_input(*alert_names, target=DAEMONSET, action_stats=stats), load_catalogue(catalogue))
+    assert outcome.action.type is not ActionType.SCALE
+    assert outcome.action.target_kind is TargetKind.DAEMONSET
+    Decision.model_validate({"id": decision_id("uid-1", 0), "state": "Ready", **outcome.status_fields()})

@@ -110,6 +110,11 @@ class CatalogueReloader:
     def live(self) -> LiveCatalogue:
         return self._live
 
+    @property
+    def refusing(self) -> bool:
+        """Whether the file's latest version was refused: what is on disk is not what decides."""
+        return self._refused_digest is not None
+
     async def check(self) -> ReloadResult | None:
         """Load the file's new version, or refuse it; ``None`` when there is nothing new."""
         source = f"rule catalogue {self._file.path}"

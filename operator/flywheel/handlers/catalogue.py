@@ -101,6 +101,11 @@ class CatalogueCollector(Collector):
         for result in ReloadResult:
             reloads.add_metric([result.value], counted.get(result, 0))
         yield reloads
+        yield GaugeMetricFamily(
+            "flywheel_rule_catalogue_refused",
+            "1 while the latest version of FLYWHEEL_RULES_FILE is refused as broken (an older catalogue decides).",
+            value=1.0 if handles.reloader is not None and handles.reloader.refusing else 0.0,
+        )
         version = handles.live.version
         yield GaugeMetricFamily(
             "flywheel_rule_catalogue_loaded_timestamp_seconds",

@@ -434,7 +434,7 @@ class WorkloadStore:
             raise ActionNotApplicableError(f"{what} has an unreadable revision annotation") from exc
         replica_sets = (await self._kube.request(
             "GET", _apps(namespace, "replicasets"), f"list ReplicaSets of {what}",
-            query={"labelSelector": _selector(deployment)},
+            query={"labelSelector": _selector(deployment) or ""},
         ))["items"]
         templates: dict[int, dict[str, Any]] = {}
         for replica_set in replica_sets:
@@ -460,7 +460,7 @@ class WorkloadStore:
         update_revision = (statefulset.get("status") or {}).get("updateRevision")
         items = (await self._kube.request(
             "GET", _apps(namespace, "controllerrevisions"), f"list ControllerRevisions of {what}",
-            query={"labelSelector": _selector(statefulset)},
+            query={"labelSelector": _selector(statefulset) or ""},
         ))["items"]
         templates: dict[int, dict[str, Any]] = {}
         current = 0
@@ -503,9 +503,10 @@ class WorkloadStore:
     ) -> dict[int, dict[str, Any]]:
         """The pod template of every ControllerRevision the workload controls, by revision number."""
         uid = workload["metadata"]["uid"]
+        # Without matchLabels (never for apps/v1) every revision is listed; ownership filters them.
         items = (await self._kube.request(
             "GET", _apps(namespace, "controllerrevisions"), f"list ControllerRevisions of {what}",
-            query={"labelSelector": _selector(workload)},
+            query={"labelSelector": _selector(workload) or ""},
         ))["items"]
         templates: dict[int, dict[str, Any]] = {}
         for item in items:
