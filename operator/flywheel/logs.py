@@ -12,11 +12,18 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
 import structlog
 
-from flywheel.domain.redaction import MIN_KNOWN_SECRET_LENGTH, REDACTED, is_sensitive_key, redact_credentials
+from flywheel.domain.redaction import (
+    MIN_KNOWN_SECRET_LENGTH,
+    REDACTED,
+    is_sensitive_key,
+    may_hold_credential,
+    redact_credentials,
+)
 
 _known_secrets: set[str] = set()
 # Structlog's own keys, never secrets (and "event" is the message, redacted by shape only).
@@ -28,8 +35,13 @@ def register_secrets(values: Iterable[str | None]) -> None:
     _known_secrets.update(value for value in values if value and len(value) >= MIN_KNOWN_SECRET_LENGTH)
 
 
+@lru_cache(maxsize=1024)
+def _secret_key(key: str) -> bool:
+    return key not in _STRUCTURAL_KEYS and is_sensitive_key(key)
+
+
 def _clean(key: object, value: Any) -> Any:
-    if value is not None and key not in _STRUCTURAL_KEYS and is_sensitive_key(key):
+    if value is not None and isinstance(key, str) and _secret_key(key):
         return REDACTED
     if isinstance(value, str):
         return redact_credentials(value, _known_secrets)
@@ -44,6 +56,12 @@ def _clean(key: object, value: Any) -> Any:
 
 def redact_event(_: Any, __: str, event_dict: Any) -> Any:
     """The structlog processor: every value redacted as the module docstring says."""
+    # The common line (flat, no secret-naming key, nothing credential-shaped) is looked at once.
+    flat = all(value is None or isinstance(value, str | int | float) for value in event_dict.values())
+    if flat and not any(isinstance(key, str) and _secret_key(key) for key in event_dict):
+        joined = "\n".join(value for value in event_dict.values() if isinstance(value, str))
+        if not may_hold_credential(joined, _known_secrets):
+            return event_dict
     return {key: _clean(key, value) for key, value in event_dict.items()}
 
 

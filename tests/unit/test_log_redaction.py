@@ -9,8 +9,11 @@ from collections.abc import Iterator
 
 import pytest
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 
 from flywheel import logs
+from flywheel.domain import redaction
 from flywheel.domain.redaction import REDACTED, redact_credentials
 from flywheel.stores.advisor_client import _snippet
 
@@ -72,3 +75,23 @@ def test_an_advisor_error_echoing_its_key_is_redacted_before_it_is_cut() -> None
     snippet = _snippet(body, key)
     assert key not in snippet and key[:12] not in snippet
     assert REDACTED in snippet
+
+
+FRAGMENTS = [
+    "-----BEGIN RSA PRIVATE KEY-----abc-----END RSA PRIVATE KEY-----", "https://user:pw@host/x",
+    "hooks.slack.com/services/T0/B0/xyz", JWT, "ghp_" + "a" * 24, "glpat-" + "b" * 22, "xoxb-1234567890ab",
+    "AKIA" + "A" * 16, "sk-" + "c" * 24, "Authorization: Basic abc", "Bearer abc.def", "password=hunter2",
+    "api-key: k", "ACCESS_KEY='v'", "credentials: x", "alice@example.com", "run checkout-oom-1", " ", "=", ":",
+    "Deployment/checkout", "2/5 executing",
+]
+
+
+@given(st.lists(st.sampled_from(FRAGMENTS) | st.text(max_size=12), max_size=8))
+def test_the_fast_path_never_skips_a_text_a_rule_would_change(parts: list[str]) -> None:
+    text = "".join(parts)
+    changed = text
+    for pattern, replacement in redaction._CREDENTIAL_RULES:
+        changed = pattern.sub(replacement, changed)
+    if changed != text:
+        assert redaction.may_hold_credential(text), text
+    assert redact_credentials(text) == changed
