@@ -21,7 +21,7 @@ import kopf
 
 from flywheel.controllers.approval import Announcer
 from flywheel.errors import ConfigurationError, FlywheelError
-from flywheel.logs import configure_logging, get_logger
+from flywheel.logs import configure_logging, get_logger, register_secrets
 from flywheel.settings import FlywheelSettings, WebhookCertSource, WebhookMode, get_settings
 
 if TYPE_CHECKING:
@@ -129,6 +129,29 @@ def require_shared_history(database_url: str, *, standalone: bool) -> None:
     )
 
 
+def held_secrets(settings: FlywheelSettings) -> list[str | None]:
+    """The secret values this operator holds, kept out of its log (``flywheel.logs.register_secrets``)."""
+    from urllib.parse import urlsplit
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        database_password = make_url(settings.database_url).password
+    except ArgumentError:
+        database_password = None
+    try:
+        redis_password = urlsplit(settings.redis_url).password
+    except ValueError:
+        redis_password = None
+    return [
+        settings.intake_token.get_secret_value() if settings.intake_token else None,
+        settings.advisor_api_key,
+        str(database_password) if database_password else None,
+        redis_password,
+    ]
+
+
 def run_operator(
     *,
     namespaces: list[str],
@@ -139,6 +162,7 @@ def run_operator(
 ) -> None:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
+    register_secrets(held_secrets(settings))
     require_shared_history(settings.database_url, standalone=standalone)
     from flywheel.intake import require_intake_token
 

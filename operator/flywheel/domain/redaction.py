@@ -18,7 +18,7 @@ can still see *that* something was there and where.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 REDACTED: Final = "[REDACTED]"
@@ -125,6 +125,17 @@ _TEXT_RULES: Final[tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], 
 )
 
 
+_CREDENTIAL_RULES: Final = tuple(rule for rule in _TEXT_RULES if rule[0] is not _EMAIL)
+# What each credential rule needs to find at least once, lower-cased (a superset: finding one
+# only means the rules are run). Plain substrings, because every log line is looked at:
+# tests/unit/test_log_redaction.py checks that the rules never change a text without one.
+_CREDENTIAL_NEEDLES: Final = (
+    "-----begin", "://", "hooks.slack.com", "eyj", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_",
+    "glpat-", "xox", "akia", "asia", "sk-", "authorization", "bearer", "pass", "pwd", "secret", "token",
+    "key", "credential",
+)
+
+
 def is_sensitive_key(key: object) -> bool:
     """True when a mapping key names a secret, so that its whole value must not be stored."""
     normalised = _NON_ALPHANUMERIC.sub("", str(key).lower())
@@ -138,6 +149,40 @@ def redact_text(text: str) -> str:
     for pattern, replacement in _TEXT_RULES:
         text = pattern.sub(replacement, text)
     return text
+
+
+# Known secret values shorter than this are not searched for: they would match ordinary words.
+MIN_KNOWN_SECRET_LENGTH: Final = 8
+
+
+def redact_credentials(text: str, known: Iterable[str] = ()) -> str:
+    """``text`` with credentials replaced: the ``known`` secret values, then every credential shape.
+
+    For logs, Events and statuses, which keep people's names and email addresses (they say who
+    did what) but never a credential, whether it was recognised by shape or is one the operator
+    holds (its intake token, an advisor's API key, a database password).
+    """
+    for value in known:
+        if len(value) >= MIN_KNOWN_SECRET_LENGTH and value in text:
+            text = text.replace(value, REDACTED)
+    # Every line of the log comes through here: most hold nothing any rule could match.
+    if not _may_match_a_rule(text):
+        return text
+    for pattern, replacement in _CREDENTIAL_RULES:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def may_hold_credential(text: str, known: Iterable[str] = ()) -> bool:
+    """Whether :func:`redact_credentials` could change ``text`` (False: it surely would not)."""
+    if any(len(value) >= MIN_KNOWN_SECRET_LENGTH and value in text for value in known):
+        return True
+    return _may_match_a_rule(text)
+
+
+def _may_match_a_rule(text: str) -> bool:
+    lowered = text.lower()
+    return any(needle in lowered for needle in _CREDENTIAL_NEEDLES)
 
 
 def redact_optional_text(text: str | None) -> str | None:
@@ -166,12 +211,15 @@ def redact_payload(value: Any) -> Any:
 
 
 __all__ = [
+    "MIN_KNOWN_SECRET_LENGTH",
     "REDACTED",
     "REDACTED_EMAIL",
     "REDACTED_JWT",
     "REDACTED_PRIVATE_KEY",
     "REDACTED_TOKEN",
     "is_sensitive_key",
+    "may_hold_credential",
+    "redact_credentials",
     "redact_optional_text",
     "redact_payload",
     "redact_text",

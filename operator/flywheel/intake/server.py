@@ -20,7 +20,8 @@ mapping; the workload an alert names, directly or through its Pod, is looked up 
 
 Every answer past the 4xx checks carries a JSON report with one entry per alert
 (created, updated, unchanged, ignored, refused or failed): a refused alert never
-keeps the others of its group from being recorded.
+keeps the others of its group from being recorded. An alert for a namespace that has not
+opted in to remediation (``flywheel.domain.namespaces``) is refused before any lookup.
 
 ``GET /healthz`` answers 200 without authentication, for probes.
 

@@ -24,6 +24,7 @@ from flywheel import __version__
 from flywheel.api.enums import ActionType
 from flywheel.domain.actions import IncidentTarget
 from flywheel.domain.advisor import AdvisorResult, RejectedAdvice, parse_proposal
+from flywheel.domain.redaction import redact_credentials
 from flywheel.errors import ConfigurationError
 from flywheel.logs import get_logger
 from flywheel.settings import FlywheelSettings, get_settings
@@ -84,8 +85,10 @@ class _AdvisorProtocolError(Exception):
     """The server answered, but not with a usable chat completion."""
 
 
-def _snippet(raw: bytes) -> str:
-    text = " ".join(raw.decode("utf-8", errors="replace").split())
+def _snippet(raw: bytes, api_key: str | None = None) -> str:
+    # Redacted whole before it is cut: an answer may echo the key it got (proxies and model
+    # servers do, in their 401s), and this text goes to the log, the Incident's status and Events.
+    text = redact_credentials(" ".join(raw.decode("utf-8", errors="replace").split()), (api_key,) if api_key else ())
     return text[:_ERROR_BODY_SNIPPET] + ("…" if len(text) > _ERROR_BODY_SNIPPET else "")
 
 
@@ -176,11 +179,13 @@ class AdvisorClient:
         ) as response:
             raw = await _read_limited(response, MAX_RESPONSE_BYTES)
             if response.status != 200:
-                raise _AdvisorProtocolError(f"HTTP {response.status}: {_snippet(raw) or response.reason}")
+                raise _AdvisorProtocolError(
+                    f"HTTP {response.status}: {_snippet(raw, advisor.api_key) or response.reason}"
+                )
         try:
             payload = json.loads(raw)
         except ValueError as exc:
-            raise _AdvisorProtocolError(f"response is not JSON: {_snippet(raw)!r}") from exc
+            raise _AdvisorProtocolError(f"response is not JSON: {_snippet(raw, advisor.api_key)!r}") from exc
         return _message_content(payload)
 
     async def ask(
