@@ -145,6 +145,8 @@ def start_operator(
             "FLYWHEEL_METRICS_PORT": "0",
             # Secrets the operator keeps (the approval signing key) live in the test's namespace.
             "FLYWHEEL_NAMESPACE": namespace,
+            # The symptom is checked as soon as the rollout completes (tests that need a window set one).
+            "FLYWHEEL_VERIFICATION_WINDOW_SECONDS": "0",
             **{f"FLYWHEEL_{key.upper()}": value for key, value in env.items()},
         }
         process = OperatorProcess(

@@ -134,6 +134,10 @@ class RunErrorCode(StrEnum):
     APPROVAL_TOKEN_EXPIRED = "E-APPR-TOKEN-EXPIRED"
     APPROVAL_ACTION_CHANGED = "E-APPR-ACTION-CHANGED"
     APPROVAL_REPLAYED = "E-APPR-REPLAYED"
+    # The rollout completed but the symptom (alert, Pods) was still there at the end of the window.
+    SYMPTOM_PERSISTS = "E-SYMPTOM-PERSISTS"
+    # The Incident's alerts all resolved before the action was applied: nothing was done.
+    ALREADY_RESOLVED = "E-ALREADY-RESOLVED"
 
 
 @dataclass(frozen=True, slots=True)

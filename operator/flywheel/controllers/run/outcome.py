@@ -51,10 +51,10 @@ class OutcomeRecorder:
         state = ctx.state
         missing: list[str] = []
         notes: list[str] = []
-        if not run.shadow and state in UNREMEDIATED_STATES:
-            await self._report_unremediated(ctx, missing, notes)
         acted = not run.shadow and status.started_at is not None and status.attempt >= 1
         if not acted or state is RunState.CANCELLED:
+            if not run.shadow and state in UNREMEDIATED_STATES:
+                await self._report_unremediated(ctx, missing, notes)
             if missing:
                 ctx.condition(
                     OUTCOME_RECORDED, ConditionStatus.FALSE, "Retrying", "still to record: " + "; ".join(missing)
@@ -87,6 +87,9 @@ class OutcomeRecorder:
                 missing.append("repair attempt (Redis unavailable)")
         if success:
             await self._resolve_incident(ctx, key, tenant, missing, notes)
+        elif state in UNREMEDIATED_STATES and not missing:
+            # Only once the failure is in the repair history: the Incident's next decision reads it.
+            await self._report_unremediated(ctx, missing, notes)
         if missing:
             ctx.condition(
                 OUTCOME_RECORDED, ConditionStatus.FALSE, "Retrying", "still to record: " + "; ".join(missing)
@@ -157,8 +160,8 @@ class OutcomeRecorder:
         cause = status.steps[-1].message if status.steps else ""
         code = f"{status.error_code}: " if status.error_code else ""
         message = (
-            f"Run {run.name} {outcome}: {code}{cause}; the Incident stays open until a person resolves it "
-            "(spec.resolution)"
+            f"Run {run.name} {outcome}: {code}{cause}; its decision is completed (the Incident's next "
+            "decision follows, unless its ladder is exhausted)"
         )
 
         def mutation(body: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -8,6 +8,8 @@ from typing import Any, Protocol
 
 from flywheel.api.enums import ActionType, TargetKind
 from flywheel.controllers.approval import ApprovalGate
+from flywheel.controllers.run.recheck import WorkloadReader
+from flywheel.controllers.run.symptom_check import FiringAlerts, PodHealth
 from flywheel.domain.actions import ProposedAction
 from flywheel.domain.run_state import RolloutFacts
 from flywheel.stores.incidents import StatusMutation, StatusUpdate
@@ -95,4 +97,10 @@ class RunStores:
     incidents: IncidentStatusWriter
     attempts: AttemptSink | None = None
     approvals: ApprovalGate | None = None
+    # The symptom check after the rollout (off: a complete rollout succeeds at once, as before).
+    symptom_checks: bool = False
+    pods: PodHealth | None = None
+    prometheus: FiringAlerts | None = None
+    # Reads the workload's stamp before a Run is cancelled as already resolved.
+    reader: WorkloadReader | None = None
 
