@@ -31,7 +31,7 @@ from tests.conftest import OperatorFactory
 from tests.e2e.test_approvals import APPROVER, APPROVERS, decide, wait_for_webhooks
 from tests.e2e.test_intake import TOKEN, Alertmanager, healthy
 from tests.e2e.test_intake import alertmanager as alertmanager_fixture
-from tests.e2e.test_runs import events_for, get, wait_for_run
+from tests.e2e.test_runs import events_for, get, run_status, wait_for_run
 from tests.e2e.workloads import create_deployment
 from tests.harness.cluster import TestCluster
 from tests.harness.operator import OperatorProcess
@@ -144,8 +144,11 @@ def the_incident(cluster: TestCluster, namespace: str) -> dict[str, Any]:
 
 
 def signals_resolved(cluster: TestCluster, namespace: str, name: str) -> bool:
+    """Every firing episode has its resolved signal (the intake appends one beside the firing one)."""
     signals = get(cluster, namespace, "incident", name)["spec"].get("signals") or []
-    return bool(signals) and all(s["status"] == "resolved" for s in signals)
+    episodes = {(s["fingerprint"], s["startsAt"]) for s in signals}
+    resolved = {(s["fingerprint"], s["startsAt"]) for s in signals if s["status"] == "resolved"}
+    return bool(episodes) and episodes == resolved
 
 
 def verify_step(status: dict[str, Any]) -> dict[str, Any]:
@@ -187,7 +190,9 @@ def test_a_persisting_symptom_climbs_the_ladder_and_a_resolved_alert_is_not_acte
     assert "still firing" in verify_step(first)["message"]
 
     # (b) the second decision, which waits for a person.
-    second = wait_for_run(test_cluster, namespace, f"{name}-2", "WaitingApproval", timeout=DEADLINE)
+    wait_for_run(test_cluster, namespace, f"{name}-2", "WaitingApproval", timeout=DEADLINE)
+    second = wait_for(lambda: (s := run_status(test_cluster, namespace, f"{name}-2")).get("approvalRef") and s,
+                      timeout=DEADLINE, what="the second Run's Approval")
     status = get(test_cluster, namespace, "incident", name)["status"]
     assert (status["decision"]["sequence"], status["runRef"]["name"]) == (2, f"{name}-2"), status
     assert get(test_cluster, namespace, "run", f"{name}-2")["spec"]["requiresApproval"] is True
@@ -199,7 +204,7 @@ def test_a_persisting_symptom_climbs_the_ladder_and_a_resolved_alert_is_not_acte
              what="Alertmanager's resolved notification on the Incident")
     before = get(test_cluster, namespace, "deployment", "checkout")
     decide(test_cluster, namespace, f"{name}-2", "Approve", "restart it again", APPROVER, APPROVERS)
-    cancelled = wait_for_run(test_cluster, namespace, f"{name}-2", "Cancelled", "Running", "Verifying", "Succeeded",
+    cancelled = wait_for_run(test_cluster, namespace, f"{name}-2", "Cancelled", "Verifying", "Succeeded",
                              "Failed", timeout=DEADLINE)
     assert (cancelled["state"], cancelled["errorCode"]) == ("Cancelled", "E-ALREADY-RESOLVED"), cancelled
     after = get(test_cluster, namespace, "deployment", "checkout")

@@ -73,8 +73,10 @@ class Reader:
         return {"metadata": {"annotations": dict(self.annotations)}}
 
 
-def signal(status: str = "firing") -> dict[str, Any]:
-    return {"alertName": "KubePodCrashLooping", "labels": LABELS, "startsAt": T0.isoformat(), "status": status}
+def signal(status: str = "firing", episode: int = 0) -> dict[str, Any]:
+    """A signal as the intake records it (a resolution is a resolved signal of the same episode)."""
+    return {"alertName": "KubePodCrashLooping", "labels": LABELS, "fingerprint": "9f2c1e0b7a6d5c4b",
+            "startsAt": (T0 + timedelta(minutes=episode)).isoformat(), "status": status}
 
 
 def harness(*, signals: list[dict[str, Any]] | None = None, prometheus: bool = False, body: dict[str, Any] | None = None,
@@ -103,7 +105,7 @@ async def rolled_out(h: Harness) -> None:
 
 def set_signals(h: Harness, *statuses: str) -> None:
     assert h.incidents.body is not None
-    h.incidents.body["spec"]["signals"] = [signal(s) for s in statuses]
+    h.incidents.body["spec"]["signals"] = [signal(s) for s in ("firing", *statuses)]
 
 
 async def test_the_run_waits_the_window_and_succeeds_once_every_alert_resolved() -> None:
@@ -182,7 +184,7 @@ async def test_a_rules_own_window_wins_and_extends_the_deadline() -> None:
 
 
 async def test_an_approved_run_whose_alerts_resolved_is_cancelled_untouched() -> None:
-    h, _, _, reader = harness(signals=[signal("resolved")])
+    h, _, _, reader = harness(signals=[signal(), signal("resolved")])
     h.body["status"] = {"state": "Running", "approvalRef": {"name": "checkout-oom-1", "uid": "appr-1"}}
     status = await h.step()
     assert (status.state, status.error_code) == (RunState.CANCELLED, "E-ALREADY-RESOLVED")
@@ -194,7 +196,7 @@ async def test_an_approved_run_whose_alerts_resolved_is_cancelled_untouched() ->
 
 
 async def test_a_run_whose_stamp_is_on_the_workload_is_not_reported_untouched() -> None:
-    h, _, _, reader = harness(signals=[signal("resolved")])
+    h, _, _, reader = harness(signals=[signal(), signal("resolved")])
     reader.annotations = {"flywheel.dev/actions": f'[{{"run": "{RUN_UID}", "attempt": 1}}]'}
     h.body["status"] = {"state": "Running", "attempt": 1, "startedAt": T0.isoformat()}
     status = await h.step()
@@ -202,7 +204,7 @@ async def test_a_run_whose_stamp_is_on_the_workload_is_not_reported_untouched() 
 
 
 async def test_a_run_with_an_alert_still_firing_acts_and_its_decision_executes_once() -> None:
-    h, _, _, reader = harness(signals=[signal("resolved"), signal()])
+    h, _, _, reader = harness(signals=[signal(), signal("resolved"), signal(episode=10)])
     await h.step()
     await h.step(1)
     assert len(h.workloads.applied) == 1 and reader.reads == 0

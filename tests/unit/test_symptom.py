@@ -73,6 +73,20 @@ def test_every_signal_must_resolve_and_a_later_episode_counts() -> None:
     assert not all_resolved([]), "without signals nothing resolved"
 
 
+def test_a_resolution_appended_by_the_intake_resolves_its_episode_only() -> None:
+    # As the intake records it: the firing signal stays, a resolved one of the episode is appended.
+    def recorded(status: SignalStatus, starts: int, fingerprint: str = "9f2c1e0b7a6d5c4b") -> SignalFacts:
+        return SignalFacts("KubePodCrashLooping", {**ALERT_LABELS, **EXTERNAL}, status,
+                           fingerprint=fingerprint, starts_at=T0 + timedelta(minutes=starts))
+
+    first = [recorded(SignalStatus.FIRING, 0), recorded(SignalStatus.RESOLVED, 0)]
+    assert all_resolved(first) and signal_verdict(first, None).gone
+    again = [*first, recorded(SignalStatus.FIRING, 10)]
+    assert not all_resolved(again), "a later episode of the same alert fires again"
+    other = [*first, recorded(SignalStatus.FIRING, 0, fingerprint="0a1b2c3d4e5f6a7b")]
+    assert not all_resolved(other), "another alert's episode is not resolved by this one"
+
+
 def test_external_labels_on_the_signal_do_not_hide_the_series() -> None:
     assert alerts_series_matches(series(), signal())
     assert not alerts_series_matches(series(severity="critical"), signal())

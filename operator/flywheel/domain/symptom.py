@@ -45,10 +45,18 @@ class SignalFacts:
     labels: Mapping[str, str]
     status: SignalStatus
     ends_at: datetime | None = None
+    fingerprint: str | None = None
+    starts_at: datetime | None = None
 
     @property
     def firing(self) -> bool:
         return self.status is SignalStatus.FIRING
+
+    @property
+    def episode(self) -> tuple[object, ...]:
+        """One firing episode of one alert: the intake appends its resolution as another signal."""
+        alert: object = self.fingerprint or (self.alert_name, tuple(sorted(self.labels.items())))
+        return (alert, self.starts_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +84,18 @@ def window_end(rollout_complete_at: datetime, window_seconds: int) -> datetime:
 
 
 def firing_signals(signals: Iterable[SignalFacts]) -> list[SignalFacts]:
-    """The signals still firing, one per alert identity (name and labels)."""
+    """The episodes still firing (no resolved signal of the same episode), one signal per alert.
+
+    The intake records a resolution by appending a resolved signal of the same episode
+    (fingerprint, startsAt) next to its firing one, never by rewriting the firing one.
+    """
+    listed = list(signals)
+    resolved = {signal.episode for signal in listed if not signal.firing}
     seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
     firing: list[SignalFacts] = []
-    for signal in signals:
+    for signal in listed:
         identity = (signal.alert_name, tuple(sorted(signal.labels.items())))
-        if signal.firing and identity not in seen:
+        if signal.firing and signal.episode not in resolved and identity not in seen:
             seen.add(identity)
             firing.append(signal)
     return firing

@@ -81,6 +81,8 @@ def _signal(item: Mapping[str, Any]) -> SignalFacts:
         labels={str(key): str(value) for key, value in dict(item.get("labels") or {}).items()},
         status=SignalStatus(item.get("status") or SignalStatus.FIRING.value),
         ends_at=_parse_time(ends_at) if ends_at else None,
+        fingerprint=str(item["fingerprint"]) if item.get("fingerprint") else None,
+        starts_at=_parse_time(item["startsAt"]) if item.get("startsAt") else None,
     )
 
 
