@@ -94,6 +94,9 @@ def _spec_unseen(body: Mapping[str, Any]) -> bool:
 
 def _ladder_due(body: Mapping[str, Any]) -> bool:
     """Its Run ended without remediating it (the Run controller completed the decision): decide again."""
+    raw = body.get("status") or {}
+    if raw.get("phase") != IncidentPhase.MITIGATING.value or (raw.get("decision") or {}).get("state") != "Completed":
+        return False  # most watch events: no model parsing for them
     try:
         status = IncidentStatus.model_validate(own_status(body.get("status") or {}, IncidentStatus))
     except ValueError:
