@@ -32,6 +32,8 @@ export FLYWHEEL_NAMESPACE="${NS}"
 # Flywheel acts only in namespaces that opted in. The demo keeps the operator's own Secrets in the
 # workload's namespace, and the operator's namespace is protected (a label is not enough): list it.
 export FLYWHEEL_REMEDIATION_NAMESPACES="${NS}"
+# The demo's Pods are KWOK's: the symptom check after the rollout needs no 10-minute window here.
+export FLYWHEEL_VERIFICATION_WINDOW_SECONDS="${FLYWHEEL_VERIFICATION_WINDOW_SECONDS:-10}"
 if [[ -f "${STATE}/operator.pid" ]] && kill -0 "$(cat "${STATE}/operator.pid")" 2>/dev/null; then
   # A previous demo's operator may run older code: replace it.
   kill "$(cat "${STATE}/operator.pid")" && sleep 2
@@ -76,7 +78,7 @@ kubectl get flywheel -n "${NS}"
 step "What Flywheel made of it"
 kubectl describe incident -n "${NS}" checkout-oom | sed -n '/^Status:/,$p'
 
-step "The Run restarts checkout for real and verifies the rollout"
+step "The Run restarts checkout for real, verifies the rollout, then that its Pods stay Ready for ${FLYWHEEL_VERIFICATION_WINDOW_SECONDS}s"
 for _ in $(seq 1 90); do
   state="$(kubectl get run -n "${NS}" "${run}" -o jsonpath='{.status.state}' 2>/dev/null || true)"
   case "${state}" in Succeeded|Failed|Cancelled|TimedOut) break ;; esac

@@ -165,6 +165,8 @@ def start_operator(
             "FLYWHEEL_NAMESPACE": namespace,
             # The operator's own namespace is protected: only the list opts it in (a label is not enough).
             "FLYWHEEL_REMEDIATION_NAMESPACES": namespace,
+            # The symptom is checked as soon as the rollout completes (tests that need a window set one).
+            "FLYWHEEL_VERIFICATION_WINDOW_SECONDS": "0",
             **{f"FLYWHEEL_{key.upper()}": value for key, value in env.items()},
         }
         process = OperatorProcess(

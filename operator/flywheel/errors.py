@@ -50,6 +50,10 @@ class DatabaseUnavailableError(StoreUnavailableError):
     """The history database cannot be reached."""
 
 
+class PrometheusUnavailableError(StoreUnavailableError):
+    """Prometheus cannot be reached, timed out or answered 5xx (the symptom check falls back)."""
+
+
 class StoreRefusedError(FlywheelError):
     """A backing store refused the request itself (a script error, a value of the wrong type).
 
@@ -61,6 +65,10 @@ class StoreRefusedError(FlywheelError):
 
 class RedisRefusedError(StoreRefusedError):
     """Redis answered, and refused the command (see ``flywheel.stores.redis_errors``)."""
+
+
+class PrometheusRefusedError(StoreRefusedError):
+    """Prometheus refused the query (4xx, a bad expression) or answered something that is not its API."""
 
 
 class KubernetesApiError(FlywheelError):

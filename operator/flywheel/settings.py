@@ -127,6 +127,27 @@ class FlywheelSettings(BaseSettings):
     )
     run_timeout_seconds: int = Field(default=600, ge=10, description="Default deadline of a Run.")
     run_max_attempts: int = Field(default=2, ge=1, le=10, description="Default attempts of a Run's action.")
+    verification_window_seconds: int = Field(
+        default=600,
+        ge=0,
+        le=86400,
+        description=(
+            "How long a Run stays Verifying after its rollout completes before the symptom is checked "
+            "(alerts resolved, or Pods Ready without restarts); a catalogue rule may set its own. "
+            "Leave room for the alert rule's evaluation interval plus Alertmanager's group_interval."
+        ),
+    )
+    prometheus_url: str | None = Field(
+        default=None,
+        description="Prometheus asked for ALERTS at the end of a verification window. Empty: Alertmanager's resolved notifications only.",
+    )
+    prometheus_timeout_seconds: float = Field(default=5.0, gt=0, description="Timeout of one Prometheus query.")
+    max_decisions_per_incident: int = Field(
+        default=3, ge=1, le=100, description="Decisions (and Runs) at most per Incident: the remediation ladder's length."
+    )
+    ladder_requires_approval: bool = Field(
+        default=True, description="Every decision after an Incident's first requires approval."
+    )
     run_max_concurrent_per_namespace: int = Field(
         default=5,
         ge=1,
@@ -385,7 +406,7 @@ class FlywheelSettings(BaseSettings):
     def _blank_cert_dir_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("notify_webhook_url", mode="before")
+    @field_validator("notify_webhook_url", "prometheus_url", mode="before")
     @classmethod
     def _blank_webhook_is_none(cls, value: object) -> object:
         # An empty FLYWHEEL_NOTIFY_WEBHOOK_URL (a blank ConfigMap entry) means "no webhook".

@@ -13,16 +13,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import Any
 
 import kopf
 import redis.asyncio
 from sqlalchemy import Engine
 
+from flywheel.api.incident import Decision
 from flywheel.controllers.approval import ApprovalGate
 from flywheel.controllers.catalogue_reload import LiveCatalogue
 from flywheel.controllers.incident import AdvisorPanel, IncidentPolicy, IncidentStores
 from flywheel.controllers.run import AttemptRecord, RunPolicy, RunStores
 from flywheel.domain.escalation import EscalationThresholds
+from flywheel.domain.ladder import LadderPolicy
 from flywheel.domain.namespaces import RemediationScope
 from flywheel.domain.rules import default_catalogue, default_catalogue_text, load_catalogue
 from flywheel.domain.run_state import SafetyLimits
@@ -34,6 +37,8 @@ from flywheel.stores.anomaly_redis import AnomalyStore, connect_redis
 from flywheel.stores.approvals import SigningKeyStore, TokenLedger
 from flywheel.stores.catalogue_file import CatalogueFile, content_digest
 from flywheel.stores.claims import AnomalyClaims
+from flywheel.stores.event_notifier import EventOnlyNotifier
+from flywheel.stores.events import KubernetesEventPoster
 from flywheel.stores.history import HistoryKind, HistoryStore, HistoryWriter, RepairExecution
 from flywheel.stores.history.engine import create_history_engine
 from flywheel.stores.history.migrate import upgrade
@@ -42,6 +47,8 @@ from flywheel.stores.incidents import IncidentStatusStore
 from flywheel.stores.kube import FlywheelResources, KubeApi
 from flywheel.stores.namespaces import KubeNamespaceReader, NamespaceLabels
 from flywheel.stores.peering import PeeringObserver
+from flywheel.stores.pod_health import PodHealthStore
+from flywheel.stores.prometheus_alerts import PrometheusAlerts
 from flywheel.stores.workloads import WorkloadStore
 
 
@@ -74,6 +81,21 @@ class HistoryAttemptSink:
 
 
 @dataclass
+class DecisionProgressWriter:
+    """Writes an Incident's decision as Analyzing while its advisors are asked (one status merge patch)."""
+
+    resources: FlywheelResources
+
+    async def analyzing(self, namespace: str, name: str, decision: Decision, condition: dict[str, Any]) -> None:
+        # The condition is merged by the pass's own write at its end (conditions are a list: not
+        # patched here, so that no other condition is dropped); the decision says Analyzing now.
+        await self.resources.patch_status(
+            "incidents", namespace, name,
+            {"decision": decision.model_dump(mode="json", by_alias=True, exclude_none=True)},
+        )
+
+
+@dataclass
 class Dependencies:
     settings: FlywheelSettings
     kube: KubeApi
@@ -95,8 +117,15 @@ class Dependencies:
     notify_sender: WebhookSender | None
     # The namespace opt-in: labels kept by the namespace watch, read by the Runs and the intake.
     namespaces: NamespaceLabels
+    # The Incident controller's notifications (decision ready, ladder exhausted).
+    notifier: EventOnlyNotifier | None = None
+    prometheus: PrometheusAlerts | None = None
 
     async def close(self) -> None:
+        if self.notifier is not None:
+            await self.notifier.close()
+        if self.prometheus is not None:
+            await self.prometheus.close()
         if self.notify_sender is not None:
             await self.notify_sender.close()
         if self.advisor_client is not None:
@@ -117,6 +146,7 @@ def run_policy(settings: FlywheelSettings) -> RunPolicy:
             breaker_max_remediations=settings.circuit_breaker_max_remediations,
             breaker_window=timedelta(seconds=settings.circuit_breaker_window_seconds),
         ),
+        verification_window_seconds=settings.verification_window_seconds,
     )
 
 
@@ -128,6 +158,11 @@ def incident_policy(settings: FlywheelSettings) -> IncidentPolicy:
         advisor_timeout_seconds=settings.advisor_timeout_seconds,
         run_timeout_seconds=settings.run_timeout_seconds,
         run_max_attempts=settings.run_max_attempts,
+        ladder=LadderPolicy(
+            max_decisions=settings.max_decisions_per_incident,
+            later_decisions_require_approval=settings.ladder_requires_approval,
+        ),
+        verification_window_seconds=settings.verification_window_seconds,
     )
 
 
@@ -167,6 +202,13 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
     advisors = AdvisorPanel(advisor_client, endpoints) if advisor_client is not None else None
     claims = AnomalyClaims(kube)
     namespaces = NamespaceLabels(KubeNamespaceReader(kube), remediation_scope(settings))
+    workloads = WorkloadStore(kube)
+    prometheus = (
+        PrometheusAlerts(settings.prometheus_url, timeout_seconds=settings.prometheus_timeout_seconds)
+        if settings.prometheus_url
+        else None
+    )
+    notifier = EventOnlyNotifier(KubernetesEventPoster(kube))
     return Dependencies(
         settings=settings,
         kube=kube,
@@ -177,21 +219,28 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
         advisor_client=advisor_client,
         history=history,
         run_stores=RunStores(
-            workloads=WorkloadStore(kube),
+            workloads=workloads,
             incidents=incidents,
             attempts=HistoryAttemptSink(history),
             approvals=approvals,
             namespaces=namespaces,
+            symptom_checks=True,
+            pods=PodHealthStore(kube),
+            prometheus=prometheus,
+            reader=workloads,
         ),
         run_policy=run_policy(settings),
         claims=claims,
         incident_stores=IncidentStores(
-            anomalies=anomalies, resources=resources, claims=claims, catalogue=catalogue, advisors=advisors
+            anomalies=anomalies, resources=resources, claims=claims, catalogue=catalogue, advisors=advisors,
+            notifier=notifier, progress=DecisionProgressWriter(resources),
         ),
         incident_policy=incident_policy(settings),
         history_engine=history_engine,
         notify_sender=notify_sender,
         namespaces=namespaces,
+        notifier=notifier,
+        prometheus=prometheus,
     )
 
 

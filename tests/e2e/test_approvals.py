@@ -248,7 +248,8 @@ def test_an_approver_approves_and_the_action_runs_once(
     approve_step = steps(final, "approve")[0]
     assert approve_step["result"] == "Approved"
     assert approve_step["message"] == f"approved by {APPROVER}: known OOM, restart is safe"
-    assert [step["name"] for step in steps(final)] == ["await-approval", "approve", "execute", "verify"]
+    # The rollout, then the symptom (issue #16): two verify steps.
+    assert [step["name"] for step in steps(final)] == ["await-approval", "approve", "execute", "verify", "verify"]
     assert final["approvalRef"]["name"] == "checkout-oom-1"
     assert final["approvalToken"].count(".") == 2, "a JWT"
     assert restart_count(test_cluster, namespace, "checkout") == 2, "restarted exactly once"

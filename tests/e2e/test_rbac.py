@@ -16,8 +16,8 @@ Scenario matrix:
   them succeeds too);
 - least privilege: ``kubectl auth can-i --as`` the ServiceAccount says yes to the calls the
   operator makes and no to deleting or updating workloads, creating them, scaling through the
-  subresource, listing, watching or deleting pods (it may only get one, for the intake's owner
-  lookup), reading ConfigMaps or any Secret but the signing key, writing Secrets outside
+  subresource, watching or deleting pods (it may get one, for the intake's owner lookup, and list
+  them, for the symptom check after a rollout), reading ConfigMaps or any Secret but the signing key, writing Secrets outside
   its namespace, updating status, touching another peering object, deleting Leases or Flywheel
   resources, changing CRDs, RBAC or webhook configurations, impersonating, and anything by wildcard.
 """
@@ -229,6 +229,8 @@ ALLOWED = [
     ("list", "replicasets.apps", "-n=default"),
     ("list", "controllerrevisions.apps", "-n=default"),
     ("get", "pods", "-n=default"),
+    # The symptom check of a kubectl-filed Incident lists its target's Pods (issue #16).
+    ("list", "pods", "-n=default"),
     ("get", "replicasets.apps", "-n=default"),
     ("update", "leases.coordination.k8s.io", "-n=default"),
     ("create", "events", "-n=default"),
@@ -257,7 +259,6 @@ DENIED = [
     ("watch", "daemonsets.apps", "-n=default"),
     ("patch", "deployments.apps[scale]", "-n=default"),
     ("update", "runs.flywheel.dev[status]", "-n=default"),
-    ("list", "pods", "--all-namespaces"),
     ("watch", "pods", "-n=default"),
     ("delete", "pods", "-n=default"),
     ("watch", "replicasets.apps", "-n=default"),

@@ -138,8 +138,11 @@ def test_restart_run_rolls_the_deployment_and_resolves_the_incident(
     assert status["attempt"] == 1
     assert "errorCode" not in status or status["errorCode"] is None
     assert status["startedAt"] <= status["completedAt"]
-    assert [step["name"] for step in steps(status)] == ["admit", "execute", "verify"]
-    assert [step["seq"] for step in steps(status)] == [1, 2, 3]
+    # The rollout, then the symptom (issue #16): a kubectl-filed Incident is judged by its Pods.
+    assert [step["name"] for step in steps(status)] == ["admit", "execute", "verify", "verify"]
+    assert [step["result"] for step in steps(status, "verify")] == ["RolloutComplete", "Succeeded"]
+    assert steps(status, "verify")[-1]["message"].startswith("evidence pods: Pods: 1 Ready"), status
+    assert [step["seq"] for step in steps(status)] == [1, 2, 3, 4]
     assert condition(status, "Succeeded")["status"] == "True"
     assert condition(status, "OutcomeRecorded")["status"] == "True"
 

@@ -72,8 +72,15 @@ def is_nan(value: float | None) -> bool:
 
 
 @contextlib.contextmanager
-def prometheus_server(targets: Sequence[str], rule_files: Sequence[Path] = (), job: str = "flywheel") -> Iterator[PrometheusServer]:
-    """Prometheus scraping ``targets`` (host:port) every second."""
+def prometheus_server(
+    targets: Sequence[str],
+    rule_files: Sequence[Path] = (),
+    job: str = "flywheel",
+    *,
+    port: int | None = None,
+    alertmanagers: Sequence[str] = (),
+) -> Iterator[PrometheusServer]:
+    """Prometheus scraping ``targets`` (host:port) every second, sending alerts to ``alertmanagers`` (host:port)."""
     if shutil.which(PROMETHEUS) is None and not Path(PROMETHEUS).exists():
         raise AssertionError(f"{PROMETHEUS} not found (apt-get install prometheus)")
     workdir = Path(tempfile.mkdtemp(prefix="flywheel-prometheus-"))
@@ -82,8 +89,10 @@ def prometheus_server(targets: Sequence[str], rule_files: Sequence[Path] = (), j
         "rule_files": [str(path) for path in rule_files],
         "scrape_configs": [{"job_name": job, "static_configs": [{"targets": list(targets)}]}],
     }
+    if alertmanagers:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]}
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
+    port = port or free_port()
     log_path = workdir / "prometheus.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

@@ -14,6 +14,7 @@ Scenario matrix:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -131,7 +132,20 @@ class TestStuck:
     def test_investigating_a_second_longer_is_stuck(self) -> None:
         assert is_stuck(watched("a", IncidentPhase.INVESTIGATING, age=timedelta(hours=24, seconds=1)), NOW)
 
-    @pytest.mark.parametrize("phase", [None, IncidentPhase.MITIGATING, IncidentPhase.RESOLVED, IncidentPhase.DUPLICATE])
+    # Mitigating and NotRemediated count too (issue #16): a Mitigating Incident whose Runs failed
+    # makes no progress either; the clock is its last condition change, not its creation.
+    @pytest.mark.parametrize("phase", [IncidentPhase.MITIGATING, IncidentPhase.NOT_REMEDIATED])
+    def test_active_phases_without_progress_are_stuck(self, phase: IncidentPhase) -> None:
+        assert is_stuck(watched("a", phase, age=timedelta(days=3)), NOW)
+
+    @pytest.mark.parametrize("phase", [IncidentPhase.INVESTIGATING, IncidentPhase.MITIGATING])
+    def test_recent_progress_is_not_stuck(self, phase: IncidentPhase) -> None:
+        incident = dataclasses.replace(
+            watched("a", phase, age=timedelta(days=3)), last_progress=NOW - timedelta(hours=23)
+        )
+        assert not is_stuck(incident, NOW)
+
+    @pytest.mark.parametrize("phase", [None, IncidentPhase.RESOLVED, IncidentPhase.DUPLICATE, IncidentPhase.CLOSED])
     def test_other_phases_are_never_stuck(self, phase: IncidentPhase | None) -> None:
         assert not is_stuck(watched("a", phase, age=timedelta(days=3)), NOW)
 

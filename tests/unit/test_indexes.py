@@ -63,7 +63,7 @@ async def test_one_incident_index_answers_by_name_by_anomaly_and_as_a_whole() ->
     assert view == IncidentView(
         namespace="shop", name="oom-1", uid="uid-oom-1", created_at=T0, remediation_mode=RemediationMode.SHADOW,
         phase=IncidentPhase.MITIGATING, deleting=False, anomaly_key="k1", alert_name="KubePodOOMKilled",
-        source="alertmanager", has_decision=True, run_uid="run-uid",
+        source="alertmanager", has_decision=True, run_uid="run-uid", last_progress=T0,
     )
     assert incident_of(index, "shop", "absent") is None  # type: ignore[arg-type]
     assert incident_of(index, "elsewhere", "oom-1") is None  # type: ignore[arg-type]

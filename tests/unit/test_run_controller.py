@@ -359,7 +359,7 @@ async def test_verification_that_never_completes_retries_then_fails() -> None:
     told = resolved_condition(h)
     assert (told["status"], told["reason"]) == ("False", "NotRemediated")
     assert told["message"].startswith("Run checkout-oom-1 failed: E-VERIFY-TIMEOUT: ")
-    assert "until a person resolves it (spec.resolution)" in told["message"]
+    assert "its decision is completed" in told["message"]
     assert h.events()[-1] == "IncidentNotRemediated"
     assert condition(status, "OutcomeRecorded") == ("True", "Recorded")
 

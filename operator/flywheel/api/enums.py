@@ -39,6 +39,8 @@ class IncidentPhase(StrEnum):
     RESOLVED = "Resolved"
     CLOSED = "Closed"
     DUPLICATE = "Duplicate"
+    # Its remediation ladder is exhausted: no further decision, a person must act.
+    NOT_REMEDIATED = "NotRemediated"
 
 
 class EscalationLevel(StrEnum):

@@ -229,6 +229,12 @@ class Decision(StatusModel):
         description="DEC- followed by 12 hex characters.",
     )
     state: DecisionState = Field(description="Init, Analyzing, Ready, Executing, Completed or Error.")
+    sequence: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description="Which decision of the Incident this is (1, then 2, 3… after a failed Run); null means 1.",
+    )
     source: DecisionSource | None = Field(default=None, description="rules, advisor or consensus.")
     action: Action | None = Field(default=None, description="The chosen action, once there is one.")
     risk_level: RiskLevel | None = Field(default=None, description="low, medium, high or critical.")
@@ -248,7 +254,7 @@ class IncidentStatus(StatusModel):
     """Observed state of the Incident, written by Flywheel only."""
 
     phase: IncidentPhase | None = Field(
-        default=None, description="Investigating, Mitigating, Resolved, Closed or Duplicate."
+        default=None, description="Investigating, Mitigating, NotRemediated, Resolved, Closed or Duplicate."
     )
     anomaly: AnomalyStatus | None = Field(default=None, description="Recurrence summary.")
     decision: Decision | None = Field(default=None, description="Current remediation decision.")

@@ -12,7 +12,11 @@ from typing import Final
 from flywheel.api.enums import IncidentPhase
 
 # Phases of an Incident still being worked on, and phases it never leaves.
-ACTIVE_PHASES: Final = frozenset({None, IncidentPhase.INVESTIGATING, IncidentPhase.MITIGATING})
+# NotRemediated stays active: it still owns its anomaly (new occurrences become its Duplicates)
+# and waits for a person.
+ACTIVE_PHASES: Final = frozenset(
+    {None, IncidentPhase.INVESTIGATING, IncidentPhase.MITIGATING, IncidentPhase.NOT_REMEDIATED}
+)
 FINAL_PHASES: Final = frozenset({IncidentPhase.RESOLVED, IncidentPhase.CLOSED})
 
 # Condition types on an Incident.

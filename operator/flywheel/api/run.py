@@ -76,6 +76,15 @@ class RunSpec(SpecModel):
         default=600, ge=10, le=86400, description="Deadline for the whole Run, from its start."
     )
     max_attempts: int = Field(default=2, ge=1, le=10, description="Attempts before the Run fails.")
+    verification_window_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=86400,
+        description=(
+            "How long the symptom must stay gone after the rollout completes before the Run succeeds "
+            "(added to timeoutSeconds); null: the operator's default."
+        ),
+    )
     trace_id: str = Field(
         min_length=TRACE_ID_LENGTH,
         max_length=TRACE_ID_LENGTH,

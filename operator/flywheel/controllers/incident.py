@@ -13,13 +13,14 @@ next Incident feature lands.)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from flywheel.api.common import Action, ObjectRef, new_condition, set_condition
+from flywheel.api.common import Action, ObjectRef, find_condition, new_condition, set_condition
 from flywheel.api.enums import (
     ActionType,
     ConditionStatus,
@@ -55,6 +56,7 @@ from flywheel.domain.decision import (
     decide,
     decision_id,
 )
+from flywheel.domain.decision_state import check_decision_transition
 from flywheel.domain.escalation import (
     ActionStats,
     AnomalySnapshot,
@@ -62,10 +64,13 @@ from flywheel.domain.escalation import (
     escalation_rose,
     incident_occurrences,
 )
+from flywheel.domain.funnel import ObjectSample
+from flywheel.domain.ladder import LadderExhausted, LadderPolicy, next_rung, rung_requires_approval
 from flywheel.domain.names import label_value, suffixed_name
+from flywheel.domain.notifications import Notification, NotificationKind, Notifier
 from flywheel.domain.rules import AlertFacts, CatalogueSource
 from flywheel.domain.signature import anomaly_key
-from flywheel.errors import NotFoundError, RedisUnavailableError
+from flywheel.errors import KubernetesApiError, NotFoundError, RedisUnavailableError, StoreUnavailableError
 from flywheel.logs import get_logger
 from flywheel.stores.advisor_client import AdvisorEndpoint
 from flywheel.stores.anomaly_redis import RecordedOccurrences
@@ -87,6 +92,10 @@ ESCALATION_CONSEQUENCES: dict[EscalationLevel | None, str] = {
 
 # The first decision of an Incident; later decisions (after a failed Run) count up.
 FIRST_DECISION = 1
+# The Warning Event of an Incident whose remediation ladder is exhausted.
+LADDER_EXHAUSTED_EVENT_REASON = "LadderExhausted"
+# The reason of Resolved=False the Run controller writes when a Run ended without remediating.
+NOT_REMEDIATED_REASON = "NotRemediated"
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +271,12 @@ class AnomalyClaimer(Protocol):
     ) -> Holder | None: ...
 
 
+class DecisionProgress(Protocol):
+    """Writes the decision while the advisors are asked (state Analyzing), before the pass ends."""
+
+    async def analyzing(self, namespace: str, name: str, decision: Decision, condition: dict[str, Any]) -> None: ...
+
+
 class AdvisorAsker(Protocol):
     """Asking the model advisors (``flywheel.stores.advisor_client.AdvisorClient``)."""
 
@@ -293,6 +308,9 @@ class IncidentPolicy:
     advisor_timeout_seconds: float
     run_timeout_seconds: int
     run_max_attempts: int
+    ladder: LadderPolicy = field(default_factory=LadderPolicy)
+    # Written on each Run; a catalogue rule's own window wins (None: the Run controller's default).
+    verification_window_seconds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -304,6 +322,9 @@ class IncidentStores:
     claims: AnomalyClaimer
     catalogue: CatalogueSource
     advisors: AdvisorPanel | None = None
+    # Decision ready, ladder exhausted: handed over without waiting (delivery is elsewhere).
+    notifier: Notifier | None = None
+    progress: DecisionProgress | None = None
 
 
 # --------------------------------------------------------------------------- controller
@@ -340,7 +361,11 @@ class IncidentReconciler:
         if incident.spec.resolution is not None:
             await self._resolve_manually(incident, outcome, now)
             return outcome
-        if status.phase == IncidentPhase.DUPLICATE or status.run_ref is not None:
+        if status.phase in (IncidentPhase.DUPLICATE, IncidentPhase.NOT_REMEDIATED):
+            return outcome  # a Duplicate never starts a Run; NotRemediated waits for a person
+        if status.run_ref is not None:
+            if ladder_due(status):
+                await self._climb_ladder(incident, outcome, now)
             return outcome
 
         primary = None if status.decision is not None else await self._claim(incident, peers)
@@ -475,7 +500,9 @@ class IncidentReconciler:
         status.phase = IncidentPhase.RESOLVED
         status.disposition = Disposition.MANUAL_RESOLVED
         status.resolved_at = status.resolved_at or now
-        if status.decision is not None and status.decision.state != DecisionState.ERROR:
+        if status.decision is not None and check_decision_transition(
+            status.decision.state, DecisionState.COMPLETED
+        ).allowed:
             status.decision.state = DecisionState.COMPLETED
         resolution = incident.spec.resolution
         assert resolution is not None
@@ -484,13 +511,68 @@ class IncidentReconciler:
                         f"resolved by a person{cause}", now)
         outcome.events.append(Event("Normal", "Resolved", f"resolved manually{cause}"))
 
-    async def _decide_and_start(self, incident: IncidentObject, outcome: IncidentOutcome, now: datetime) -> None:
+    async def _climb_ladder(self, incident: IncidentObject, outcome: IncidentOutcome, now: datetime) -> None:
+        """The decision's Run failed or timed out: decide again, or say the ladder is exhausted."""
         status = outcome.status
-        sequence = FIRST_DECISION
+        assert status.decision is not None
+        rung = next_rung(status.decision.sequence or FIRST_DECISION, self._policy.ladder)
+        if isinstance(rung, LadderExhausted):
+            status.phase = IncidentPhase.NOT_REMEDIATED
+            self._condition(outcome, incident, REMEDIATION_STARTED, ConditionStatus.FALSE,
+                            LADDER_EXHAUSTED_EVENT_REASON, rung.message, now)
+            outcome.events.append(Event("Warning", LADDER_EXHAUSTED_EVENT_REASON, rung.message))
+            self._notify(incident, NotificationKind.LADDER_EXHAUSTED, LADDER_EXHAUSTED_EVENT_REASON,
+                         f"Incident {incident.namespace}/{incident.name} not remediated", rung.message, now,
+                         {"decisions": rung.decisions}, f"{NotificationKind.LADDER_EXHAUSTED.value}/{incident.uid}")
+            return
+        await self._decide_and_start(incident, outcome, now, sequence=rung.sequence,
+                                     ladder_approval=rung.requires_approval)
+
+    def _notify(self, incident: IncidentObject, kind: NotificationKind, reason: str, title: str, message: str,
+                now: datetime, details: Mapping[str, Any], dedup_key: str) -> None:
+        if self._stores.notifier is None:
+            return
+        self._stores.notifier.submit(Notification(
+            kind=kind.value, reason=reason, title=title, message=message, scope=incident.namespace,
+            occurred_at=now, subjects=(ObjectSample("Incident", incident.namespace, incident.name, incident.uid),),
+            details=dict(details), dedup_key=dedup_key,
+        ))
+
+    async def _analyzing(self, incident: IncidentObject, outcome: IncidentOutcome, sequence: int, now: datetime) -> None:
+        """Say Analyzing (written at once) while the advisors are asked; a failed write does not stop deciding."""
+        progress = self._stores.progress
+        if progress is None or self._stores.advisors is None:
+            return
+        if not advisors_to_consult(incident.spec.severity, self._stores.advisors.endpoints):
+            return
+        current = outcome.status.decision
+        if current is not None and current.sequence == sequence and current.state is not DecisionState.INIT:
+            return
+        decision = Decision(id=decision_id(incident.uid, sequence), state=DecisionState.ANALYZING, sequence=sequence)
+        condition = new_condition(DECIDED, ConditionStatus.UNKNOWN, "Analyzing", "asking the advisors", now=now,
+                                  observed_generation=incident.generation)
+        try:
+            await progress.analyzing(incident.namespace, incident.name, decision,
+                                     condition.model_dump(mode="json", by_alias=True, exclude_none=True))
+        except (StoreUnavailableError, KubernetesApiError) as exc:
+            log.warning("decision_analyzing_not_written", incident=incident.name, error=str(exc))
+
+    async def _decide_and_start(
+        self, incident: IncidentObject, outcome: IncidentOutcome, now: datetime,
+        *, sequence: int = FIRST_DECISION, ladder_approval: bool = False,
+    ) -> None:
+        status = outcome.status
+        await self._analyzing(incident, outcome, sequence, now)
         decision = await self._decide(incident, status.anomaly, outcome.action_stats)
+        if rung_requires_approval(sequence, decision.requires_approval, self._policy.ladder) != decision.requires_approval:
+            decision = dataclasses.replace(
+                decision, requires_approval=True,
+                approval_reasons=(*decision.approval_reasons, f"decision {sequence} of the Incident's ladder"),
+            )
         status.decision = Decision(
             id=decision_id(incident.uid, sequence),
             state=DecisionState.READY,
+            sequence=sequence,
             source=decision.source,
             action=Action.model_validate(decision.action.to_run_action()),
             risk_level=decision.risk,
@@ -502,6 +584,16 @@ class IncidentReconciler:
         self._condition(outcome, incident, DECIDED, ConditionStatus.TRUE, "DecisionReady",
                         f"{decision.action.describe()} ({decision.source.value}, risk {decision.risk.value})", now)
         outcome.events.append(Event("Normal", DECISION_EVENT_REASON, f"{status.decision.id}: {decision.action.describe()}; {decision.reasoning}"[:1024]))
+        self._notify(
+            incident, NotificationKind.DECISION_READY, DECISION_EVENT_REASON,
+            f"Decision {sequence} for Incident {incident.namespace}/{incident.name}",
+            f"{decision.action.describe()} (risk {decision.risk.value}"
+            f"{', requires approval' if decision.requires_approval else ''}): {decision.reasoning}"[:1024],
+            now,
+            {"decision": status.decision.id, "sequence": sequence, "action": decision.action.describe(),
+             "requiresApproval": decision.requires_approval, "run": run_name(incident.name, sequence)},
+            f"{NotificationKind.DECISION_READY.value}/{status.decision.id}",
+        )
         for warning in decision.warnings:
             reason = "NeedsPermanentFix" if warning == NEEDS_PERMANENT_FIX_WARNING else "DecisionWarning"
             outcome.events.append(Event("Warning", reason, warning))
@@ -590,6 +682,7 @@ class IncidentReconciler:
                 }],
             },
             "spec": {
+                **self._window(decision),
                 "incidentRef": {"name": incident.name, "uid": incident.uid},
                 "action": decision.action.to_run_action(),
                 "riskLevel": decision.risk.value,
@@ -602,6 +695,13 @@ class IncidentReconciler:
             },
         }
 
+    def _window(self, decision: DecisionOutcome) -> dict[str, int]:
+        """spec.verificationWindowSeconds: the matched rule's own window, else the configured one."""
+        rule = next((r for r in self._stores.catalogue.current().rules if r.name == decision.matched_rule), None)
+        window = rule.verification_window_seconds if rule is not None else None
+        window = window if window is not None else self._policy.verification_window_seconds
+        return {} if window is None else {"verificationWindowSeconds": window}
+
     @staticmethod
     def _condition(outcome: IncidentOutcome, incident: IncidentObject, condition_type: str,
                    status: ConditionStatus, reason: str, message: str, now: datetime) -> None:
@@ -609,6 +709,16 @@ class IncidentReconciler:
             outcome.status.conditions,
             new_condition(condition_type, status, reason, message, now=now, observed_generation=incident.generation),
         )
+
+
+def ladder_due(status: IncidentStatus) -> bool:
+    """Its decision completed because the Run failed or timed out (SPEC §2: it gets a new decision)."""
+    if status.phase is not IncidentPhase.MITIGATING or status.decision is None or status.run_ref is None:
+        return False
+    if status.decision.state is not DecisionState.COMPLETED:
+        return False
+    resolved = find_condition(status.conditions, RESOLVED)
+    return resolved is not None and resolved.status is ConditionStatus.FALSE and resolved.reason == NOT_REMEDIATED_REASON
 
 
 def _anomaly_status(snapshot: AnomalySnapshot) -> AnomalyStatus:

@@ -42,7 +42,9 @@ ALERTNAME_NULL_RATE_WINDOW: Final = timedelta(hours=24)
 NODE_ACTIVITY_WINDOW: Final = timedelta(hours=1)
 RECENT_ACTIVE_INCIDENTS: Final = 10
 
-ACTIVE_PHASES: Final = frozenset({None, IncidentPhase.INVESTIGATING, IncidentPhase.MITIGATING})
+ACTIVE_PHASES: Final = frozenset(
+    {None, IncidentPhase.INVESTIGATING, IncidentPhase.MITIGATING, IncidentPhase.NOT_REMEDIATED}
+)
 
 
 class FlywheelNode(StrEnum):
@@ -147,6 +149,8 @@ class WatchedIncident:
     source: str | None = None
     has_decision: bool = False
     run_uid: str | None = None  # status.runRef.uid
+    # The latest change of its conditions (None: its creation), the clock of "stuck".
+    last_progress: datetime | None = None
 
     @property
     def has_run(self) -> bool:
@@ -206,8 +210,12 @@ def incident_node(incident: WatchedIncident) -> FlywheelNode:
 
 
 def is_stuck(incident: WatchedIncident, now: datetime) -> bool:
-    """Investigating for more than 24 hours (since creation: an Incident never returns to Investigating)."""
-    return incident.phase is IncidentPhase.INVESTIGATING and now - incident.created_at > STUCK_AFTER
+    """Active (Investigating, Mitigating — its Runs may have failed —, NotRemediated) with no progress
+    for more than 24 hours: no condition of it changed since (else since its creation)."""
+    if not incident.active or incident.phase is None:
+        return False
+    progress = max(incident.created_at, incident.last_progress or incident.created_at)
+    return now - progress > STUCK_AFTER
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,6 +125,8 @@ class Rule:
     enabled: bool = True
     description: str = ""
     selector: AlertSelector | None = None
+    # How long its Runs stay Verifying after the rollout (None: the operator's default).
+    verification_window_seconds: int | None = None
 
     def __post_init__(self) -> None:
         if self.selector is not None and self.keywords:
@@ -397,6 +399,7 @@ class _RuleDocument(BaseModel):
     risk: RiskLevel
     confidence: Annotated[float, Field(ge=0.0, le=1.0, strict=True)] = DEFAULT_RULE_CONFIDENCE
     enabled: StrictBool = True
+    verificationWindowSeconds: Annotated[int, Field(ge=0, le=86400, strict=True)] | None = None
 
 
 def _field_path(location: tuple[int | str, ...]) -> str:
@@ -443,6 +446,7 @@ def _rule_from_document(index: int, item: Any, source: str) -> Rule:
         enabled=document.enabled,
         description=document.description.strip(),
         selector=document.match.selector() if document.match is not None else None,
+        verification_window_seconds=document.verificationWindowSeconds,
     )
 
 

@@ -138,6 +138,10 @@ class RunErrorCode(StrEnum):
     APPROVAL_REPLAYED = "E-APPR-REPLAYED"
     # A write of the Run's pass was refused as invalid (422): retrying is refused again.
     INVALID_WRITE = "E-INVALID-WRITE"
+    # The rollout completed but the symptom (alert, Pods) was still there at the end of the window.
+    SYMPTOM_PERSISTS = "E-SYMPTOM-PERSISTS"
+    # The Incident's alerts all resolved before the action was applied: nothing was done.
+    ALREADY_RESOLVED = "E-ALREADY-RESOLVED"
 
 
 @dataclass(frozen=True, slots=True)

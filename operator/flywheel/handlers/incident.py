@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 import kopf
 
 from flywheel.api.enums import IncidentPhase
+from flywheel.api.incident import IncidentStatus
 from flywheel.controllers.driver import ObjectDriver
-from flywheel.controllers.incident import IncidentObject, IncidentReconciler, PeerIncident
+from flywheel.controllers.incident import IncidentObject, IncidentReconciler, PeerIncident, ladder_due
 from flywheel.controllers.run import IncidentView
+from flywheel.controllers.run.views import own_status
 from flywheel.domain.signature import anomaly_key
 from flywheel.errors import KubernetesApiError, StoreUnavailableError
 from flywheel.handlers.driving import build_driver, retry_after, stop_driver
@@ -90,6 +92,18 @@ def _spec_unseen(body: Mapping[str, Any]) -> bool:
     return bool(status.get("observedGeneration") != (body.get("metadata") or {}).get("generation"))
 
 
+def _ladder_due(body: Mapping[str, Any]) -> bool:
+    """Its Run ended without remediating it (the Run controller completed the decision): decide again."""
+    raw = body.get("status") or {}
+    if raw.get("phase") != IncidentPhase.MITIGATING.value or (raw.get("decision") or {}).get("state") != "Completed":
+        return False  # most watch events: no model parsing for them
+    try:
+        status = IncidentStatus.model_validate(own_status(body.get("status") or {}, IncidentStatus))
+    except ValueError:
+        return False
+    return ladder_due(status)
+
+
 def _degraded(body: Mapping[str, Any]) -> bool:
     return bool(((body.get("status") or {}).get("anomaly") or {}).get("degraded"))
 
@@ -144,7 +158,7 @@ async def incident_changed(event: kopf.RawEvent, memo: FlywheelMemo, **_: Any) -
         return
     driver.start()  # from a handler, so that the loop's passes can post Events through Kopf
     tracked = driver.observe(body)
-    if event["type"] in (None, "ADDED") or _spec_unseen(body):
+    if event["type"] in (None, "ADDED") or _spec_unseen(body) or _ladder_due(body):
         await driver.drive(body)
     elif tracked and not _degraded(body):
         driver.forget(body["metadata"]["uid"])  # done; a degraded one stays for the driver's retry

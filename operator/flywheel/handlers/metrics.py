@@ -56,6 +56,7 @@ def live_view(incident_index: IncidentIndex, run_views: kopf.Index[str, Observed
                 source=view.source,
                 has_decision=view.has_decision,
                 run_uid=view.run_uid,
+                last_progress=view.last_progress,
             )
             for view in all_incidents(incident_index)
         ),

@@ -134,7 +134,8 @@ class RunPasses:
             and recorded.status is ConditionStatus.TRUE
         ):
             return None
-        return POLL_SECONDS
+        # A verification window asks to come back when it ends (no polling while 1,000 Runs wait).
+        return outcome.requeue_after if outcome.requeue_after is not None else POLL_SECONDS
 
     async def _reconcile(self, run: RunObject, body: Mapping[str, Any], guard: RunGuard) -> RunOutcome:
         """One pass's decisions, with its status patch written (raises if the write failed)."""

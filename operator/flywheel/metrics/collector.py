@@ -247,7 +247,7 @@ def _current_families(pipeline: PipelineSnapshot) -> Iterator[Metric]:
         "Active Incidents (not duplicates) that currently have no Run.",
         current.open_waiting,
     )
-    yield _gauge("flywheel_incidents_stuck", "Incidents Investigating for more than 24 hours.", current.incidents_stuck)
+    yield _gauge("flywheel_incidents_stuck", "Active Incidents (Investigating, Mitigating, NotRemediated) without progress for more than 24 hours.", current.incidents_stuck)
     yield _gauge(
         "flywheel_playbooks",
         "Enabled rules of the catalogue (each is a playbook Flywheel can run): the flywheel's playbook_count.",

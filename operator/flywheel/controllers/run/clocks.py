@@ -15,7 +15,8 @@ STALE_AFTER = timedelta(seconds=30)
 
 
 def deadline_of(ctx: RunPass) -> datetime:
-    return run_deadline(ctx.run.created_at, ctx.status.started_at, ctx.run.spec.timeout_seconds)
+    """The Run's deadline: its timeout plus its verification window."""
+    return run_deadline(ctx.run.created_at, ctx.status.started_at, ctx.run.spec.timeout_seconds + ctx.window_seconds)
 
 
 def last_sign_of_life(ctx: RunPass) -> datetime:

@@ -34,6 +34,7 @@ from flywheel.api.enums import ConditionStatus, RemediationMode, RunState
 from flywheel.controllers.run.admission import Admission
 from flywheel.controllers.run.approval_wait import ApprovalWait, gate_run
 from flywheel.controllers.run.clocks import heartbeat
+from flywheel.controllers.run.decision_progress import follow_decision
 from flywheel.controllers.run.execution import Execution
 from flywheel.controllers.run.outcome import OutcomeRecorder
 from flywheel.controllers.run.passes import (
@@ -45,6 +46,7 @@ from flywheel.controllers.run.passes import (
     RunPass,
 )
 from flywheel.controllers.run.ports import RepairRecorder, RunStores
+from flywheel.controllers.run.symptom_check import SymptomCheck
 from flywheel.controllers.run.verification import Verification
 from flywheel.controllers.run.views import IncidentView, RunObject
 from flywheel.domain.run_state import (
@@ -69,6 +71,8 @@ class RunPolicy:
     tenant: str | None
     max_scale_replicas: int
     limits: SafetyLimits
+    # Runs without spec.verificationWindowSeconds wait this long after their rollout (0: check at once).
+    verification_window_seconds: int = 0
 
 
 class RunController:
@@ -81,8 +85,11 @@ class RunController:
         self._namespaces = stores.namespaces
         self._admission = Admission(policy.limits)
         self._approval_wait = ApprovalWait(stores.approvals, self.tenant, policy.limits)
-        self._execution = Execution(stores.workloads, stores.approvals, self.tenant, policy.max_scale_replicas)
-        self._verification = Verification(stores.workloads)
+        self._execution = Execution(
+            stores.workloads, stores.approvals, self.tenant, policy.max_scale_replicas, stores.reader
+        )
+        symptoms = SymptomCheck(stores.pods, stores.prometheus) if stores.symptom_checks else None
+        self._verification = Verification(stores.workloads, symptoms)
         self._outcome = OutcomeRecorder(repairs, stores.incidents, stores.attempts, self.tenant)
 
     def tenant(self, namespace: str) -> str:
@@ -102,6 +109,10 @@ class RunController:
         """
         ctx = RunPass(run, now or datetime.now(UTC))
         ctx.approval = approval
+        if self._verification.checks_symptom and run.spec.verification_window_seconds is None:
+            ctx.window_seconds = self._policy.verification_window_seconds
+        elif not self._verification.checks_symptom:
+            ctx.window_seconds = 0  # no window: a complete rollout succeeds at once
         ctx.status.observed_generation = run.generation
         ctx.status.state = ctx.state  # a new Run is Pending
         if find_condition(ctx.status.conditions, SUCCEEDED) is None:
@@ -110,6 +121,8 @@ class RunController:
             await self._advance(ctx, incident, peers)
         if ctx.state in TERMINAL_STATES:
             await self._outcome.finish(ctx, incident)
+        if not ctx.run.shadow:
+            await follow_decision(ctx, incident, self._incidents)
         heartbeat(ctx)
         self._outcome.hand_over_attempts(ctx, incident)
         return ctx.outcome()
@@ -171,9 +184,9 @@ class RunController:
                 await self._approval_wait.waiting_approval(ctx, peers)
                 return
             if before is RunState.RUNNING:
-                await self._execution.running(ctx)
+                await self._execution.running(ctx, incident)
             elif before is RunState.VERIFYING:
-                await self._verification.verifying(ctx)
+                await self._verification.verifying(ctx, incident)
             if ctx.state == before or ctx.state in TERMINAL_STATES:
                 return
 

@@ -18,6 +18,8 @@ from flywheel.controllers.run.passes import (
     RunPass,
 )
 from flywheel.controllers.run.ports import WorkloadActions
+from flywheel.controllers.run.recheck import WorkloadReader, cancel_if_resolved
+from flywheel.controllers.run.views import IncidentView
 from flywheel.domain.approval import TokenRefused
 from flywheel.domain.run_state import (
     ActionNotApplicableError,
@@ -41,8 +43,10 @@ class Execution:
         approvals: ApprovalGate | None,
         tenant: Callable[[str], str],
         max_replicas: int,
+        reader: WorkloadReader | None = None,
     ) -> None:
         self._workloads = workloads
+        self._reader = reader
         self._approvals = approvals
         self._tenant = tenant
         self._max_replicas = max_replicas
@@ -72,7 +76,7 @@ class Execution:
             return False
         return True
 
-    async def running(self, ctx: RunPass) -> None:
+    async def running(self, ctx: RunPass, incident: IncidentView | None = None) -> None:
         run = ctx.run
         if ctx.status.attempt == 0 or ctx.status.started_at is None:
             # Moved to Running by an approval: check its token, then the first attempt starts.
@@ -87,6 +91,8 @@ class Execution:
         if expire(ctx):
             return
         stamp = ActionStamp(run_uid=run.uid, attempt=ctx.status.attempt, at=ctx.now)
+        if not run.shadow and await cancel_if_resolved(ctx, incident, self._reader, stamp):
+            return
         failure: FailureClass | None = None
         try:
             result = await self._workloads.apply(

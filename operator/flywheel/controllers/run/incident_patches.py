@@ -28,7 +28,8 @@ def unremediated_patch(
 ) -> dict[str, Any] | None:
     """The Incident status merge patch saying its Run ended without remediating it.
 
-    Condition Resolved turns False (reason NotRemediated) and the phase stays as it is. None when
+    Condition Resolved turns False (reason NotRemediated), the decision is Completed and the phase stays
+    as it is. None when
     the Incident is final already, its Run is another one, or the condition says so already.
     """
     status = IncidentStatus.model_validate(own_status(incident.get("status") or {}, IncidentStatus))
@@ -40,7 +41,11 @@ def unremediated_patch(
     if existing is not None and existing.reason == NOT_REMEDIATED and existing.message == message:
         return None
     conditions = _with_resolved(incident, status, ConditionStatus.FALSE, NOT_REMEDIATED, message, now)
-    return {"status": {"conditions": conditions}}
+    patch: dict[str, Any] = {"conditions": conditions}
+    if status.decision is not None and status.decision.state not in (DecisionState.COMPLETED, DecisionState.ERROR):
+        # The decision completed (its Run ended): the Incident controller's ladder takes it from here.
+        patch["decision"] = {"state": DecisionState.COMPLETED.value}
+    return {"status": patch}
 
 
 def _with_resolved(

@@ -63,10 +63,10 @@ class OutcomeRecorder:
         # Runs ended before acting because of a refusal did not remediate either: the namespace
         # did not opt in, or a write of the Run was refused as invalid.
         refused = status.error_code in (RunErrorCode.NAMESPACE_NOT_ENABLED.value, RunErrorCode.INVALID_WRITE.value)
-        if not run.shadow and (state in UNREMEDIATED_STATES or refused):
-            await self._report_unremediated(ctx, missing, notes)
         acted = not run.shadow and status.started_at is not None and status.attempt >= 1
         if not acted or state is RunState.CANCELLED:
+            if not run.shadow and (state in UNREMEDIATED_STATES or refused):
+                await self._report_unremediated(ctx, missing, notes)
             if missing:
                 ctx.condition(
                     OUTCOME_RECORDED, ConditionStatus.FALSE, "Retrying", "still to record: " + "; ".join(missing)
@@ -99,6 +99,9 @@ class OutcomeRecorder:
                 missing.append("repair attempt (Redis unavailable)")
         if success:
             await self._resolve_incident(ctx, key, tenant, missing, notes)
+        elif state in UNREMEDIATED_STATES and not missing:
+            # Only once the failure is in the repair history: the Incident's next decision reads it.
+            await self._report_unremediated(ctx, missing, notes)
         if missing:
             ctx.condition(
                 OUTCOME_RECORDED, ConditionStatus.FALSE, "Retrying", "still to record: " + "; ".join(missing)
@@ -169,8 +172,8 @@ class OutcomeRecorder:
         cause = status.steps[-1].message if status.steps else ""
         code = f"{status.error_code}: " if status.error_code else ""
         message = (
-            f"Run {run.name} {outcome}: {code}{cause}; the Incident stays open until a person resolves it "
-            "(spec.resolution)"
+            f"Run {run.name} {outcome}: {code}{cause}; its decision is completed (the Incident's next "
+            "decision follows, unless its ladder is exhausted)"
         )
 
         def mutation(body: Mapping[str, Any]) -> dict[str, Any] | None:

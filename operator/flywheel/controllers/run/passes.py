@@ -30,6 +30,7 @@ _ATTEMPT_ENDS = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.TIMED_O
 
 # Condition types on a Run.
 SUCCEEDED = "Succeeded"  # Unknown while in flight, True / False once final
+SYMPTOM_GONE = "SymptomGone"  # Unknown during the verification window (its lastTransitionTime starts it)
 THROTTLED = "Throttled"
 AWAITING_APPROVAL = "AwaitingApproval"
 OUTCOME_RECORDED = "OutcomeRecorded"
@@ -67,6 +68,8 @@ class RunOutcome:
 
     status: RunStatus
     events: list[Event] = field(default_factory=list)
+    # When the Run wants its next pass (a verification window waits without polling); None: the usual poll.
+    requeue_after: float | None = None
 
     def status_patch(self, before: RunStatus) -> dict[str, Any]:
         """A merge patch of the top-level status fields that changed (empty: nothing to write).
@@ -110,6 +113,9 @@ class RunPass:
         self.approval: Mapping[str, Any] | None = None
         # Attempts decided in this pass: (attempt, started, succeeded, error code).
         self.attempts: list[tuple[int, datetime, bool, RunErrorCode | None]] = []
+        self.requeue_after: float | None = None
+        # The verification window after the rollout (spec.verificationWindowSeconds, else the default).
+        self.window_seconds = run.spec.verification_window_seconds or 0
 
     @property
     def state(self) -> RunState:
@@ -207,5 +213,5 @@ class RunPass:
         return self.status.started_at or self.now
 
     def outcome(self) -> RunOutcome:
-        return RunOutcome(status=self.status, events=self.events)
+        return RunOutcome(status=self.status, events=self.events, requeue_after=self.requeue_after)
 

@@ -8,6 +8,8 @@ from typing import Any, Protocol
 
 from flywheel.api.enums import ActionType, TargetKind
 from flywheel.controllers.approval import ApprovalGate
+from flywheel.controllers.run.recheck import WorkloadReader
+from flywheel.controllers.run.symptom_check import FiringAlerts, PodHealth
 from flywheel.domain.actions import ProposedAction
 from flywheel.domain.run_state import RolloutFacts
 from flywheel.stores.incidents import StatusMutation, StatusUpdate
@@ -103,4 +105,10 @@ class RunStores:
     approvals: ApprovalGate | None = None
     # The namespace opt-in; None (unit tests of the state machine): every namespace may be acted in.
     namespaces: NamespaceGate | None = None
+    # The symptom check after the rollout (off: a complete rollout succeeds at once, as before).
+    symptom_checks: bool = False
+    pods: PodHealth | None = None
+    prometheus: FiringAlerts | None = None
+    # Reads the workload's stamp before a Run is cancelled as already resolved.
+    reader: WorkloadReader | None = None
 

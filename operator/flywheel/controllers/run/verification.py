@@ -1,11 +1,20 @@
-"""The Verifying step: watch the rollout until it is verified, retried, or failed."""
+"""The Verifying step: watch the rollout, then the symptom for the verification window; succeed, retry or fail.
+
+The window waits without polling: the pass that sees the rollout complete asks to come back
+when the window ends (``RunPass.requeue_after``), and that one pass reads the evidence.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
+
+from flywheel.api.common import find_condition
 from flywheel.api.enums import ConditionStatus, RunState
 from flywheel.controllers.run.clocks import STALE_AFTER, deadline_of, expire, last_sign_of_life, start_attempt
-from flywheel.controllers.run.passes import STEP_RETRY, STEP_VERIFY, SUCCEEDED, RunPass
+from flywheel.controllers.run.passes import STEP_RETRY, STEP_VERIFY, SUCCEEDED, SYMPTOM_GONE, RunPass
 from flywheel.controllers.run.ports import WorkloadActions
+from flywheel.controllers.run.symptom_check import SymptomCheck
+from flywheel.controllers.run.views import IncidentView
 from flywheel.domain.run_state import (
     NextStep,
     RunErrorCode,
@@ -14,21 +23,35 @@ from flywheel.domain.run_state import (
     overdue,
     verification_outcome,
 )
+from flywheel.domain.symptom import window_end
 from flywheel.errors import KubernetesApiError, StoreUnavailableError
 from flywheel.logs import get_logger
 
 log = get_logger(__name__)
 
+# How soon a window whose evidence could not be read (API or Prometheus down) is looked at again.
+EVIDENCE_RETRY_SECONDS = 5.0
+
 
 class Verification:
     """Verifying → Succeeded, Running (the next attempt), Failed or TimedOut."""
 
-    def __init__(self, workloads: WorkloadActions) -> None:
+    def __init__(self, workloads: WorkloadActions, symptoms: SymptomCheck | None = None) -> None:
         self._workloads = workloads
+        self._symptoms = symptoms
 
-    async def verifying(self, ctx: RunPass) -> None:
+    @property
+    def checks_symptom(self) -> bool:
+        return self._symptoms is not None
+
+    async def verifying(self, ctx: RunPass, incident: IncidentView | None = None) -> None:
         run = ctx.run
         deadline = deadline_of(ctx)
+        watching = find_condition(ctx.status.conditions, SYMPTOM_GONE)
+        if watching is not None and watching.status is ConditionStatus.UNKNOWN and not run.shadow:
+            # In the window (checked before the deadline: the pass that ends it is the sign of life).
+            await self._watch_symptom(ctx, incident, watching.last_transition_time)
+            return
         code = overdue(
             ctx.status.state,
             now=ctx.now,
@@ -75,9 +98,18 @@ class Verification:
             attempt=ctx.status.attempt,
             max_attempts=run.spec.max_attempts,
         )
-        if verdict.step is NextStep.SUCCEED:
+        if verdict.step is NextStep.SUCCEED and self._symptoms is None:
             ctx.move(RunState.SUCCEEDED, STEP_VERIFY, "Succeeded", rollout.message)
             ctx.event("Normal", "Succeeded", f"{target.describe()}: {rollout.message}")
+        elif verdict.step is NextStep.SUCCEED:
+            window = ctx.window_seconds
+            ctx.step(STEP_VERIFY, "RolloutComplete", f"{rollout.message}; symptom checked in {window}s")
+            ctx.condition(
+                SYMPTOM_GONE, ConditionStatus.UNKNOWN, "Watching",
+                f"rollout complete; the symptom must be gone {window}s later",
+            )
+            ctx.condition(SUCCEEDED, ConditionStatus.UNKNOWN, "VerifyingSymptom", rollout.message)
+            await self._watch_symptom(ctx, incident, ctx.now)
         elif verdict.step is NextStep.WAIT:
             ctx.condition(SUCCEEDED, ConditionStatus.UNKNOWN, "Verifying", rollout.message)
         elif verdict.step is NextStep.RETRY:
@@ -96,5 +128,43 @@ class Verification:
             )
             ctx.move(RunState.FAILED, STEP_VERIFY, "Failed", message, code=verdict.code)
             ctx.event("Warning", "Failed", message)
+
+    async def _watch_symptom(self, ctx: RunPass, incident: IncidentView | None, start: datetime) -> None:
+        """Wait for the window's end without polling; then the evidence decides Succeeded or Failed."""
+        assert self._symptoms is not None
+        run = ctx.run
+        end = window_end(start, ctx.window_seconds)
+        if ctx.now < end:
+            ctx.requeue_after = (end - ctx.now).total_seconds()
+            return
+        target = run.action
+        try:
+            verdict = await self._symptoms.verdict(run, incident, start)
+        except KubernetesApiError as exc:
+            failure = classify_api_status(exc.status)
+            if failure.retryable:
+                ctx.requeue_after = EVIDENCE_RETRY_SECONDS
+                return
+            message = f"symptom of {target.target_kind.value}/{target.target_name} not checkable: {exc}"
+            ctx.move(RunState.FAILED, STEP_VERIFY, "Failed", message, code=failure.code, detail=str(exc))
+            ctx.event("Warning", "Failed", message)
+            return
+        if verdict is None:
+            if ctx.now >= deadline_of(ctx):
+                message = "could not read the symptom's evidence before the deadline"
+                ctx.move(RunState.FAILED, STEP_VERIFY, "Failed", message, code=RunErrorCode.VERIFY_TIMEOUT)
+                ctx.event("Warning", "Failed", message)
+            ctx.requeue_after = EVIDENCE_RETRY_SECONDS
+            return
+        message = f"evidence {verdict.evidence.value}: {verdict.message}"
+        if verdict.gone:
+            ctx.condition(SYMPTOM_GONE, ConditionStatus.TRUE, "Gone", message)
+            ctx.move(RunState.SUCCEEDED, STEP_VERIFY, "Succeeded", message)
+            ctx.event("Normal", "Succeeded", f"{target.describe()}: {message}")
+            return
+        ctx.condition(SYMPTOM_GONE, ConditionStatus.FALSE, "Persists", message)
+        persists = f"{ctx.window_seconds}s after the rollout the symptom persists ({message})"
+        ctx.move(RunState.FAILED, STEP_VERIFY, "Failed", persists, code=RunErrorCode.SYMPTOM_PERSISTS)
+        ctx.event("Warning", "SymptomPersists", persists)
 
     # -- after the end -------------------------------------------------------------------

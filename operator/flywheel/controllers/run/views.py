@@ -7,11 +7,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from flywheel.api.enums import IncidentPhase, RemediationMode, RunMode, RunState, TargetKind
+from flywheel.api.enums import (
+    DecisionState,
+    IncidentPhase,
+    RemediationMode,
+    RunMode,
+    RunState,
+    SignalStatus,
+    TargetKind,
+)
 from flywheel.api.incident import IncidentStatus
 from flywheel.api.run import RunSpec, RunStatus, RunStep
 from flywheel.domain.actions import ProposedAction
 from flywheel.domain.run_state import ObservedRun
+from flywheel.domain.symptom import SignalFacts
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +40,11 @@ class IncidentView:
     source: str | None = None
     has_decision: bool = False
     run_uid: str | None = None  # status.runRef.uid (or its name, before a uid is known)
+    # Its alert signals as the intake recorded them (the symptom check and the re-check before acting).
+    signals: tuple[SignalFacts, ...] = ()
+    decision_state: DecisionState | None = None
+    # The latest lastTransitionTime of its conditions (else its creation): the stuck figure's clock.
+    last_progress: datetime | None = None
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> IncidentView:
@@ -54,7 +68,39 @@ class IncidentView:
             source=spec.get("source") or None,
             has_decision=bool(status.get("decision")),
             run_uid=(run_ref.get("uid") or run_ref.get("name")) if run_ref else None,
+            signals=tuple(_signal(item) for item in spec.get("signals") or [] if item.get("alertName")),
+            decision_state=_decision_state(status.get("decision")),
+            last_progress=_last_progress(meta, status),
         )
+
+
+def _signal(item: Mapping[str, Any]) -> SignalFacts:
+    ends_at = item.get("endsAt")
+    return SignalFacts(
+        alert_name=str(item["alertName"]),
+        labels={str(key): str(value) for key, value in dict(item.get("labels") or {}).items()},
+        status=SignalStatus(item.get("status") or SignalStatus.FIRING.value),
+        ends_at=_parse_time(ends_at) if ends_at else None,
+        fingerprint=str(item["fingerprint"]) if item.get("fingerprint") else None,
+        starts_at=_parse_time(item["startsAt"]) if item.get("startsAt") else None,
+    )
+
+
+def _decision_state(decision: Any) -> DecisionState | None:
+    state = decision.get("state") if isinstance(decision, Mapping) else None
+    try:
+        return DecisionState(str(state)) if state is not None else None
+    except ValueError:
+        return None
+
+
+def _last_progress(meta: Mapping[str, Any], status: Mapping[str, Any]) -> datetime:
+    moments = [_parse_time(meta["creationTimestamp"])]
+    for condition in status.get("conditions") or []:
+        moment = condition.get("lastTransitionTime")
+        if moment:
+            moments.append(_parse_time(moment))
+    return max(moments)
 
 
 def _parse_time(value: Any) -> datetime:
