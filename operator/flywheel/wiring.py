@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from flywheel.controllers.approval import ApprovalGate
 from flywheel.controllers.incident import AdvisorPanel, IncidentPolicy, IncidentStores
 from flywheel.controllers.run import AttemptRecord, RunPolicy, RunStores
+from flywheel.controllers.run_binding import RunBinder
 from flywheel.domain.escalation import EscalationThresholds
 from flywheel.domain.rules import RuleCatalogue, configured_catalogue
 from flywheel.domain.run_state import SafetyLimits
@@ -109,6 +110,7 @@ def run_policy(settings: FlywheelSettings) -> RunPolicy:
             breaker_max_remediations=settings.circuit_breaker_max_remediations,
             breaker_window=timedelta(seconds=settings.circuit_breaker_window_seconds),
         ),
+        approval_timeout=timedelta(seconds=settings.approval_timeout_seconds),
     )
 
 
@@ -120,6 +122,7 @@ def incident_policy(settings: FlywheelSettings) -> IncidentPolicy:
         advisor_timeout_seconds=settings.advisor_timeout_seconds,
         run_timeout_seconds=settings.run_timeout_seconds,
         run_max_attempts=settings.run_max_attempts,
+        degraded_requires_approval=settings.degraded_requires_approval,
     )
 
 
@@ -154,6 +157,7 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
         action_history=anomalies,
         audit=history,
     )
+    binder = RunBinder(approvals.signing_key, resources)
     catalogue = configured_catalogue(settings.rules_file)
     advisor_client = AdvisorClient() if endpoints else None
     advisors = AdvisorPanel(advisor_client, endpoints) if advisor_client is not None else None
@@ -172,11 +176,13 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
             incidents=incidents,
             attempts=HistoryAttemptSink(history),
             approvals=approvals,
+            binder=binder,
         ),
         run_policy=run_policy(settings),
         claims=claims,
         incident_stores=IncidentStores(
-            anomalies=anomalies, resources=resources, claims=claims, catalogue=catalogue, advisors=advisors
+            anomalies=anomalies, resources=resources, claims=claims, catalogue=catalogue, advisors=advisors,
+            binder=binder,
         ),
         incident_policy=incident_policy(settings),
         history_engine=history_engine,

@@ -34,6 +34,7 @@ from flywheel.api.names import (
     ACTIVE_PHASES,
     ANOMALY_EVENT_REASON,
     ANOMALY_RECORDED,
+    APPROVAL_REASONS,
     DECIDED,
     DECISION_EVENT_REASON,
     DEDUPLICATED,
@@ -46,6 +47,7 @@ from flywheel.api.names import (
     RUN_CREATED_EVENT_REASON,
     Event,
 )
+from flywheel.controllers.run_binding import RunBinder
 from flywheel.domain.actions import IncidentTarget
 from flywheel.domain.advisor import AdvisorResult, IncidentFacts, advisors_to_consult, build_messages
 from flywheel.domain.decision import (
@@ -293,6 +295,8 @@ class IncidentPolicy:
     advisor_timeout_seconds: float
     run_timeout_seconds: int
     run_max_attempts: int
+    # Degraded anomaly counts (Redis down): approval before any automatic action.
+    degraded_requires_approval: bool = True
 
 
 @dataclass(frozen=True)
@@ -304,6 +308,8 @@ class IncidentStores:
     claims: AnomalyClaimer
     catalogue: RuleCatalogue
     advisors: AdvisorPanel | None = None
+    # Seals each Run to its decision (only the operator's own Runs act); None in unit tests.
+    binder: RunBinder | None = None
 
 
 # --------------------------------------------------------------------------- controller
@@ -512,8 +518,11 @@ class IncidentReconciler:
                             "remediation.mode is Off: Flywheel decides but does not act", now)
             return
 
-        run = await self._stores.resources.create_or_get("runs", incident.namespace, self._run_manifest(
-            incident, decision, sequence))
+        manifest = self._run_manifest(incident, decision, sequence)
+        if self._stores.binder is not None:
+            run = await self._stores.binder.create_bound(manifest, status.decision.id)
+        else:
+            run = await self._stores.resources.create_or_get("runs", incident.namespace, manifest)
         status.run_ref = ObjectRef(name=run["metadata"]["name"], uid=run["metadata"]["uid"])
         status.phase = IncidentPhase.MITIGATING
         waiting = " (waits for approval)" if decision.requires_approval else ""
@@ -561,6 +570,8 @@ class IncidentReconciler:
                 advisor_results=advisor_results,
                 advisors_asked=len(consulted) if consulted else None,
                 alerts=incident.alerts,
+                counts_degraded=anomaly is not None and anomaly.degraded,
+                degraded_requires_approval=policy.degraded_requires_approval,
             ),
             stores.catalogue,
             max_automatic_risk=policy.max_automatic_risk,
@@ -582,6 +593,8 @@ class IncidentReconciler:
                 "name": run_name(incident.name, sequence),
                 "namespace": incident.namespace,
                 "labels": {LABEL_INCIDENT: label_value(incident.name), LABEL_ANOMALY_KEY: incident.anomaly_key},
+                "annotations": {APPROVAL_REASONS: "; ".join(decision.approval_reasons)[:1024]}
+                if decision.approval_reasons else {},
                 "ownerReferences": [{
                     "apiVersion": API_VERSION, "kind": "Incident", "name": incident.name, "uid": incident.uid,
                     "controller": True, "blockOwnerDeletion": True,

@@ -42,9 +42,11 @@ WAITING_STATES: frozenset[RunState] = frozenset({RunState.PENDING, RunState.WAIT
 
 TRANSITIONS: Mapping[RunState, frozenset[RunState]] = {
     RunState.PENDING: frozenset(
-        {RunState.RUNNING, RunState.WAITING_APPROVAL, RunState.CANCELLED, RunState.TIMED_OUT}
+        {RunState.RUNNING, RunState.WAITING_APPROVAL, RunState.FAILED, RunState.CANCELLED, RunState.TIMED_OUT}
     ),
-    RunState.WAITING_APPROVAL: frozenset({RunState.RUNNING, RunState.CANCELLED, RunState.TIMED_OUT}),
+    RunState.WAITING_APPROVAL: frozenset(
+        {RunState.RUNNING, RunState.FAILED, RunState.CANCELLED, RunState.TIMED_OUT}
+    ),
     RunState.RUNNING: frozenset(
         {RunState.VERIFYING, RunState.FAILED, RunState.CANCELLED, RunState.TIMED_OUT}
     ),
@@ -134,6 +136,8 @@ class RunErrorCode(StrEnum):
     APPROVAL_TOKEN_EXPIRED = "E-APPR-TOKEN-EXPIRED"
     APPROVAL_ACTION_CHANGED = "E-APPR-ACTION-CHANGED"
     APPROVAL_REPLAYED = "E-APPR-REPLAYED"
+    # Not bound to a decision of Flywheel's (created or edited by someone else): never acts.
+    RUN_UNTRUSTED = "E-RUN-UNTRUSTED"
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
 from flywheel.api.common import find_condition
 from flywheel.api.enums import ConditionStatus, RunState
@@ -29,20 +30,51 @@ def gate_run(ctx: RunPass, tenant: str) -> GateRun:
         action=run.spec.action,
         risk_level=run.spec.risk_level.value,
         approval_ref=ctx.status.approval_ref,
-        approval_token=ctx.status.approval_token,
+        approval_token_id=ctx.status.approval_token_id,
         tenant=tenant,
+        deadline=ctx.status.timeout_at if ctx.state is RunState.WAITING_APPROVAL else None,
     )
 
 
 class ApprovalWait:
     """WaitingApproval → Running, Cancelled (rejected) or TimedOut (expired)."""
 
-    def __init__(self, approvals: ApprovalGate | None, tenant: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        approvals: ApprovalGate | None,
+        tenant: Callable[[str], str],
+        approval_timeout: timedelta = timedelta(hours=1),
+    ) -> None:
         self._approvals = approvals
         self._tenant = tenant
+        self._approval_timeout = approval_timeout
+
+    async def _timed_out(self, ctx: RunPass) -> bool:
+        """The Run's own deadline for a decision passed: TimedOut, whatever its Approval says.
+
+        The deadline (``status.timeoutAt``) is set when the Run enters WaitingApproval (a Run
+        that entered it before it was kept gets one now); an Approval deleted, recreated with a
+        later ``expiresAt`` or stripped of its owner cannot move it.
+        """
+        if ctx.status.timeout_at is None:
+            ctx.status.timeout_at = ctx.now + self._approval_timeout
+        deadline = ctx.status.timeout_at
+        if ctx.now < deadline:
+            return False
+        message = (
+            f"no valid decision before the Run's approval deadline {deadline.isoformat(timespec='seconds')}; "
+            "the Run is not executed"
+        )
+        if ctx.move(RunState.TIMED_OUT, STEP_APPROVAL_EXPIRED, "TimedOut", message, code=RunErrorCode.APPROVAL_EXPIRED):
+            ctx.event("Warning", "ApprovalExpired", message)
+            if self._approvals is not None:
+                await self._approvals.withdraw(gate_run(ctx, self._tenant(ctx.run.namespace)), message, ctx.now)
+        return True
 
     async def waiting_approval(self, ctx: RunPass) -> None:
         """Ask for the Approval, and move on once it is decided or expired."""
+        if await self._timed_out(ctx):
+            return
         if self._approvals is None:
             existing = find_condition(ctx.status.conditions, AWAITING_APPROVAL)
             if existing is None or existing.status is not ConditionStatus.TRUE:
@@ -59,7 +91,7 @@ class ApprovalWait:
         if verdict.approval_ref is not None:
             ctx.status.approval_ref = verdict.approval_ref
         if verdict.state is GateState.APPROVED:
-            ctx.status.approval_token = verdict.token
+            ctx.status.approval_token_id = verdict.token_id
             ctx.move(RunState.RUNNING, STEP_APPROVE, "Approved", verdict.message)
         elif verdict.state is GateState.REJECTED:
             ctx.move(

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flywheel.api.common import find_condition
@@ -38,6 +38,7 @@ from flywheel.controllers.run.execution import Execution
 from flywheel.controllers.run.outcome import OutcomeRecorder
 from flywheel.controllers.run.passes import STEP_CANCEL, SUCCEEDED, RunOutcome, RunPass
 from flywheel.controllers.run.ports import RepairRecorder, RunStores
+from flywheel.controllers.run.trust import TrustCheck
 from flywheel.controllers.run.verification import Verification
 from flywheel.controllers.run.views import IncidentView, RunObject
 from flywheel.domain.run_state import TERMINAL_STATES, ObservedRun, RunErrorCode, SafetyLimits
@@ -53,6 +54,8 @@ class RunPolicy:
     tenant: str | None
     max_scale_replicas: int
     limits: SafetyLimits
+    # How long a Run waits in WaitingApproval, from when it entered it (its own deadline).
+    approval_timeout: timedelta = timedelta(hours=1)
 
 
 class RunController:
@@ -62,10 +65,11 @@ class RunController:
         self._policy = policy
         self._incidents = stores.incidents
         self._approvals = stores.approvals
-        self._admission = Admission(policy.limits)
-        self._approval_wait = ApprovalWait(stores.approvals, self.tenant)
+        self._trust = TrustCheck(stores.binder)
+        self._admission = Admission(policy.limits, policy.approval_timeout)
+        self._approval_wait = ApprovalWait(stores.approvals, self.tenant, policy.approval_timeout)
         self._execution = Execution(stores.workloads, stores.approvals, self.tenant, policy.max_scale_replicas)
-        self._verification = Verification(stores.workloads)
+        self._verification = Verification(stores.workloads, stores.approvals, self.tenant)
         self._outcome = OutcomeRecorder(repairs, stores.incidents, stores.attempts, self.tenant)
 
     def tenant(self, namespace: str) -> str:
@@ -107,6 +111,13 @@ class RunController:
             ctx.event("Normal", "Cancelled", cancellation)
             if waited and self._approvals is not None:
                 await self._approvals.withdraw(gate_run(ctx, self.tenant(ctx.run.namespace)), cancellation, ctx.now)
+            return
+        waited = ctx.state is RunState.WAITING_APPROVAL
+        if await self._trust.refused(ctx):
+            if waited and self._approvals is not None:
+                await self._approvals.withdraw(
+                    gate_run(ctx, self.tenant(ctx.run.namespace)), "the Run is not Flywheel's", ctx.now
+                )
             return
         for _ in range(MAX_HOPS):
             before = ctx.state

@@ -49,6 +49,7 @@ STEP_APPROVE = "approve"
 STEP_REJECT = "reject"
 STEP_APPROVAL_EXPIRED = "approval-expired"
 STEP_AUTHORISE = "authorise"
+STEP_VERIFY_BINDING = "verify-binding"
 
 _STATE_NAMES = frozenset(state.value for state in RunState)
 # Events about an Approval: posted on the Approval as well as on its Run, never merged.

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from flywheel.api.enums import ActionType, TargetKind
 from flywheel.controllers.approval import ApprovalGate
+from flywheel.controllers.run_binding import RunBinder
 from flywheel.domain.actions import ProposedAction
 from flywheel.domain.run_state import RolloutFacts
 from flywheel.stores.incidents import StatusMutation, StatusUpdate
@@ -95,4 +96,6 @@ class RunStores:
     incidents: IncidentStatusWriter
     attempts: AttemptSink | None = None
     approvals: ApprovalGate | None = None
+    # Verifies each Run's binding to a Flywheel decision before it may act; None: not checked.
+    binder: RunBinder | None = None
 
