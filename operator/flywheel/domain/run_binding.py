@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from flywheel.api.names import APPROVAL_REASONS
 from flywheel.api.run import RunSpec
 from flywheel.domain.approval import Refusal, seal
 
@@ -137,6 +138,38 @@ def verify_binding(body: Mapping[str, Any], key: bytes) -> RunBinding | Refusal:
     return RunBinding(run_uid=uid, incident_uid=str(fields["incident"]), decision_id=decision)
 
 
+def review_run_write(
+    operation: str,
+    subresource: str | None,
+    old: Mapping[str, Any] | None,
+    new: Mapping[str, Any],
+    requester: str,
+    operator_identity: str,
+) -> Refusal | None:
+    """The validating webhook's verdict on a write to a Run (main resource or ``runs/status``).
+
+    Only Flywheel creates Runs and writes their spec, status and binding annotations. Anyone
+    else may change the rest of the metadata (labels, the garbage collector's owner references
+    and finalizers), which decides nothing.
+    """
+    if requester == operator_identity:
+        return None
+    who = f"{requester!r} is not Flywheel ({operator_identity})"
+    if operation == "CREATE":
+        return Refusal("runs-written-by-flywheel", f"Runs are created by Flywheel for its decisions; {who}")
+    if operation != "UPDATE":
+        return None
+    if (old or {}).get("status") != new.get("status"):
+        return Refusal("runs-written-by-flywheel", f"a Run's status is written by Flywheel only; {who}")
+    if (old or {}).get("spec") != new.get("spec"):
+        return Refusal("runs-written-by-flywheel", f"a Run's spec is written by Flywheel only; {who}")
+    old_notes, new_notes = _annotations(old or {}), _annotations(new)
+    for name in (*BINDING_ANNOTATIONS, APPROVAL_REASONS):
+        if old_notes.get(name) != new_notes.get(name):
+            return Refusal("runs-written-by-flywheel", f"annotation {name} is written by Flywheel only; {who}")
+    return None
+
+
 __all__ = [
     "BINDING",
     "BINDING_ANNOTATIONS",
@@ -147,5 +180,6 @@ __all__ = [
     "deciding_fields",
     "proposal_annotations",
     "proposal_is_own",
+    "review_run_write",
     "verify_binding",
 ]
