@@ -322,3 +322,22 @@ async def test_tokens_are_kept_by_id_spent_per_attempt_and_never_replayed() -> N
     await approvals.authorise(gate_run(second), 2, T0)
     with pytest.raises(TokenRefused):  # attempt 1's token cannot issue attempt 3's
         await approvals.renew(gate_run(first), 2, T0)
+
+
+async def test_a_run_flywheel_just_created_waits_for_its_binding_then_fails_without_it() -> None:
+    body = run_body()
+    body["metadata"]["annotations"] = proposal_annotations(body, DECISION, KEY)  # created, not bound yet
+    verdict = verify_binding(body, KEY)
+    assert isinstance(verdict, Refusal) and verdict.rule == "run-binding-pending"
+    unbound = copy.deepcopy(body)
+    h = trusting(Harness(body))
+    status = await h.step()
+    assert status.state is RunState.PENDING and h.workloads.applied == []
+    h.body["metadata"]["annotations"].update(binding_annotation(h.body, KEY))
+    await h.step(1)
+    assert (await h.step(1)).state is RunState.SUCCEEDED
+
+    late = trusting(Harness(unbound))
+    status = await late.step(61)
+    assert (status.state, status.error_code) == (RunState.FAILED, "E-RUN-UNTRUSTED")
+    assert late.workloads.applied == []

@@ -33,6 +33,9 @@ PROPOSAL_SEAL: Final = "flywheel.dev/proposal-seal"
 BINDING: Final = "flywheel.dev/binding"
 BINDING_ANNOTATIONS: Final = (DECISION_ID, PROPOSAL_SEAL, BINDING)
 
+# The Refusal rule of a Run created by Flywheel a moment ago, whose binding is on its way.
+BINDING_PENDING: Final = "run-binding-pending"
+
 PROPOSAL_PURPOSE: Final = b"flywheel.dev/run-proposal/v1"
 BINDING_PURPOSE: Final = b"flywheel.dev/run-binding/v1"
 
@@ -117,6 +120,15 @@ def verify_binding(body: Mapping[str, Any], key: bytes) -> RunBinding | Refusal:
     uid = str(_meta(body).get("uid") or "")
     decision = notes.get(DECISION_ID)
     sealed = notes.get(BINDING)
+    if decision and not sealed and proposal_is_own(
+        body, key, incident_uid=str(((body.get("spec") or {}).get("incidentRef") or {}).get("uid") or ""),
+        decision_id=decision,
+    ):
+        return Refusal(
+            BINDING_PENDING,
+            "the Run is Flywheel's proposal but not bound to its uid yet (the Incident controller binds it right "
+            "after creating it)",
+        )
     if not decision or not sealed:
         missing = DECISION_ID if not decision else BINDING
         return Refusal(
@@ -173,6 +185,7 @@ def review_run_write(
 __all__ = [
     "BINDING",
     "BINDING_ANNOTATIONS",
+    "BINDING_PENDING",
     "DECISION_ID",
     "PROPOSAL_SEAL",
     "RunBinding",

@@ -9,13 +9,19 @@ touches the workload; nothing is recorded for it on its Incident or in the repai
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from flywheel.api.enums import ConditionStatus, RunState
 from flywheel.controllers.run.passes import OUTCOME_RECORDED, STEP_VERIFY_BINDING, RunPass
 from flywheel.controllers.run_binding import RunBinder
 from flywheel.domain.approval import Refusal
+from flywheel.domain.run_binding import BINDING_PENDING
 from flywheel.domain.run_state import RunErrorCode
 
 UNTRUSTED_EVENT_REASON = "RunUntrusted"
+# The Incident controller binds a Run right after creating it; a Run that saw its first pass
+# in between waits this long for it (the driver comes back), then fails like any unbound Run.
+BINDING_GRACE = timedelta(seconds=60)
 
 
 class TrustCheck:
@@ -25,12 +31,15 @@ class TrustCheck:
         self._binder = binder
 
     async def refused(self, ctx: RunPass) -> bool:
-        """True when the Run is untrusted (and is now Failed)."""
+        """True when the pass must not go on: the Run is untrusted (and is now Failed), or its
+        binding is still on its way (Flywheel's own proposal, created a moment ago)."""
         if self._binder is None:
             return False
         verdict = await self._binder.verify(ctx.run.binding_body())
         if not isinstance(verdict, Refusal):
             return False
+        if verdict.rule == BINDING_PENDING and ctx.now - ctx.run.created_at < BINDING_GRACE:
+            return True
         message = f"not executed, the workload was not touched: {verdict}"
         if not ctx.move(RunState.FAILED, STEP_VERIFY_BINDING, "Refused", message, code=RunErrorCode.RUN_UNTRUSTED):
             return True
