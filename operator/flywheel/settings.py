@@ -280,6 +280,13 @@ class FlywheelSettings(BaseSettings):
         ge=5,
         description="How long an Approval waits for a decision before it expires and its Run times out.",
     )
+    degraded_requires_approval: bool = Field(
+        default=True,
+        description=(
+            "An anomaly whose recurrence counts are degraded (Redis unavailable) needs approval before an "
+            "automatic action: ESCALATE or PERMANENT_FIX cannot be ruled out (fail closed)."
+        ),
+    )
     approval_token_ttl_seconds: int = Field(
         default=600,
         ge=5,

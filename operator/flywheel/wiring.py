@@ -24,6 +24,7 @@ from flywheel.controllers.approval import ApprovalGate
 from flywheel.controllers.catalogue_reload import LiveCatalogue
 from flywheel.controllers.incident import AdvisorPanel, IncidentPolicy, IncidentStores
 from flywheel.controllers.run import AttemptRecord, RunPolicy, RunStores
+from flywheel.controllers.run_binding import RunBinder
 from flywheel.domain.escalation import EscalationThresholds
 from flywheel.domain.ladder import LadderPolicy
 from flywheel.domain.namespaces import RemediationScope
@@ -147,6 +148,7 @@ def run_policy(settings: FlywheelSettings) -> RunPolicy:
             breaker_window=timedelta(seconds=settings.circuit_breaker_window_seconds),
         ),
         verification_window_seconds=settings.verification_window_seconds,
+        approval_timeout=timedelta(seconds=settings.approval_timeout_seconds),
     )
 
 
@@ -163,6 +165,7 @@ def incident_policy(settings: FlywheelSettings) -> IncidentPolicy:
             later_decisions_require_approval=settings.ladder_requires_approval,
         ),
         verification_window_seconds=settings.verification_window_seconds,
+        degraded_requires_approval=settings.degraded_requires_approval,
     )
 
 
@@ -197,6 +200,7 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
         action_history=anomalies,
         audit=history,
     )
+    binder = RunBinder(approvals.signing_key, resources)
     catalogue = live_catalogue(settings.rules_file)
     advisor_client = AdvisorClient() if endpoints else None
     advisors = AdvisorPanel(advisor_client, endpoints) if advisor_client is not None else None
@@ -228,12 +232,14 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
             pods=PodHealthStore(kube),
             prometheus=prometheus,
             reader=workloads,
+            binder=binder,
         ),
         run_policy=run_policy(settings),
         claims=claims,
         incident_stores=IncidentStores(
             anomalies=anomalies, resources=resources, claims=claims, catalogue=catalogue, advisors=advisors,
             notifier=notifier, progress=DecisionProgressWriter(resources),
+            binder=binder,
         ),
         incident_policy=incident_policy(settings),
         history_engine=history_engine,

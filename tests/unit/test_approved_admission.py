@@ -36,7 +36,7 @@ class Gate:
         ref = ObjectRef(name=run.name, uid="approval-uid")
         if not self.approved:
             return GateVerdict(GateState.WAITING, ref, "waiting for a decision")
-        return GateVerdict(GateState.APPROVED, ref, "approved by alice", decider="alice", token=f"token-{self.reviews}")
+        return GateVerdict(GateState.APPROVED, ref, "approved by alice", decider="alice", token_id=f"token-{self.reviews}")
 
     async def withdraw(self, run: GateRun, why: str, now: Any) -> None:
         return None
@@ -73,7 +73,7 @@ async def test_an_approved_run_waits_for_a_slot_on_its_target() -> None:
     status = await h.step(1)
     assert status.state is RunState.WAITING_APPROVAL, "approved, but the target already has a Run executing"
     assert condition(status, "Throttled") == ("True", "TargetLimitReached")
-    assert status.approval_token is None, "no token is kept for a Run that does not start"
+    assert status.approval_token_id is None, "no token is kept for a Run that does not start"
     assert h.events().count("Throttled") == 1
     await h.step(2)
     assert h.events().count("Throttled") == 1, "announced once while it waits"
@@ -81,7 +81,7 @@ async def test_an_approved_run_waits_for_a_slot_on_its_target() -> None:
     h.peers = [peer("busy", RunState.SUCCEEDED, 1)]
     status = await h.step(2)
     assert status.state is RunState.RUNNING
-    assert status.approval_token is not None
+    assert status.approval_token_id is not None
     assert condition(status, "Throttled") == ("False", "Admitted")
 
 
@@ -106,8 +106,9 @@ async def test_an_open_breaker_holds_a_run_approved_for_its_risk() -> None:
     assert condition(status, "Throttled") == ("True", "CircuitBreakerOpen")
     assert "Throttled" in h.events()
 
-    # The window passes: the remediation four minutes ago leaves it.
-    status = await h.step(3600)
+    # The window passes: the remediation four minutes ago leaves it (before the Run's own
+    # approval deadline, an hour after it started waiting).
+    status = await h.step(3400)
     assert status.state is RunState.RUNNING
 
 

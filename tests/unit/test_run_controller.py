@@ -597,9 +597,11 @@ async def test_approval_required_and_the_circuit_breaker_wait_in_waiting_approva
     status = await h.step()
     assert status.state is RunState.WAITING_APPROVAL
     assert condition(status, "AwaitingApproval") == ("True", "ApprovalRequired")
-    assert status.timeout_at is None
-    status = await h.step(3600)
-    assert status.state is RunState.WAITING_APPROVAL, "the Approval's expiry governs the wait"
+    assert status.timeout_at is not None, "the Run's own approval deadline"
+    status = await h.step(3599)
+    assert status.state is RunState.WAITING_APPROVAL, "the Run's approval deadline governs the wait, not timeoutSeconds"
+    status = await h.step(1)
+    assert (status.state, status.error_code) == (RunState.TIMED_OUT, "E-APPR-EXPIRED"), "its own deadline"
 
     breaker = Harness(circuit_breaker_max_remediations=1)
     breaker.peers = [

@@ -61,7 +61,9 @@ LEGAL = {
     (P, W),
     (P, C),
     (P, T),
+    (P, F),  # not bound to a Flywheel decision: E-RUN-UNTRUSTED
     (W, R),
+    (W, F),
     (W, C),
     (W, T),
     (R, V),

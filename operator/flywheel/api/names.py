@@ -35,6 +35,8 @@ RUN_CREATED_EVENT_REASON: Final = "RunCreated"
 # Labels of the Runs an Incident starts.
 LABEL_INCIDENT: Final = "flywheel.dev/incident"
 LABEL_ANOMALY_KEY: Final = "flywheel.dev/anomaly-key"
+# Why the decision requires approval, on the Run (shown in its AwaitingApproval condition).
+APPROVAL_REASONS: Final = "flywheel.dev/approval-reasons"
 
 # The longest Event message the API server accepts.
 EVENT_MESSAGE_LIMIT: Final = 1024

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from pydantic import AwareDatetime, Field, field_validator
+from pydantic import AwareDatetime, ConfigDict, Field, field_validator
 
 from flywheel.api.common import (
     AGE_COLUMN,
@@ -25,6 +25,7 @@ from flywheel.api.common import (
     StatusModel,
     cel_rules,
     immutable,
+    immutable_optional,
 )
 from flywheel.api.enums import RiskLevel, RunMode, RunState
 
@@ -35,7 +36,7 @@ ERROR_CODE_PATTERN = r"^E-[A-Z0-9]+(-[A-Z0-9]+)*$"
 MAX_STEPS = 50
 STEP_MESSAGE_MAX_LENGTH = 128
 DETAIL_MAX_LENGTH = 4096
-APPROVAL_TOKEN_MAX_LENGTH = 2048
+APPROVAL_TOKEN_ID_MAX_LENGTH = 64
 
 _TRACE_ID_NOT_ZERO = CelRule(
     rule=f"self != '{INVALID_TRACE_ID}'",
@@ -56,17 +57,34 @@ class RunTrigger(SpecModel):
 
 
 class RunSpec(SpecModel):
-    """The action to execute and its limits. incidentRef, traceId and mode are immutable."""
+    """The action to execute and its limits.
+
+    What decides what happens (incidentRef, action with its target, riskLevel, requiresApproval,
+    maxAttempts, verificationWindowSeconds, mode) and traceId are immutable: Flywheel binds them to its decision when it
+    creates the Run (``flywheel.domain.run_binding``), and an edit is refused here already.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            immutable_optional("requiresApproval"),
+            immutable_optional("maxAttempts"),
+            immutable_optional("verificationWindowSeconds"),
+        )
+    )
 
     incident_ref: ObjectRef = Field(
         description="The Incident this Run remediates. Immutable.",
         json_schema_extra=cel_rules(immutable("incidentRef")),
     )
-    # Deliberately mutable: an action edited after approval is caught by the approval
-    # token, which binds the approved action, rather than being refused here.
-    action: Action = Field(description="The typed action to execute on the Incident's target.")
-    risk_level: RiskLevel = Field(description="low, medium, high or critical.")
-    requires_approval: bool = Field(default=False, description="Wait for an Approval before acting.")
+    action: Action = Field(
+        description="The typed action to execute on the Incident's target. Immutable.",
+        json_schema_extra=cel_rules(immutable("action")),
+    )
+    risk_level: RiskLevel = Field(
+        description="low, medium, high or critical. Immutable.",
+        json_schema_extra=cel_rules(immutable("riskLevel")),
+    )
+    requires_approval: bool = Field(default=False, description="Wait for an Approval before acting. Immutable.")
     mode: RunMode = Field(
         default=RunMode.AUTO,
         description="Auto acts; Shadow only runs a server-side dry-run. Immutable.",
@@ -75,14 +93,14 @@ class RunSpec(SpecModel):
     timeout_seconds: int = Field(
         default=600, ge=10, le=86400, description="Deadline for the whole Run, from its start."
     )
-    max_attempts: int = Field(default=2, ge=1, le=10, description="Attempts before the Run fails.")
+    max_attempts: int = Field(default=2, ge=1, le=10, description="Attempts before the Run fails. Immutable.")
     verification_window_seconds: int | None = Field(
         default=None,
         ge=0,
         le=86400,
         description=(
             "How long the symptom must stay gone after the rollout completes before the Run succeeds "
-            "(added to timeoutSeconds); null: the operator's default."
+            "(added to timeoutSeconds); null: the operator's default. Immutable."
         ),
     )
     trace_id: str = Field(
@@ -150,12 +168,13 @@ class RunStatus(StatusModel):
     approval_ref: ObjectRef | None = Field(
         default=None, description="The Approval this Run waits or waited for."
     )
-    approval_token: str | None = Field(
+    approval_token_id: str | None = Field(
         default=None,
-        max_length=APPROVAL_TOKEN_MAX_LENGTH,
+        max_length=APPROVAL_TOKEN_ID_MAX_LENGTH,
         description=(
-            "Signed approval (HS256 JWT) bound to this Run's uid and the approved action; "
-            "verified and spent right before acting."
+            "Id of the approval token of the current attempt. The token itself (HS256, bound to this Run's "
+            "uid, the approved action and the attempt) is kept by the operator, never in a resource; it is "
+            "verified and spent right before each attempt acts."
         ),
     )
     steps: list[RunStep] = Field(

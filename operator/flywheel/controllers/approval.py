@@ -27,6 +27,7 @@ from flywheel.domain.approval import (
     DECIDED_BY,
     DECIDED_GROUPS,
     INCIDENT_CREATED_BY,
+    ApprovalGrant,
     ApproverPolicy,
     Refusal,
     Requester,
@@ -36,6 +37,7 @@ from flywheel.domain.approval import (
     issue_token,
     late_decision_refusal,
     new_grant,
+    next_grant,
     stamp_decision,
     stamp_incident_authors,
     verify_decision_stamp,
@@ -76,7 +78,7 @@ class GateVerdict:
     approval_ref: ObjectRef | None
     message: str
     decider: str | None = None
-    token: str | None = None
+    token_id: str | None = None  # the id of the token issued for the first attempt (kept by the ledger)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
 
 
@@ -92,8 +94,10 @@ class GateRun:
     action: Action
     risk_level: str
     approval_ref: ObjectRef | None
-    approval_token: str | None
+    approval_token_id: str | None
     tenant: str
+    # The Run's own deadline for a decision; the Approval's expiresAt is never later.
+    deadline: datetime | None = None
 
 
 class FlywheelObjects(Protocol):
@@ -117,7 +121,11 @@ class SigningKey(Protocol):
 
 
 class SpentTokens(Protocol):
+    """Issued tokens by id, and spent ids (``flywheel.stores.approvals.TokenLedger``)."""
+
     async def spend(self, token_id: str, run_uid: str, keep_for: timedelta) -> bool: ...
+    async def keep(self, token_id: str, token: str, keep_for: timedelta) -> None: ...
+    async def fetch(self, token_id: str) -> str | None: ...
 
 
 class ActionHistory(Protocol):
@@ -232,6 +240,11 @@ class ApprovalGate:
         # The user Flywheel authenticates as (set at start-up with the webhooks): never an approver.
         self.operator_identity: str | None = None
         self._announcements: set[asyncio.Task[object]] = set()
+
+    @property
+    def signing_key(self) -> SigningKey:
+        """The signing key's store, shared with the Run binder (its seals derive their own keys)."""
+        return self._signing_key
 
     # -- the waiting Run ------------------------------------------------------------------
 
@@ -357,7 +370,7 @@ class ApprovalGate:
             self._record(approval, "approval.decided", message, now, outcome=phase.value, actor=decider.username)
             verdict.events.append(("Normal", "Approved" if approved else "Rejected", f"Approval {approval.name}: {message}"))
         if approved:
-            verdict.token = await self._token(run, approval, decider.username, now)
+            verdict.token_id = await self._token(run, approval, decider.username, now)
         return verdict
 
     async def _refused(self, approval: _Approval, message: str, now: datetime, actor: str | None) -> GateVerdict:
@@ -388,6 +401,7 @@ class ApprovalGate:
         return f"{word} by {decider}" + (f": {reason}" if reason else "")
 
     async def _token(self, run: GateRun, approval: _Approval, decider: str, now: datetime) -> str:
+        """Issue the token of the first attempt and keep it; its id, for the Run's status."""
         grant = new_grant(
             run_uid=run.uid,
             approval_uid=approval.uid,
@@ -397,7 +411,28 @@ class ApprovalGate:
             now=now,
             ttl=timedelta(seconds=self._settings.approval_token_ttl_seconds),
         )
-        return issue_token(grant, await self._signing_key.key())
+        return await self._keep(grant, now)
+
+    async def _keep(self, grant: ApprovalGrant, now: datetime) -> str:
+        token = issue_token(grant, await self._signing_key.key())
+        await self._spent.keep(grant.token_id, token, grant.expires_at - now + SPENT_TOKEN_MEMORY)
+        return grant.token_id
+
+    async def _grant(self, run: GateRun, attempt: int, now: datetime) -> ApprovalGrant:
+        """The verified grant the Run's status refers to, for ``attempt``; :class:`TokenRefused` if none."""
+        token_id = run.approval_token_id
+        token = await self._spent.fetch(token_id) if token_id else None
+        if token is None:
+            raise TokenRefused(
+                RunErrorCode.APPROVAL_TOKEN_INVALID,
+                "the Run requires approval but no approval token was issued for it by Flywheel"
+                + (f" under id {token_id}" if token_id else "")
+                + f" (attempt {attempt})",
+            )
+        return verify_token(
+            token, await self._signing_key.key(), run_uid=run.uid, action=action_json(run.action), now=now,
+            attempt=attempt,
+        )
 
     # -- admission: the webhooks run in this process and seal with the same key -----------
 
@@ -429,32 +464,49 @@ class ApprovalGate:
 
     # -- the executor ---------------------------------------------------------------------
 
-    async def authorise(self, run: GateRun, now: datetime) -> None:
-        """Raise :class:`TokenRefused` unless the Run's token allows its current action now (spends it)."""
+    async def authorise(self, run: GateRun, attempt: int, now: datetime) -> None:
+        """Raise :class:`TokenRefused` unless the token the Run refers to allows ``attempt`` of its
+        current action now; spends it for that attempt.
+
+        Spending is idempotent for the same Run and attempt (a pass retried after a crash); the
+        token of one attempt never lets another act, nor another Run.
+        """
         try:
-            grant = verify_token(
-                run.approval_token,
-                await self._signing_key.key(),
-                run_uid=run.uid,
-                action=action_json(run.action),
-                now=now,
-            )
+            grant = await self._grant(run, attempt, now)
             keep_for = grant.expires_at - now + SPENT_TOKEN_MEMORY
-            if not await self._spent.spend(grant.token_id, run.uid, keep_for):
-                raise TokenRefused(RunErrorCode.APPROVAL_REPLAYED, "the approval token was already spent by another Run")
-        except TokenRefused as refused:
-            self._audit_event(
-                AuditEvent(
-                    event_id=f"{run.uid}:approval-token-refused",
-                    kind="approval.token-refused",
-                    occurred_at=now,
-                    summary=str(refused),
-                    namespace=run.namespace,
-                    run_uid=run.uid,
-                    outcome=refused.code.value,
+            if not await self._spent.spend(grant.token_id, f"{run.uid}:{attempt}", keep_for):
+                raise TokenRefused(
+                    RunErrorCode.APPROVAL_REPLAYED, "the approval token was already spent by another Run or attempt"
                 )
-            )
+        except TokenRefused as refused:
+            self._token_refused(run, refused, now)
             raise
+
+    async def renew(self, run: GateRun, attempt: int, now: datetime) -> str:
+        """The id of a new token for ``attempt + 1``, issued from the one ``attempt`` spent.
+
+        Called by the executor itself when it decides to retry; the new token keeps the
+        approval's expiry. :class:`TokenRefused` when the current one is not this Run's own.
+        """
+        try:
+            grant = await self._grant(run, attempt, now)
+            return await self._keep(next_grant(grant), now)
+        except TokenRefused as refused:
+            self._token_refused(run, refused, now)
+            raise
+
+    def _token_refused(self, run: GateRun, refused: TokenRefused, now: datetime) -> None:
+        self._audit_event(
+            AuditEvent(
+                event_id=f"{run.uid}:approval-token-refused",
+                kind="approval.token-refused",
+                occurred_at=now,
+                summary=str(refused),
+                namespace=run.namespace,
+                run_uid=run.uid,
+                outcome=refused.code.value,
+            )
+        )
 
     async def withdraw(self, run: GateRun, why: str, now: datetime) -> None:
         """The Run ended without a decision: its open Approval becomes Invalid."""
@@ -516,7 +568,7 @@ class ApprovalGate:
             "runRef": {"name": run.name, "uid": run.uid},
             "action": action_json(run.action),
             "riskLevel": run.risk_level,
-            "expiresAt": _iso(now + timedelta(seconds=self._settings.approval_timeout_seconds)),
+            "expiresAt": _iso(self._expiry(run, now)),
         }
         if status.decision is not None and status.decision.reasoning:
             spec["reasoning"] = status.decision.reasoning
@@ -540,6 +592,11 @@ class ApprovalGate:
         if annotations.get(CREATED_BY):
             metadata["annotations"] = {INCIDENT_CREATED_BY: annotations[CREATED_BY]}
         return {"apiVersion": API_VERSION, "kind": "Approval", "metadata": metadata, "spec": spec}
+
+    def _expiry(self, run: GateRun, now: datetime) -> datetime:
+        """The Approval's expiresAt: the Run's own deadline (an Approval made again cannot extend it)."""
+        fresh = now + timedelta(seconds=self._settings.approval_timeout_seconds)
+        return min(fresh, run.deadline) if run.deadline is not None else fresh
 
     async def _previous_outcomes(self, tenant: str, key: str) -> list[dict[str, Any]]:
         try:

@@ -35,6 +35,7 @@ from flywheel.api.names import (
     ACTIVE_PHASES,
     ANOMALY_EVENT_REASON,
     ANOMALY_RECORDED,
+    APPROVAL_REASONS,
     DECIDED,
     DECISION_EVENT_REASON,
     DEDUPLICATED,
@@ -47,6 +48,7 @@ from flywheel.api.names import (
     RUN_CREATED_EVENT_REASON,
     Event,
 )
+from flywheel.controllers.run_binding import RunBinder
 from flywheel.domain.actions import ACTIONS_BY_KIND, IncidentTarget
 from flywheel.domain.advisor import AdvisorResult, IncidentFacts, advisors_to_consult, build_messages
 from flywheel.domain.decision import (
@@ -311,6 +313,8 @@ class IncidentPolicy:
     ladder: LadderPolicy = field(default_factory=LadderPolicy)
     # Written on each Run; a catalogue rule's own window wins (None: the Run controller's default).
     verification_window_seconds: int | None = None
+    # Degraded anomaly counts (Redis down): approval before any automatic action.
+    degraded_requires_approval: bool = True
 
 
 @dataclass(frozen=True)
@@ -325,6 +329,8 @@ class IncidentStores:
     # Decision ready, ladder exhausted: handed over without waiting (delivery is elsewhere).
     notifier: Notifier | None = None
     progress: DecisionProgress | None = None
+    # Seals each Run to its decision (only the operator's own Runs act); None in unit tests.
+    binder: RunBinder | None = None
 
 
 # --------------------------------------------------------------------------- controller
@@ -604,8 +610,11 @@ class IncidentReconciler:
                             "remediation.mode is Off: Flywheel decides but does not act", now)
             return
 
-        run = await self._stores.resources.create_or_get("runs", incident.namespace, self._run_manifest(
-            incident, decision, sequence))
+        manifest = self._run_manifest(incident, decision, sequence)
+        if self._stores.binder is not None:
+            run = await self._stores.binder.create_bound(manifest, status.decision.id)
+        else:
+            run = await self._stores.resources.create_or_get("runs", incident.namespace, manifest)
         status.run_ref = ObjectRef(name=run["metadata"]["name"], uid=run["metadata"]["uid"])
         status.phase = IncidentPhase.MITIGATING
         waiting = " (waits for approval)" if decision.requires_approval else ""
@@ -655,6 +664,8 @@ class IncidentReconciler:
                 advisor_results=advisor_results,
                 advisors_asked=len(consulted) if consulted else None,
                 alerts=incident.alerts,
+                counts_degraded=anomaly is not None and anomaly.degraded,
+                degraded_requires_approval=policy.degraded_requires_approval,
             ),
             catalogue,
             max_automatic_risk=policy.max_automatic_risk,
@@ -676,6 +687,8 @@ class IncidentReconciler:
                 "name": run_name(incident.name, sequence),
                 "namespace": incident.namespace,
                 "labels": {LABEL_INCIDENT: label_value(incident.name), LABEL_ANOMALY_KEY: incident.anomaly_key},
+                "annotations": {APPROVAL_REASONS: "; ".join(decision.approval_reasons)[:1024]}
+                if decision.approval_reasons else {},
                 "ownerReferences": [{
                     "apiVersion": API_VERSION, "kind": "Incident", "name": incident.name, "uid": incident.uid,
                     "controller": True, "blockOwnerDeletion": True,

@@ -28,7 +28,7 @@ import hmac
 import json
 import uuid
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -479,6 +479,8 @@ class ApprovalGrant:
     action_digest: str
     token_id: str
     expires_at: datetime
+    # The one attempt of the Run this token lets act; the next attempt needs its own token.
+    attempt: int = 1
 
 
 def new_grant(
@@ -494,6 +496,11 @@ def new_grant(
     )
 
 
+def next_grant(grant: ApprovalGrant) -> ApprovalGrant:
+    """The grant of the Run's next attempt under the same approval: a new id, the same expiry."""
+    return replace(grant, token_id=uuid.uuid4().hex, attempt=grant.attempt + 1)
+
+
 def issue_token(grant: ApprovalGrant, key: bytes) -> str:
     claims = {
         "iss": TOKEN_ISSUER,
@@ -503,6 +510,7 @@ def issue_token(grant: ApprovalGrant, key: bytes) -> str:
         "approval": grant.approval_uid,
         "approver": grant.approver,
         "action": grant.action_digest,
+        "attempt": grant.attempt,
     }
     return jwt.encode(claims, key, algorithm=TOKEN_ALGORITHM)
 
@@ -515,8 +523,17 @@ class TokenRefused(Exception):
         self.code = code
 
 
-def verify_token(token: str | None, key: bytes, *, run_uid: str, action: Mapping[str, Any], now: datetime) -> ApprovalGrant:
-    """The grant in ``token`` if it allows this Run to execute this action now; else :class:`TokenRefused`."""
+def verify_token(
+    token: str | None,
+    key: bytes,
+    *,
+    run_uid: str,
+    action: Mapping[str, Any],
+    now: datetime,
+    attempt: int | None = None,
+) -> ApprovalGrant:
+    """The grant in ``token`` if it allows this Run to execute this action now (for ``attempt``,
+    when given); else :class:`TokenRefused`."""
     if not token:
         raise TokenRefused(RunErrorCode.APPROVAL_TOKEN_INVALID, "the Run requires approval but carries no approval token")
     try:
@@ -526,7 +543,7 @@ def verify_token(token: str | None, key: bytes, *, run_uid: str, action: Mapping
             algorithms=[TOKEN_ALGORITHM],
             issuer=TOKEN_ISSUER,
             # Expiry is checked below against the caller's clock, so that it is testable and explicit.
-            options={"require": ["sub", "jti", "exp", "action"], "verify_exp": False},
+            options={"require": ["sub", "jti", "exp", "action", "attempt"], "verify_exp": False},
         )
     except jwt.InvalidTokenError as exc:
         raise TokenRefused(RunErrorCode.APPROVAL_TOKEN_INVALID, f"the approval token is not valid: {exc}") from exc
@@ -537,10 +554,16 @@ def verify_token(token: str | None, key: bytes, *, run_uid: str, action: Mapping
         action_digest=str(claims["action"]),
         token_id=str(claims["jti"]),
         expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
+        attempt=int(claims["attempt"]),
     )
     if grant.run_uid != run_uid:
         raise TokenRefused(
             RunErrorCode.APPROVAL_REPLAYED, f"the approval token was issued for another Run (uid {grant.run_uid})"
+        )
+    if attempt is not None and grant.attempt != attempt:
+        raise TokenRefused(
+            RunErrorCode.APPROVAL_REPLAYED,
+            f"the approval token was issued for attempt {grant.attempt} of this Run, not attempt {attempt}",
         )
     if now >= grant.expires_at:
         raise TokenRefused(
@@ -577,6 +600,7 @@ __all__ = [
     "issue_token",
     "late_decision_refusal",
     "new_grant",
+    "next_grant",
     "review_approval_change",
     "review_incident_change",
     "seal",

@@ -46,6 +46,10 @@ from flywheel.errors import InvalidInputError
 
 DECISION_ID_PREFIX = "DEC-"
 NEEDS_PERMANENT_FIX_WARNING = "needs a permanent fix"
+DEGRADED_APPROVAL_REASON = (
+    "the anomaly's recurrence counts are degraded (Redis unavailable), so ESCALATE or PERMANENT_FIX "
+    "cannot be ruled out"
+)
 DEFAULT_MAX_AUTOMATIC_RISK = RiskLevel.MEDIUM
 MAX_TEXT_CHARS = 2048
 """Bound on ``reasoning`` and ``error``: they land in status fields the CRD limits to 4096."""
@@ -88,6 +92,10 @@ class DecisionInput:
     advisors_asked: int | None = None
     alerts: tuple[AlertFacts, ...] = ()
     """The Incident's alerts with their labels, for the catalogue's selector rules."""
+    counts_degraded: bool = False
+    """The anomaly's recurrence counts could not be read (Redis down): its level is unknown."""
+    degraded_requires_approval: bool = True
+    """Fail closed on degraded counts: ESCALATE or PERMANENT_FIX cannot be ruled out."""
 
     def __post_init__(self) -> None:
         if isinstance(self.alert_names, str):
@@ -447,6 +455,8 @@ def decide(
             approval_reasons.append("the anomaly needs a permanent fix (PERMANENT_FIX); no automatic action")
             warnings.append(NEEDS_PERMANENT_FIX_WARNING)
 
+    if decision_input.counts_degraded and decision_input.degraded_requires_approval:
+        approval_reasons.append(DEGRADED_APPROVAL_REASON)
     if decision_input.remediation_mode is RemediationMode.REQUIRE_APPROVAL:
         approval_reasons.append("remediation.mode is RequireApproval")
     if risk_rank(risk) > risk_rank(max_automatic_risk):

@@ -42,9 +42,11 @@ WAITING_STATES: frozenset[RunState] = frozenset({RunState.PENDING, RunState.WAIT
 
 TRANSITIONS: Mapping[RunState, frozenset[RunState]] = {
     RunState.PENDING: frozenset(
-        {RunState.RUNNING, RunState.WAITING_APPROVAL, RunState.CANCELLED, RunState.TIMED_OUT}
+        {RunState.RUNNING, RunState.WAITING_APPROVAL, RunState.FAILED, RunState.CANCELLED, RunState.TIMED_OUT}
     ),
-    RunState.WAITING_APPROVAL: frozenset({RunState.RUNNING, RunState.CANCELLED, RunState.TIMED_OUT}),
+    RunState.WAITING_APPROVAL: frozenset(
+        {RunState.RUNNING, RunState.FAILED, RunState.CANCELLED, RunState.TIMED_OUT}
+    ),
     RunState.RUNNING: frozenset(
         {RunState.VERIFYING, RunState.FAILED, RunState.CANCELLED, RunState.TIMED_OUT}
     ),
@@ -142,6 +144,8 @@ class RunErrorCode(StrEnum):
     SYMPTOM_PERSISTS = "E-SYMPTOM-PERSISTS"
     # The Incident's alerts all resolved before the action was applied: nothing was done.
     ALREADY_RESOLVED = "E-ALREADY-RESOLVED"
+    # Not bound to a decision of Flywheel's (created or edited by someone else): never acts.
+    RUN_UNTRUSTED = "E-RUN-UNTRUSTED"
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from flywheel.domain.approval import (
     review_approval_change,
     review_incident_change,
 )
+from flywheel.domain.run_binding import review_run_write
 from flywheel.errors import FlywheelError
 from flywheel.logs import get_logger
 from flywheel.stores.kube import GROUP, VERSION
@@ -39,6 +40,7 @@ STAMP_APPROVER: Final = "stamp-approver"
 STAMP_INCIDENT_CREATOR: Final = "stamp-incident-creator"
 APPROVAL_POLICY: Final = "approval-policy"
 INCIDENT_CREATOR: Final = "incident-creator"
+RUN_WRITER: Final = "run-writer"
 
 # 403: the request is understood and refused (what kubectl prints as Forbidden).
 FORBIDDEN: Final = 403
@@ -147,6 +149,21 @@ async def approval_policy(
     )
     if refusal is not None:
         _refuse(refusal, "Approval", body.get("metadata", {}).get("name"), requester)
+
+
+@kopf.on.validate(GROUP, VERSION, "runs", id=RUN_WRITER, operations=["CREATE", "UPDATE"], subresource="*")
+async def run_writer(
+    operation: str, subresource: str | None, old: kopf.Body | None, body: kopf.Body, userinfo: kopf.UserInfo,
+    memo: kopf.Memo, **_: Any,
+) -> None:
+    """Defence in depth beside the binding: nobody but Flywheel writes a Run's spec or status."""
+    identity = memo.get(MEMO_OPERATOR_IDENTITY)
+    requester = Requester.from_userinfo(userinfo)
+    if not identity:
+        raise _unavailable(FlywheelError("Flywheel's own identity is not known yet"), "tell who writes Runs")
+    refusal = review_run_write(operation, subresource, old, body, requester.username, identity)
+    if refusal is not None:
+        _refuse(refusal, "Run", body.get("metadata", {}).get("name"), requester)
 
 
 @kopf.on.validate(GROUP, VERSION, "incidents", id=INCIDENT_CREATOR, operations=["CREATE", "UPDATE"])

@@ -34,6 +34,9 @@ log = get_logger(__name__)
 SIGNING_KEY_FIELD: Final = "signing-key"
 SIGNING_KEY_BYTES: Final = 32
 TOKEN_ID_PREFIX: Final = "flywheel:approval-token:"
+# The issued tokens themselves, by id: a Run's status holds only the id, which the shipped
+# roles may read; the token never leaves the operator and Redis.
+ISSUED_TOKEN_PREFIX: Final = "flywheel:approval-token-issued:"
 
 
 class SigningKeyStore:
@@ -100,10 +103,24 @@ class SigningKeyStore:
 
 
 class TokenLedger:
-    """Approval token ids, each spent by exactly one Run."""
+    """Approval tokens kept by id, and their ids, each spent by exactly one Run attempt."""
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self._redis = client
+
+    async def keep(self, token_id: str, token: str, keep_for: timedelta) -> None:
+        """Keep an issued token under its id until it cannot be used any more."""
+        seconds = max(int(keep_for.total_seconds()), 1)
+        with redis_errors("keeping an approval token"):
+            await self._redis.set(ISSUED_TOKEN_PREFIX + token_id, token, ex=seconds)
+
+    async def fetch(self, token_id: str) -> str | None:
+        """The token issued under ``token_id``; None if none was (or it expired)."""
+        with redis_errors("reading an approval token"):
+            value = await self._redis.get(ISSUED_TOKEN_PREFIX + token_id)
+        if value is None:
+            return None
+        return bytes(value).decode() if isinstance(value, bytes) else str(value)
 
     async def spend(self, token_id: str, run_uid: str, keep_for: timedelta) -> bool:
         """Spend ``token_id`` for ``run_uid``; False if another Run spent it already.

@@ -319,6 +319,16 @@ class FlywheelResources:
             plural, meta["namespace"], meta["name"], status, resource_version=str(meta["resourceVersion"])
         )
 
+    async def patch_annotations(
+        self, plural: str, namespace: str, name: str, annotations: Mapping[str, str], *, resource_version: str
+    ) -> dict[str, Any]:
+        """Merge-patch metadata annotations, only if the object is still at ``resource_version`` (else 409)."""
+        body = {"metadata": {"resourceVersion": resource_version, "annotations": dict(annotations)}}
+        path = resource_path(GROUP, VERSION, plural, namespace=namespace, name=name)
+        return await self._kube.request(
+            "PATCH", path, f"annotate {plural}/{name}", body=body, content_type=MERGE_PATCH
+        )
+
     # -- guarded writes, for writers racing with others (the Alertmanager intake) -------
     #
     # These calls take an explicit request timeout, fail on conflicts instead of

@@ -41,6 +41,7 @@ class WebhookSpec:
     plural: str
     operations: tuple[str, ...]
     mutating: bool
+    subresources: tuple[str, ...] = ()
 
 
 # Must match the handler ids in flywheel.handlers.admission and manifests/base.
@@ -49,6 +50,8 @@ WEBHOOKS: Final = (
     WebhookSpec("stamp-incident-creator", "incidents", ("CREATE", "UPDATE"), mutating=True),
     WebhookSpec("approval-policy", "approvals", ("CREATE", "UPDATE"), mutating=False),
     WebhookSpec("incident-creator", "incidents", ("CREATE", "UPDATE"), mutating=False),
+    # The status subresource too: a forged Run status must never reach the executor.
+    WebhookSpec("run-writer", "runs", ("CREATE", "UPDATE"), mutating=False, subresources=("status",)),
 )
 
 
@@ -119,7 +122,7 @@ def webhook_entries(
                 {
                     "apiGroups": [GROUP],
                     "apiVersions": [version],
-                    "resources": [spec.plural],
+                    "resources": [spec.plural, *(f"{spec.plural}/{sub}" for sub in spec.subresources)],
                     "operations": list(spec.operations),
                     "scope": "Namespaced",
                 }

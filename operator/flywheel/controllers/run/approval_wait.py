@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 
 from flywheel.api.common import find_condition
 from flywheel.api.enums import ConditionStatus, RunState
@@ -36,8 +37,9 @@ def gate_run(ctx: RunPass, tenant: str) -> GateRun:
         action=run.spec.action,
         risk_level=run.spec.risk_level.value,
         approval_ref=ctx.status.approval_ref,
-        approval_token=ctx.status.approval_token,
+        approval_token_id=ctx.status.approval_token_id,
         tenant=tenant,
+        deadline=ctx.status.timeout_at if ctx.state is RunState.WAITING_APPROVAL else None,
     )
 
 
@@ -45,14 +47,43 @@ class ApprovalWait:
     """WaitingApproval → Running, Cancelled (rejected) or TimedOut (expired)."""
 
     def __init__(
-        self, approvals: ApprovalGate | None, tenant: Callable[[str], str], limits: SafetyLimits
+        self,
+        approvals: ApprovalGate | None,
+        tenant: Callable[[str], str],
+        limits: SafetyLimits,
+        approval_timeout: timedelta = timedelta(hours=1),
     ) -> None:
         self._approvals = approvals
         self._tenant = tenant
         self._limits = limits
+        self._approval_timeout = approval_timeout
+
+    async def _timed_out(self, ctx: RunPass) -> bool:
+        """The Run's own deadline for a decision passed: TimedOut, whatever its Approval says.
+
+        The deadline (``status.timeoutAt``) is set when the Run enters WaitingApproval (a Run
+        that entered it before it was kept gets one now); an Approval deleted, recreated with a
+        later ``expiresAt`` or stripped of its owner cannot move it.
+        """
+        if ctx.status.timeout_at is None:
+            ctx.status.timeout_at = ctx.now + self._approval_timeout
+        deadline = ctx.status.timeout_at
+        if ctx.now < deadline:
+            return False
+        message = (
+            f"no valid decision before the Run's approval deadline {deadline.isoformat(timespec='seconds')}; "
+            "the Run is not executed"
+        )
+        if ctx.move(RunState.TIMED_OUT, STEP_APPROVAL_EXPIRED, "TimedOut", message, code=RunErrorCode.APPROVAL_EXPIRED):
+            ctx.event("Warning", "ApprovalExpired", message)
+            if self._approvals is not None:
+                await self._approvals.withdraw(gate_run(ctx, self._tenant(ctx.run.namespace)), message, ctx.now)
+        return True
 
     async def waiting_approval(self, ctx: RunPass, peers: Iterable[ObservedRun] = ()) -> None:
         """Ask for the Approval, and move on once it is decided or expired."""
+        if await self._timed_out(ctx):
+            return
         if self._approvals is None:
             existing = find_condition(ctx.status.conditions, AWAITING_APPROVAL)
             if existing is None or existing.status is not ConditionStatus.TRUE:
@@ -71,7 +102,7 @@ class ApprovalWait:
         if verdict.state is GateState.APPROVED:
             if not self._admitted(ctx, peers, verdict.message):
                 return
-            ctx.status.approval_token = verdict.token
+            ctx.status.approval_token_id = verdict.token_id
             if ctx.move(RunState.RUNNING, STEP_APPROVE, "Approved", verdict.message):
                 ctx.clear_condition(THROTTLED, "Admitted", "approved and within the safety limits")
         elif verdict.state is GateState.REJECTED:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flywheel.api.common import find_condition
@@ -47,6 +47,7 @@ from flywheel.controllers.run.passes import (
 )
 from flywheel.controllers.run.ports import RepairRecorder, RunStores
 from flywheel.controllers.run.symptom_check import SymptomCheck
+from flywheel.controllers.run.trust import TrustCheck
 from flywheel.controllers.run.verification import Verification
 from flywheel.controllers.run.views import IncidentView, RunObject
 from flywheel.domain.run_state import (
@@ -73,6 +74,8 @@ class RunPolicy:
     limits: SafetyLimits
     # Runs without spec.verificationWindowSeconds wait this long after their rollout (0: check at once).
     verification_window_seconds: int = 0
+    # How long a Run waits in WaitingApproval, from when it entered it (its own deadline).
+    approval_timeout: timedelta = timedelta(hours=1)
 
 
 class RunController:
@@ -83,13 +86,14 @@ class RunController:
         self._incidents = stores.incidents
         self._approvals = stores.approvals
         self._namespaces = stores.namespaces
-        self._admission = Admission(policy.limits)
-        self._approval_wait = ApprovalWait(stores.approvals, self.tenant, policy.limits)
+        self._trust = TrustCheck(stores.binder)
+        self._admission = Admission(policy.limits, policy.approval_timeout)
+        self._approval_wait = ApprovalWait(stores.approvals, self.tenant, policy.limits, policy.approval_timeout)
         self._execution = Execution(
             stores.workloads, stores.approvals, self.tenant, policy.max_scale_replicas, stores.reader
         )
         symptoms = SymptomCheck(stores.pods, stores.prometheus) if stores.symptom_checks else None
-        self._verification = Verification(stores.workloads, symptoms)
+        self._verification = Verification(stores.workloads, symptoms, stores.approvals, self.tenant)
         self._outcome = OutcomeRecorder(repairs, stores.incidents, stores.attempts, self.tenant)
 
     def tenant(self, namespace: str) -> str:
@@ -140,7 +144,9 @@ class RunController:
         if ctx.state in TERMINAL_STATES:
             return ctx.outcome()
         message = f"a write was refused as invalid and would be refused again: {error.describe()}"
-        target = RunState.FAILED if check_transition(ctx.state, RunState.FAILED).allowed else RunState.CANCELLED
+        acted = ctx.status.started_at is not None and ctx.status.attempt >= 1
+        allowed = check_transition(ctx.state, RunState.FAILED).allowed
+        target = RunState.FAILED if acted and allowed else RunState.CANCELLED
         ctx.move(target, STEP_WRITE_REFUSED, "InvalidWrite", message, code=RunErrorCode.INVALID_WRITE, detail=str(error))
         ctx.event("Warning", "InvalidWrite", message)
         return ctx.outcome()
@@ -155,6 +161,13 @@ class RunController:
             ctx.event("Normal", "Cancelled", cancellation)
             if waited and self._approvals is not None:
                 await self._approvals.withdraw(gate_run(ctx, self.tenant(ctx.run.namespace)), cancellation, ctx.now)
+            return
+        waited = ctx.state is RunState.WAITING_APPROVAL
+        if await self._trust.refused(ctx):
+            if waited and self._approvals is not None:
+                await self._approvals.withdraw(
+                    gate_run(ctx, self.tenant(ctx.run.namespace)), "the Run is not Flywheel's", ctx.now
+                )
             return
         if ctx.state in _BEFORE_ACTING and self._namespaces is not None:
             refusal = await self._namespaces.refusal(ctx.run.namespace)

@@ -1,4 +1,4 @@
-"""The Running step: check the approval token before the first attempt, then act on the workload once."""
+"""The Running step: check the approval token before every attempt, then act on the workload once."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ class Execution:
         self._tenant = tenant
         self._max_replicas = max_replicas
 
-    def _needs_approval(self, ctx: RunPass) -> bool:
+    @staticmethod
+    def needs_approval(ctx: RunPass) -> bool:
         """Whether the Run may only act with an approval token: it asked for one at some point."""
         return (
             ctx.run.spec.requires_approval
@@ -59,16 +60,18 @@ class Execution:
             or find_condition(ctx.status.conditions, AWAITING_APPROVAL) is not None
         )
 
-    async def _authorised(self, ctx: RunPass) -> bool:
-        """Verify and spend the approval token before the first attempt starts; False if refused.
+    async def _authorised(self, ctx: RunPass, attempt: int) -> bool:
+        """Verify and spend the approval token of ``attempt`` before it acts; False if refused.
 
-        Later attempts of the same Run act under the approval the first one spent. A pass
-        killed after spending it spends it again: the same Run is not a replay.
+        Every attempt needs its own token: the first is issued on approval, each next one by
+        this executor when it decides to retry (``Verification``). A status that claims an
+        attempt (written by anyone but this executor) has no token for it and never acts. A
+        pass killed after spending spends again: the same Run and attempt is not a replay.
         """
-        if self._approvals is None or not self._needs_approval(ctx):
+        if self._approvals is None or not self.needs_approval(ctx):
             return True
         try:
-            await self._approvals.authorise(gate_run(ctx, self._tenant(ctx.run.namespace)), ctx.now)
+            await self._approvals.authorise(gate_run(ctx, self._tenant(ctx.run.namespace)), attempt, ctx.now)
         except TokenRefused as refused:
             message = f"not executed: {refused}"
             ctx.move(RunState.FAILED, STEP_AUTHORISE, "Refused", message, code=refused.code)
@@ -78,15 +81,17 @@ class Execution:
 
     async def running(self, ctx: RunPass, incident: IncidentView | None = None) -> None:
         run = ctx.run
-        if ctx.status.attempt == 0 or ctx.status.started_at is None:
-            # Moved to Running by an approval: check its token, then the first attempt starts.
-            try:
-                if not await self._authorised(ctx):
-                    return
-            except StoreUnavailableError as exc:
-                log.warning("run_authorise_unavailable", run=run.name, namespace=run.namespace, error=str(exc))
-                ctx.condition(SUCCEEDED, ConditionStatus.UNKNOWN, "ActionRetrying", str(exc))
+        # Moved to Running by an approval, the attempt starts in this pass.
+        starting = ctx.status.attempt == 0 or ctx.status.started_at is None
+        attempt = ctx.status.attempt + 1 if starting else ctx.status.attempt
+        try:
+            if not await self._authorised(ctx, attempt):
                 return
+        except StoreUnavailableError as exc:
+            log.warning("run_authorise_unavailable", run=run.name, namespace=run.namespace, error=str(exc))
+            ctx.condition(SUCCEEDED, ConditionStatus.UNKNOWN, "ActionRetrying", str(exc))
+            return
+        if starting:
             start_attempt(ctx)
         if expire(ctx):
             return

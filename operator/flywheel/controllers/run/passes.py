@@ -52,6 +52,7 @@ STEP_REJECT = "reject"
 STEP_APPROVAL_EXPIRED = "approval-expired"
 STEP_AUTHORISE = "authorise"
 STEP_WRITE_REFUSED = "write-refused"
+STEP_VERIFY_BINDING = "verify-binding"
 
 _STATE_NAMES = frozenset(state.value for state in RunState)
 # Events about an Approval: posted on the Approval as well as on its Run, never merged.

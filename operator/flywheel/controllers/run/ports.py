@@ -10,6 +10,7 @@ from flywheel.api.enums import ActionType, TargetKind
 from flywheel.controllers.approval import ApprovalGate
 from flywheel.controllers.run.recheck import WorkloadReader
 from flywheel.controllers.run.symptom_check import FiringAlerts, PodHealth
+from flywheel.controllers.run_binding import RunBinder
 from flywheel.domain.actions import ProposedAction
 from flywheel.domain.run_state import RolloutFacts
 from flywheel.stores.incidents import StatusMutation, StatusUpdate
@@ -111,4 +112,6 @@ class RunStores:
     prometheus: FiringAlerts | None = None
     # Reads the workload's stamp before a Run is cancelled as already resolved.
     reader: WorkloadReader | None = None
+    # Verifies each Run's binding to a Flywheel decision before it may act; None: not checked.
+    binder: RunBinder | None = None
 

@@ -6,15 +6,27 @@ when the window ends (``RunPass.requeue_after``), and that one pass reads the ev
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from flywheel.api.common import find_condition
 from flywheel.api.enums import ConditionStatus, RunState
+from flywheel.controllers.approval import ApprovalGate
+from flywheel.controllers.run.approval_wait import gate_run
 from flywheel.controllers.run.clocks import STALE_AFTER, deadline_of, expire, last_sign_of_life, start_attempt
-from flywheel.controllers.run.passes import STEP_RETRY, STEP_VERIFY, SUCCEEDED, SYMPTOM_GONE, RunPass
+from flywheel.controllers.run.execution import Execution
+from flywheel.controllers.run.passes import (
+    STEP_AUTHORISE,
+    STEP_RETRY,
+    STEP_VERIFY,
+    SUCCEEDED,
+    SYMPTOM_GONE,
+    RunPass,
+)
 from flywheel.controllers.run.ports import WorkloadActions
 from flywheel.controllers.run.symptom_check import SymptomCheck
 from flywheel.controllers.run.views import IncidentView
+from flywheel.domain.approval import TokenRefused
 from flywheel.domain.run_state import (
     NextStep,
     RunErrorCode,
@@ -36,9 +48,36 @@ EVIDENCE_RETRY_SECONDS = 5.0
 class Verification:
     """Verifying → Succeeded, Running (the next attempt), Failed or TimedOut."""
 
-    def __init__(self, workloads: WorkloadActions, symptoms: SymptomCheck | None = None) -> None:
+    def __init__(
+        self,
+        workloads: WorkloadActions,
+        symptoms: SymptomCheck | None = None,
+        approvals: ApprovalGate | None = None,
+        tenant: Callable[[str], str] = str,
+    ) -> None:
         self._workloads = workloads
         self._symptoms = symptoms
+        self._approvals = approvals
+        self._tenant = tenant
+
+    async def _renewed(self, ctx: RunPass) -> bool:
+        """For a Run that acts under an approval: the next attempt's token, issued now; False if refused.
+
+        Only this executor, deciding a retry, issues the token of an attempt after the first.
+        """
+        if self._approvals is None or not Execution.needs_approval(ctx):
+            return True
+        try:
+            token_id = await self._approvals.renew(
+                gate_run(ctx, self._tenant(ctx.run.namespace)), ctx.status.attempt, ctx.now
+            )
+        except TokenRefused as refused:
+            message = f"attempt {ctx.status.attempt + 1} not started: {refused}"
+            ctx.move(RunState.FAILED, STEP_AUTHORISE, "Refused", message, code=refused.code)
+            ctx.event("Warning", "ApprovalTokenRefused", message)
+            return False
+        ctx.status.approval_token_id = token_id
+        return True
 
     @property
     def checks_symptom(self) -> bool:
@@ -118,7 +157,12 @@ class Verification:
                 f"attempt {ctx.status.attempt} not verified ({verdict.code.value}: {rollout.message}); "
                 f"starting attempt {ctx.status.attempt + 1}"
             )
-            if ctx.move(RunState.RUNNING, STEP_RETRY, "Failed", message, code=verdict.code):
+            try:
+                renewed = await self._renewed(ctx)
+            except StoreUnavailableError as exc:
+                log.warning("run_renew_unavailable", run=run.name, namespace=run.namespace, error=str(exc))
+                return
+            if renewed and ctx.move(RunState.RUNNING, STEP_RETRY, "Failed", message, code=verdict.code):
                 start_attempt(ctx)
                 ctx.event("Warning", "Retrying", message)
         else:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -123,6 +123,7 @@ class RunObject:
     deleting: bool
     spec: RunSpec
     status: RunStatus
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> RunObject:
@@ -138,6 +139,7 @@ class RunObject:
             deleting=bool(meta.get("deletionTimestamp")),
             spec=RunSpec.model_validate(dict(body.get("spec") or {})),
             status=RunStatus.model_validate(own_status(body.get("status") or {}, RunStatus)),
+            annotations=dict(meta.get("annotations") or {}),
         )
 
     @property
@@ -150,6 +152,14 @@ class RunObject:
             replicas=params.replicas if params else None,
             to_revision=params.to_revision if params else None,
         )
+
+    def binding_body(self) -> dict[str, Any]:
+        """What the binding covers, as a body (``flywheel.domain.run_binding.verify_binding``)."""
+        return {
+            "metadata": {"name": self.name, "namespace": self.namespace, "uid": self.uid,
+                         "annotations": dict(self.annotations)},
+            "spec": self.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+        }
 
     @property
     def shadow(self) -> bool:
