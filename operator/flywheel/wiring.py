@@ -4,8 +4,8 @@ The operator's one start-up step (``flywheel.main``) calls :func:`build_dependen
 the result on Kopf's operator memo (:class:`FlywheelMemo`), which Kopf hands to every handler;
 the handlers only start their loops over what is built here. Each controller gets the
 Protocols and the slice of the settings it reads, nothing else. One SQL engine serves the
-history writer and the metrics queries, one notification sender the Approval announcements
-and the stall notifier.
+history writer and the metrics queries; one notification delivery (``WebhookNotifier``) serves
+every controller and the stall notifier.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from flywheel.controllers.run import AttemptRecord, RunPolicy, RunStores
 from flywheel.domain.escalation import EscalationThresholds
 from flywheel.domain.rules import RuleCatalogue, configured_catalogue
 from flywheel.domain.run_state import SafetyLimits
-from flywheel.metrics.notifier import WebhookSender
 from flywheel.settings import FlywheelSettings
 from flywheel.stores.advisor_client import AdvisorClient, advisors_from_settings
 from flywheel.stores.anomaly_redis import AnomalyStore, connect_redis
@@ -36,6 +35,7 @@ from flywheel.stores.history.migrate import upgrade
 from flywheel.stores.history.spool import FileSpool
 from flywheel.stores.incidents import IncidentStatusStore
 from flywheel.stores.kube import FlywheelResources, KubeApi
+from flywheel.stores.notifications import WebhookNotifier, WebhookSender, parse_kinds
 from flywheel.stores.peering import PeeringObserver
 from flywheel.stores.workloads import WorkloadStore
 
@@ -85,12 +85,12 @@ class Dependencies:
     incident_policy: IncidentPolicy
     # The history database, shared by the writer (which disposes of it) and the metrics queries.
     history_engine: Engine
-    # Where notifications go (Approval requests, funnel stalls), if a webhook is configured.
-    notify_sender: WebhookSender | None
+    # The one delivery of notifications every controller and the stall notifier submit to.
+    notifier: WebhookNotifier
 
     async def close(self) -> None:
-        if self.notify_sender is not None:
-            await self.notify_sender.close()
+        # Before the history: the last deliveries' records go through the writer.
+        await self.notifier.close()
         if self.advisor_client is not None:
             await self.advisor_client.close()
         await self.history.close()
@@ -141,7 +141,12 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
         spool=FileSpool(settings.history_spool_dir) if settings.history_spool_dir else None,
     )
     history.start()
-    notify_sender = notification_sender(settings)
+    notifier = WebhookNotifier(
+        notification_sender(settings),
+        kinds=parse_kinds(settings.notify_events),
+        redis_client=client,
+        history=history,
+    )
     anomalies = AnomalyStore(client, thresholds)
     resources = FlywheelResources(kube)
     incidents = IncidentStatusStore(resources)
@@ -153,6 +158,7 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
         spent_tokens=TokenLedger(client),
         action_history=anomalies,
         audit=history,
+        notifier=notifier,
     )
     catalogue = configured_catalogue(settings.rules_file)
     advisor_client = AdvisorClient() if endpoints else None
@@ -172,6 +178,7 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
             incidents=incidents,
             attempts=HistoryAttemptSink(history),
             approvals=approvals,
+            notifier=notifier,
         ),
         run_policy=run_policy(settings),
         claims=claims,
@@ -180,7 +187,7 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
         ),
         incident_policy=incident_policy(settings),
         history_engine=history_engine,
-        notify_sender=notify_sender,
+        notifier=notifier,
     )
 
 

@@ -66,7 +66,7 @@ class RunController:
         self._approval_wait = ApprovalWait(stores.approvals, self.tenant)
         self._execution = Execution(stores.workloads, stores.approvals, self.tenant, policy.max_scale_replicas)
         self._verification = Verification(stores.workloads)
-        self._outcome = OutcomeRecorder(repairs, stores.incidents, stores.attempts, self.tenant)
+        self._outcome = OutcomeRecorder(repairs, stores.incidents, stores.attempts, self.tenant, stores.notifier)
 
     def tenant(self, namespace: str) -> str:
         return self._policy.tenant or namespace

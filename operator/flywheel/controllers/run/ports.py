@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from flywheel.api.enums import ActionType, TargetKind
 from flywheel.controllers.approval import ApprovalGate
 from flywheel.domain.actions import ProposedAction
+from flywheel.domain.notifications import Notifier
 from flywheel.domain.run_state import RolloutFacts
 from flywheel.stores.incidents import StatusMutation, StatusUpdate
 from flywheel.stores.workloads import ActionResult, ActionStamp
@@ -95,4 +96,5 @@ class RunStores:
     incidents: IncidentStatusWriter
     attempts: AttemptSink | None = None
     approvals: ApprovalGate | None = None
+    notifier: Notifier | None = None
 
