@@ -370,7 +370,7 @@ class HistoryWriter:
         self._wake()
 
     def _spool_record(self, kind: HistoryKind, key: str, record: HistoryPayload) -> None:
-        assert isinstance(record, AuditEvent | RepairExecution | KnowledgeEntry)
+        assert isinstance(record, AuditEvent | RepairExecution | KnowledgeEntry | NotificationDelivery)
         try:
             evicted = self._spool.put(kind.value, key, record)
         except (OSError, sqlite3.Error) as exc:
