@@ -19,14 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import kopf
 
-from flywheel.controllers.approval import Announcer
 from flywheel.errors import ConfigurationError, FlywheelError
 from flywheel.logs import configure_logging, get_logger, register_secrets
 from flywheel.settings import FlywheelSettings, WebhookCertSource, WebhookMode, get_settings
 
 if TYPE_CHECKING:
     from flywheel.controllers.webhook_certificate import ServingPairSink
-    from flywheel.metrics.notifier import WebhookSender
     from flywheel.stores.kube import KubeApi
     from flywheel.stores.peering import PeeringObserver
 
@@ -343,9 +341,6 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     # upgrade from a version without the opt-in stops acting in every unlabelled namespace).
     log.info("remediation_scope", acts_in=scope.describe(), listed=sorted(scope.listed),
              protected=sorted(scope.protected - scope.listed))
-    approvals = memo.deps.run_stores.approvals
-    if approvals is not None:
-        approvals.announcer = approval_announcer(memo.deps.notify_sender)
     await serve_admission(settings, flywheel_settings, memo)
 
 
@@ -365,30 +360,6 @@ def peering_observer(
         namespaces=literal_namespaces(namespaces),
         kube=kube,
     )
-
-
-def approval_announcer(sender: WebhookSender | None) -> Announcer | None:
-    """Approval requests go to the notification webhook too, when one is configured."""
-    if sender is None:
-        return None
-    from datetime import UTC, datetime
-
-    from flywheel.metrics.notifier import Notification
-
-    async def announce(*, namespace: str, approval: str, run: str, message: str) -> bool:
-        return await sender.deliver(
-            Notification(
-                kind="approval",
-                reason="ApprovalRequested",
-                title=f"Flywheel: Approval {namespace}/{approval} waits for a decision",
-                message=message,
-                scope=namespace,
-                occurred_at=datetime.now(UTC),
-                details={"namespace": namespace, "approval": approval, "run": run},
-            )
-        )
-
-    return announce
 
 
 @kopf.on.cleanup()

@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from flywheel.api.enums import RiskLevel
+from flywheel.domain.notifications import NotificationKind
 
 
 class WebhookMode(StrEnum):
@@ -243,7 +244,17 @@ class FlywheelSettings(BaseSettings):
     )
     notify_webhook_url: str | None = Field(
         default=None,
-        description="Webhook receiving notifications (funnel stalls), in addition to Kubernetes Events. Empty: Events only.",
+        description=(
+            "Webhook receiving notifications (decision ready, approval requested, Run finished, ladder "
+            "exhausted, funnel stalls). Empty: none are sent outside the cluster (stalls still post Events)."
+        ),
+    )
+    notify_events: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["all"],
+        description=(
+            "Notification kinds sent to the webhook, comma-separated: decision_ready, approval_requested, "
+            "run_finished, ladder_exhausted, funnel_stall, or all (the default)."
+        ),
     )
     notify_webhook_format: str = Field(
         default="json", description="Webhook payload format: json (generic) or slack (Slack-compatible incoming webhook)."
@@ -400,6 +411,20 @@ class FlywheelSettings(BaseSettings):
     @classmethod
     def _lists_from_csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("notify_events", mode="before")
+    @classmethod
+    def _known_notification_kinds(cls, value: object) -> object:
+        names = _split_csv(value)
+        if not isinstance(names, list):
+            return names
+        known = {"all", *(kind.value for kind in NotificationKind)}
+        unknown = [str(name) for name in names if name not in known]
+        if unknown:
+            raise ValueError(
+                f"notify_events: unknown notification kind(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return names or ["all"]
 
     @field_validator("notify_webhook_format")
     @classmethod

@@ -4,8 +4,8 @@ The operator's one start-up step (``flywheel.main``) calls :func:`build_dependen
 the result on Kopf's operator memo (:class:`FlywheelMemo`), which Kopf hands to every handler;
 the handlers only start their loops over what is built here. Each controller gets the
 Protocols and the slice of the settings it reads, nothing else. One SQL engine serves the
-history writer and the metrics queries, one notification sender the Approval announcements
-and the stall notifier.
+history writer and the metrics queries; one notification delivery (``WebhookNotifier``) serves
+every controller and the stall notifier.
 """
 
 from __future__ import annotations
@@ -31,15 +31,12 @@ from flywheel.domain.namespaces import RemediationScope
 from flywheel.domain.rules import default_catalogue, default_catalogue_text, load_catalogue
 from flywheel.domain.run_state import SafetyLimits
 from flywheel.errors import ConfigurationError
-from flywheel.metrics.notifier import WebhookSender
 from flywheel.settings import FlywheelSettings
 from flywheel.stores.advisor_client import AdvisorClient, advisors_from_settings
 from flywheel.stores.anomaly_redis import AnomalyStore, connect_redis
 from flywheel.stores.approvals import SigningKeyStore, TokenLedger
 from flywheel.stores.catalogue_file import CatalogueFile, content_digest
 from flywheel.stores.claims import AnomalyClaims
-from flywheel.stores.event_notifier import EventOnlyNotifier
-from flywheel.stores.events import KubernetesEventPoster
 from flywheel.stores.history import HistoryKind, HistoryStore, HistoryWriter, RepairExecution
 from flywheel.stores.history.engine import create_history_engine
 from flywheel.stores.history.migrate import upgrade
@@ -47,6 +44,7 @@ from flywheel.stores.history.spool import FileSpool
 from flywheel.stores.incidents import IncidentStatusStore
 from flywheel.stores.kube import FlywheelResources, KubeApi
 from flywheel.stores.namespaces import KubeNamespaceReader, NamespaceLabels
+from flywheel.stores.notifications import WebhookNotifier, WebhookSender, parse_kinds
 from flywheel.stores.peering import PeeringObserver
 from flywheel.stores.pod_health import PodHealthStore
 from flywheel.stores.prometheus_alerts import PrometheusAlerts
@@ -114,21 +112,17 @@ class Dependencies:
     incident_policy: IncidentPolicy
     # The history database, shared by the writer (which disposes of it) and the metrics queries.
     history_engine: Engine
-    # Where notifications go (Approval requests, funnel stalls), if a webhook is configured.
-    notify_sender: WebhookSender | None
     # The namespace opt-in: labels kept by the namespace watch, read by the Runs and the intake.
     namespaces: NamespaceLabels
-    # The Incident controller's notifications (decision ready, ladder exhausted).
-    notifier: EventOnlyNotifier | None = None
+    # The one delivery of notifications every controller and the stall notifier submit to.
+    notifier: WebhookNotifier
     prometheus: PrometheusAlerts | None = None
 
     async def close(self) -> None:
-        if self.notifier is not None:
-            await self.notifier.close()
         if self.prometheus is not None:
             await self.prometheus.close()
-        if self.notify_sender is not None:
-            await self.notify_sender.close()
+        # Before the history: the last deliveries' records go through the writer.
+        await self.notifier.close()
         if self.advisor_client is not None:
             await self.advisor_client.close()
         await self.history.close()
@@ -187,7 +181,12 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
         spool=FileSpool(settings.history_spool_dir) if settings.history_spool_dir else None,
     )
     history.start()
-    notify_sender = notification_sender(settings)
+    notifier = WebhookNotifier(
+        notification_sender(settings),
+        kinds=parse_kinds(settings.notify_events),
+        redis_client=client,
+        history=history,
+    )
     anomalies = AnomalyStore(client, thresholds)
     resources = FlywheelResources(kube)
     incidents = IncidentStatusStore(resources)
@@ -199,6 +198,7 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
         spent_tokens=TokenLedger(client),
         action_history=anomalies,
         audit=history,
+        notifier=notifier,
     )
     binder = RunBinder(approvals.signing_key, resources)
     catalogue = live_catalogue(settings.rules_file)
@@ -212,7 +212,6 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
         if settings.prometheus_url
         else None
     )
-    notifier = EventOnlyNotifier(KubernetesEventPoster(kube))
     return Dependencies(
         settings=settings,
         kube=kube,
@@ -233,6 +232,7 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
             prometheus=prometheus,
             reader=workloads,
             binder=binder,
+            notifier=notifier,
         ),
         run_policy=run_policy(settings),
         claims=claims,
@@ -243,7 +243,6 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
         ),
         incident_policy=incident_policy(settings),
         history_engine=history_engine,
-        notify_sender=notify_sender,
         namespaces=namespaces,
         notifier=notifier,
         prometheus=prometheus,

@@ -236,8 +236,11 @@ def test_an_approver_approves_and_the_action_runs_once(
     assert on_approval[0]["involvedObject"]["uid"] == proposal["metadata"]["uid"]
     announced = wait_for(lambda: receiver.received, timeout=15, what="approval notification")
     receiver.close()
-    assert announced[0]["reason"] == "ApprovalRequested"
-    assert announced[0]["details"] == {"namespace": namespace, "approval": "checkout-oom-1", "run": "checkout-oom-1"}
+    assert (announced[0]["kind"], announced[0]["reason"]) == ("approval_requested", "ApprovalRequested")
+    details = announced[0]["details"]
+    assert (details["namespace"], details["approval"], details["run"]) == (namespace, "checkout-oom-1", "checkout-oom-1")
+    assert details["approveCommand"] == f"kubectl flywheel approve checkout-oom-1 -n {namespace} --reason '<why>'"
+    assert details["expiresAt"] == spec["expiresAt"]
     assert "RolloutRestart Deployment/checkout" in announced[0]["message"]
 
     decide(test_cluster, namespace, "checkout-oom-1", "Approve", "known OOM, restart is safe", APPROVER, APPROVERS)

@@ -30,8 +30,9 @@ from pytest_redis.executor import RedisExecutor
 
 from flywheel.domain.funnel import FunnelCounts, ObjectSample, StallAlert, StallRule
 from flywheel.metrics.collector import OperatorCounters
-from flywheel.metrics.notifier import Notification, StallNotifier, WebhookSender
+from flywheel.metrics.notifier import Notification, StallNotifier, count_stall_deliveries
 from flywheel.stores.anomaly_redis import connect_redis
+from flywheel.stores.notifications import WebhookNotifier, WebhookSender
 
 pytestmark = pytest.mark.integration
 
@@ -98,6 +99,14 @@ def sender(url: str, **options: Any) -> WebhookSender:
     return WebhookSender(url, options.pop("fmt", "json"), sleep=no_sleep, **{"timeout_seconds": 2.0, **options})
 
 
+def delivery(url: str, counters: OperatorCounters | None = None, **options: Any) -> WebhookNotifier:
+    """The Notifier the stall notifier hands its webhook deliveries to (the stall gate de-duplicates)."""
+    notifier = WebhookNotifier(sender(url, **options))
+    if counters is not None:
+        notifier.observe(count_stall_deliveries(counters))
+    return notifier
+
+
 async def settle(notifier: StallNotifier) -> None:
     """Wait until the background deliveries are done (close() waits for them)."""
     while notifier.pending:
@@ -124,14 +133,16 @@ async def test_a_rule_notifies_once_per_scope_within_ten_minutes(
 ) -> None:
     target, url = receiver
     events, counters = Events(), OperatorCounters()
+    webhook = delivery(url, counters)
     notifier = StallNotifier(scope="shop", counters=counters, redis_client=client, post_event=events,
-                             webhook=sender(url))
+                             delivery=webhook)
     other_scope = StallNotifier(scope="billing", counters=counters, redis_client=client, post_event=events)
     await notifier.notify([CLAIM], FUNNEL, NOW)
     await notifier.notify([CLAIM, PASS], FUNNEL, NOW)
     await other_scope.notify([CLAIM], FUNNEL, NOW)
     await settle(notifier)
     await settle(other_scope)
+    await webhook.drain()
 
     assert [(item.reason, item.scope) for item in events.posted] == [
         ("FunnelClaimStall", "shop"), ("FunnelPassStall", "shop"), ("FunnelClaimStall", "billing"),
@@ -149,14 +160,16 @@ async def test_a_rule_notifies_once_per_scope_within_ten_minutes(
     assert value(counters, "CLAIM_STALL", "event", "suppressed") == 1
     assert value(counters, "CLAIM_STALL", "webhook", "sent") == 1
     await notifier.close()
+    await webhook.close()
 
 
 async def test_slack_format(client: redis.asyncio.Redis, receiver: tuple[Receiver, str]) -> None:
     target, url = receiver
-    notifier = StallNotifier(scope="shop", counters=OperatorCounters(), redis_client=client,
-                             webhook=sender(url, fmt="slack"))
+    webhook = delivery(url, fmt="slack")
+    notifier = StallNotifier(scope="shop", counters=OperatorCounters(), redis_client=client, delivery=webhook)
     await notifier.notify([CLAIM], FUNNEL, NOW)
     await notifier.close()
+    await webhook.close()
     (body,) = target.bodies
     assert body["text"].startswith(":warning: *Flywheel funnel stall CLAIM_STALL (shop)*")
     assert CLAIM.message in body["text"]
@@ -169,12 +182,12 @@ async def test_transient_failures_are_retried_and_permanent_ones_are_not(receive
     target.statuses = [503, 503, 200]
     webhook = sender(url, retries=3)
     notification = Notification("funnel_stall", "FunnelClaimStall", "t", "m", "shop", NOW)
-    assert await webhook.deliver(notification) is True
+    assert (await webhook.deliver(notification)).delivered is True
     assert len(target.bodies) == 3
 
     target.bodies.clear()
     target.statuses = [400]
-    assert await webhook.deliver(notification) is False
+    assert (await webhook.deliver(notification)).delivered is False
     assert len(target.bodies) == 1  # a refusal is final
     await webhook.close()
 
@@ -185,13 +198,13 @@ async def test_unreachable_and_hanging_webhooks_give_up_without_raising(receiver
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
     unreachable = sender(f"http://127.0.0.1:{closed_port}/hook", retries=2)
-    assert await unreachable.deliver(notification) is False
+    assert (await unreachable.deliver(notification)).delivered is False
     await unreachable.close()
 
     target, url = receiver
     target.delay = 5.0
     hanging = sender(url, retries=1, timeout_seconds=0.2)
-    assert await hanging.deliver(notification) is False
+    assert (await hanging.deliver(notification)).delivered is False
     assert len(target.bodies) == 2
     await hanging.close()
 
@@ -202,10 +215,12 @@ async def test_notify_returns_before_delivery_finishes(
     target, url = receiver
     target.delay = 1.0
     counters = OperatorCounters()
-    notifier = StallNotifier(scope="shop", counters=counters, redis_client=client, webhook=sender(url))
+    webhook = delivery(url, counters)
+    notifier = StallNotifier(scope="shop", counters=counters, redis_client=client, delivery=webhook)
     await notifier.notify([CLAIM], FUNNEL, NOW)
-    assert notifier.pending == 1  # handed to a background task, not awaited
+    assert notifier.pending + webhook.pending >= 1  # handed to background work, not awaited
     await notifier.close(grace_seconds=10)
+    await webhook.close(grace_seconds=10)
     assert value(counters, "CLAIM_STALL", "webhook", "sent") == 1
 
 
@@ -214,10 +229,12 @@ async def test_a_failing_event_poster_does_not_stop_the_webhook(
 ) -> None:
     target, url = receiver
     counters = OperatorCounters()
+    webhook = delivery(url)
     notifier = StallNotifier(scope="shop", counters=counters, redis_client=client, post_event=Events(fail=True),
-                             webhook=sender(url))
+                             delivery=webhook)
     await notifier.notify([CLAIM], FUNNEL, NOW)
     await notifier.close()
+    await webhook.close()
     assert value(counters, "CLAIM_STALL", "event", "failed") == 1
     assert len(target.bodies) == 1
 

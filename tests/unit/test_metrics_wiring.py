@@ -19,10 +19,11 @@ import pytest
 from pydantic import ValidationError
 
 from flywheel.domain.funnel import ObjectSample
+from flywheel.domain.notifications import Notification
 from flywheel.errors import ConfigurationError
 from flywheel.handlers.metrics import notification_scope
-from flywheel.metrics.notifier import Notification, WebhookFormat, WebhookSender, webhook_body
 from flywheel.settings import FlywheelSettings
+from flywheel.stores.notifications import WebhookFormat, WebhookSender, webhook_body
 from flywheel.stores.peering import PeeringObserver, leadership
 
 pytestmark = pytest.mark.unit

@@ -214,6 +214,11 @@ class AnomalyStatus(StatusModel):
         default=0, ge=0, description="Automatic repairs recorded for this anomaly."
     )
     permanent_fix_applied: bool = Field(default=False, description="A permanent fix is on record.")
+    permanent_fix_description: str | None = Field(
+        default=None,
+        max_length=NOTE_MAX_LENGTH,
+        description="What the permanent fix was (spec.permanentFix.description), kept with the flag.",
+    )
     degraded: bool = Field(
         default=False, description="Redis was unavailable: counts are stale and will be recorded later."
     )

@@ -9,7 +9,6 @@ move, instead of marking the Approval Invalid for a Run that is no longer waitin
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from flywheel.domain.approval import (
 from flywheel.domain.escalation import ActionStats
 from flywheel.domain.legacy_actions import current_action_stats
 from flywheel.domain.names import label_value
+from flywheel.domain.notifications import Notification, NotificationKind, Notifier
 from flywheel.domain.run_state import RunErrorCode
 from flywheel.errors import RedisRefusedError, RedisUnavailableError
 from flywheel.logs import get_logger
@@ -136,12 +136,6 @@ class AuditSink(Protocol):
     def submit(self, kind: HistoryKind, payload: AuditEvent) -> None: ...
 
 
-class Announcer(Protocol):
-    """Tells people outside the cluster (the notification webhook) that an Approval waits."""
-
-    async def __call__(self, *, namespace: str, approval: str, run: str, message: str) -> object: ...
-
-
 def action_json(action: Action | Mapping[str, Any]) -> dict[str, Any]:
     """An action in its canonical JSON form, whether read from a Run or from an Approval."""
     model = action if isinstance(action, Action) else Action.model_validate(action)
@@ -227,6 +221,7 @@ class ApprovalGate:
         spent_tokens: SpentTokens,
         action_history: ActionHistory,
         audit: AuditSink | None,
+        notifier: Notifier | None = None,
     ) -> None:
         self._settings = settings
         self._resources = resources
@@ -236,10 +231,9 @@ class ApprovalGate:
         self._history = action_history
         self._audit = audit
         self._policy = ApproverPolicy.of(settings.approver_users, settings.approver_groups)
-        self.announcer: Announcer | None = None
+        self._notifier = notifier
         # The user Flywheel authenticates as (set at start-up with the webhooks): never an approver.
         self.operator_identity: str | None = None
-        self._announcements: set[asyncio.Task[object]] = set()
 
     @property
     def signing_key(self) -> SigningKey:
@@ -267,7 +261,7 @@ class ApprovalGate:
                 )
                 verdict_events.append(("Normal", "ApprovalRequested", message))
                 self._record(approval, "approval.requested", message, now, outcome=ApprovalPhase.PENDING.value)
-                self._announce(run, approval.name, message)
+                self._announce(run, approval, message, now)
         approval = _Approval.from_body(body)
         if not _controlled_by(body, run.uid) or approval.run_uid != run.uid:
             # Not one Flywheel made for this Run (the admission webhook lets only Flywheel
@@ -392,6 +386,9 @@ class ApprovalGate:
         ) != (ApprovalPhase.EXPIRED, why):
             await self._write(approval, ApprovalPhase.EXPIRED, why, now)
         self._record(approval, "approval.expired", message, now, outcome=ApprovalPhase.EXPIRED.value)
+        # Nobody decided in time: the disposition the seeds call timeout_ignored, on record once per Approval.
+        self._record(approval, "disposition.timeout_ignored", f"{message}: nobody decided in time", now,
+                     outcome="timeout_ignored")
         return GateVerdict(
             GateState.EXPIRED, approval.ref, message, events=[("Warning", "ApprovalExpired", message)]
         )
@@ -550,15 +547,27 @@ class ApprovalGate:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _announce(self, run: GateRun, approval: str, message: str) -> None:
-        # In the background: a slow or failing webhook never holds the Run's pass up.
-        if self.announcer is None:
+    def _announce(self, run: GateRun, approval: _Approval, message: str, now: datetime) -> None:
+        """Approval requested, with the command that approves and the deadline (never waits for delivery)."""
+        if self._notifier is None:
             return
-        task = asyncio.create_task(
-            self.announcer(namespace=run.namespace, approval=approval, run=run.name, message=message)
-        )
-        self._announcements.add(task)
-        task.add_done_callback(self._announcements.discard)
+        command = f"kubectl flywheel approve {approval.name} -n {approval.namespace} --reason '<why>'"
+        self._notifier.submit(Notification(
+            kind=NotificationKind.APPROVAL_REQUESTED.value,
+            reason="ApprovalRequested",
+            title=f"Flywheel: Approval {approval.namespace}/{approval.name} waits for a decision",
+            message=f"{message}. Approve: {command}",
+            scope=approval.namespace,
+            occurred_at=now,
+            details={
+                "namespace": approval.namespace, "approval": approval.name, "run": run.name, "runUid": run.uid,
+                "incident": run.incident_name, "action": run.action.type.value,
+                "target": f"{run.action.target.kind.value}/{run.action.target.name}", "riskLevel": run.risk_level,
+                "expiresAt": _iso(approval.expires_at), "approveCommand": command,
+                "rejectCommand": f"kubectl flywheel reject {approval.name} -n {approval.namespace} --reason '<why>'",
+            },
+            dedup_key=f"{NotificationKind.APPROVAL_REQUESTED.value}/{approval.uid}",
+        ))
 
     async def _proposal(self, run: GateRun, now: datetime) -> dict[str, Any]:
         incident = await self._incidents.get(run.namespace, run.incident_name) or {}

@@ -477,10 +477,16 @@ class IncidentReconciler:
 
     async def _apply_permanent_fix(self, incident: IncidentObject, outcome: IncidentOutcome, now: datetime) -> None:
         anomaly = outcome.status.anomaly
-        if incident.spec.permanent_fix is None or anomaly is None or anomaly.permanent_fix_applied:
+        if incident.spec.permanent_fix is None or anomaly is None:
+            return
+        # Kept with the flag on every pass: the anomaly status is rebuilt from Redis each time.
+        anomaly.permanent_fix_description = incident.spec.permanent_fix.description
+        if anomaly.permanent_fix_applied:
             return
         try:
-            await self._stores.anomalies.mark_permanent_fix(self.tenant(incident.namespace), anomaly.key)
+            await self._stores.anomalies.mark_permanent_fix(
+                self.tenant(incident.namespace), anomaly.key, incident.spec.permanent_fix.description, now
+            )
         except RedisUnavailableError:
             anomaly.degraded = True  # the degraded timer comes back for it
             return

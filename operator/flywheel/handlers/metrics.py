@@ -26,7 +26,7 @@ from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES, operator_counters
 from flywheel.handlers.retention import HistoryRetentionCollector
 from flywheel.logs import get_logger
 from flywheel.metrics.collector import ReconcileErrorCounter, build_registry
-from flywheel.metrics.notifier import EventPoster, Notification, StallNotifier
+from flywheel.metrics.notifier import EventPoster, Notification, StallNotifier, count_stall_deliveries
 from flywheel.metrics.runtime import DriverCollector, MetricsRuntime, WatchRestartCounter
 from flywheel.metrics.server import MetricsApp, MetricsServer
 from flywheel.metrics.snapshot import LiveView, SnapshotComputer, SnapshotHolder
@@ -128,7 +128,7 @@ async def start_metrics(
         period = funnel_period(config.funnel_period_minutes)
     except FlywheelError as exc:
         raise kopf.PermanentError(f"metrics configuration: {exc}") from exc
-    webhook = deps.notify_sender
+    delivery = deps.notifier if deps.notifier.enabled else None
 
     counters = operator_counters(memo)
     error_counter = ReconcileErrorCounter(counters)
@@ -160,8 +160,10 @@ async def start_metrics(
         counters=counters,
         redis_client=deps.redis,
         post_event=_event_poster(KubernetesEventPoster(deps.kube)),
-        webhook=webhook,
+        delivery=delivery,
     )
+    if delivery is not None:
+        deps.notifier.observe(count_stall_deliveries(counters))
     server = (
         MetricsServer(MetricsApp(holder, registry), config.metrics_bind_address, config.metrics_port)
         if config.metrics_port
@@ -190,7 +192,7 @@ async def start_metrics(
         port=config.metrics_port or None,
         interval_seconds=config.metrics_interval_seconds,
         funnel_period_minutes=int(period.total_seconds() // 60),
-        webhook=webhook.format.value if webhook else None,
+        webhook=deps.notifier.format if delivery is not None else None,
     )
 
 

@@ -94,7 +94,7 @@ class RunController:
         )
         symptoms = SymptomCheck(stores.pods, stores.prometheus) if stores.symptom_checks else None
         self._verification = Verification(stores.workloads, symptoms, stores.approvals, self.tenant)
-        self._outcome = OutcomeRecorder(repairs, stores.incidents, stores.attempts, self.tenant)
+        self._outcome = OutcomeRecorder(repairs, stores.incidents, stores.attempts, self.tenant, stores.notifier)
 
     def tenant(self, namespace: str) -> str:
         return self._policy.tenant or namespace

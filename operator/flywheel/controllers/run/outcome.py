@@ -13,6 +13,7 @@ from flywheel.controllers.run.incident_patches import resolution_patch, unremedi
 from flywheel.controllers.run.passes import OUTCOME_RECORDED, RunPass
 from flywheel.controllers.run.ports import AttemptRecord, AttemptSink, IncidentStatusWriter, RepairRecorder
 from flywheel.controllers.run.views import IncidentView, own_status
+from flywheel.domain.notifications import Notification, NotificationKind, Notifier
 from flywheel.domain.run_state import RunErrorCode
 from flywheel.errors import (
     FlywheelError,
@@ -41,7 +42,9 @@ class OutcomeRecorder:
         incidents: IncidentStatusWriter,
         attempts: AttemptSink | None,
         tenant: Callable[[str], str],
+        notifier: Notifier | None = None,
     ) -> None:
+        self._notifier = notifier
         self._repairs = repairs
         self._incidents = incidents
         self._attempts = attempts
@@ -58,11 +61,14 @@ class OutcomeRecorder:
             return
         run, status = ctx.run, ctx.status
         state = ctx.state
+        self._notify_finished(ctx)
         missing: list[str] = []
         notes: list[str] = []
         # Runs ended before acting because of a refusal did not remediate either: the namespace
         # did not opt in, or a write of the Run was refused as invalid.
         refused = status.error_code in (RunErrorCode.NAMESPACE_NOT_ENABLED.value, RunErrorCode.INVALID_WRITE.value)
+        if not run.shadow and status.error_code == RunErrorCode.APPROVAL_EXPIRED.value:
+            await self._count_timeout_ignored(ctx, incident, missing, notes)
         acted = not run.shadow and status.started_at is not None and status.attempt >= 1
         if not acted or state is RunState.CANCELLED:
             if not run.shadow and (state in UNREMEDIATED_STATES or refused):
@@ -108,6 +114,25 @@ class OutcomeRecorder:
             )
         else:
             ctx.condition(OUTCOME_RECORDED, ConditionStatus.TRUE, "Recorded", "; ".join(notes) or "recorded")
+
+    def _notify_finished(self, ctx: RunPass) -> None:
+        """Run finished, with its state and error code (once per Run: the key is its uid)."""
+        if self._notifier is None:
+            return
+        run, status, state = ctx.run, ctx.status, ctx.state
+        error = f" ({status.error_code}: {status.error_detail or ''})" if status.error_code else ""
+        self._notifier.submit(Notification(
+            kind=NotificationKind.RUN_FINISHED.value, reason=f"Run{state.value}",
+            title=f"Flywheel: Run {run.namespace}/{run.name} {state.value}",
+            message=f"Run {run.name} ({run.spec.action.type.value} {run.spec.action.target.kind.value}/"
+                    f"{run.spec.action.target.name}) ended {state.value}{error}",
+            scope=run.namespace, occurred_at=status.completed_at or ctx.now,
+            details={"namespace": run.namespace, "run": run.name, "runUid": run.uid, "state": state.value,
+                     "errorCode": status.error_code, "errorDetail": status.error_detail,
+                     "incident": run.spec.incident_ref.name, "incidentUid": run.spec.incident_ref.uid,
+                     "attempt": status.attempt, "shadow": run.shadow},
+            dedup_key=f"{NotificationKind.RUN_FINISHED.value}/{run.uid}",
+        ))
 
     async def _resolve_incident(
         self, ctx: RunPass, key: str | None, tenant: str, missing: list[str], notes: list[str]
@@ -163,6 +188,24 @@ class OutcomeRecorder:
             )
         except RedisUnavailableError:
             missing.append(f"disposition {disposition.value} (Redis unavailable)")
+
+    async def _count_timeout_ignored(
+        self, ctx: RunPass, incident: IncidentView | None, missing: list[str], notes: list[str]
+    ) -> None:
+        """Nobody decided before the Approval expired: the seeds' ``timeout_ignored`` disposition, once per Run."""
+        run = ctx.run
+        key = run.labels.get(LABEL_ANOMALY_KEY) or (incident.anomaly_key if incident is not None else None)
+        if key is None:
+            notes.append("no anomaly key: timeout_ignored not counted")
+            return
+        value = Disposition.TIMEOUT_IGNORED.value
+        try:
+            await self._repairs.record_disposition(self._tenant(run.namespace), key, value, f"{run.uid}:{value}",
+                                                   ctx.status.completed_at or ctx.now)
+        except RedisUnavailableError:
+            missing.append(f"disposition {value} (Redis unavailable)")
+            return
+        notes.append(f"disposition {value} recorded")
 
     async def _report_unremediated(self, ctx: RunPass, missing: list[str], notes: list[str]) -> None:
         """Say on the Incident that its Run ended without remediating it, and that a person must."""

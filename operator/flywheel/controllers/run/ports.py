@@ -12,6 +12,7 @@ from flywheel.controllers.run.recheck import WorkloadReader
 from flywheel.controllers.run.symptom_check import FiringAlerts, PodHealth
 from flywheel.controllers.run_binding import RunBinder
 from flywheel.domain.actions import ProposedAction
+from flywheel.domain.notifications import Notifier
 from flywheel.domain.run_state import RolloutFacts
 from flywheel.stores.incidents import StatusMutation, StatusUpdate
 from flywheel.stores.workloads import ActionResult, ActionStamp
@@ -114,4 +115,6 @@ class RunStores:
     reader: WorkloadReader | None = None
     # Verifies each Run's binding to a Flywheel decision before it may act; None: not checked.
     binder: RunBinder | None = None
+    # Run finished: handed over without waiting (delivery is elsewhere).
+    notifier: Notifier | None = None
 

@@ -16,7 +16,9 @@ from flywheel.stores.history.outbox import HistoryKind, HistoryPayload, HistoryW
 from flywheel.stores.history.records import (
     NOTIFICATION_KIND,
     AuditEvent,
+    DeliveryOutcome,
     KnowledgeEntry,
+    NotificationDelivery,
     RepairExecution,
     RunOutcome,
     RunPage,
@@ -30,11 +32,13 @@ from flywheel.stores.history.repository import HistoryStore
 __all__ = [
     "NOTIFICATION_KIND",
     "AuditEvent",
+    "DeliveryOutcome",
     "HistoryKind",
     "HistoryPayload",
     "HistoryStore",
     "HistoryWriter",
     "KnowledgeEntry",
+    "NotificationDelivery",
     "RepairExecution",
     "RunOutcome",
     "RunPage",

@@ -43,7 +43,7 @@ from flywheel.errors import ConfigurationError, DatabaseUnavailableError
 from flywheel.logs import get_logger
 from flywheel.stores.history.engine import create_history_engine
 from flywheel.stores.history.migrate import upgrade
-from flywheel.stores.history.records import AuditEvent, KnowledgeEntry, RepairExecution
+from flywheel.stores.history.records import AuditEvent, KnowledgeEntry, NotificationDelivery, RepairExecution
 from flywheel.stores.history.repository import HistoryStore, plain_copy
 from flywheel.stores.history.spool import FileSpool, MemorySpool, RecordSpool, SpooledRecord, SpoolEntry
 
@@ -67,17 +67,23 @@ class HistoryKind(StrEnum):
     AUDIT_EVENT = "audit_event"  # payload: AuditEvent
     REPAIR_EXECUTION = "repair_execution"  # payload: RepairExecution
     KNOWLEDGE_ENTRY = "knowledge_entry"  # payload: KnowledgeEntry
+    NOTIFICATION_DELIVERY = "notification_delivery"  # payload: NotificationDelivery
 
 
-HistoryPayload: TypeAlias = Mapping[str, Any] | AuditEvent | RepairExecution | KnowledgeEntry
+HistoryPayload: TypeAlias = (
+    Mapping[str, Any] | AuditEvent | RepairExecution | KnowledgeEntry | NotificationDelivery
+)
 _ItemKey: TypeAlias = tuple[HistoryKind, str]
 
 _RESOURCE_KINDS: Final = frozenset({HistoryKind.INCIDENT, HistoryKind.RUN, HistoryKind.APPROVAL})
-_RECORD_KINDS: Final = frozenset({HistoryKind.AUDIT_EVENT, HistoryKind.REPAIR_EXECUTION, HistoryKind.KNOWLEDGE_ENTRY})
+_RECORD_KINDS: Final = frozenset({
+    HistoryKind.AUDIT_EVENT, HistoryKind.REPAIR_EXECUTION, HistoryKind.KNOWLEDGE_ENTRY, HistoryKind.NOTIFICATION_DELIVERY,
+})
 _RECORD_TYPES: Final[dict[HistoryKind, type[Any]]] = {
     HistoryKind.AUDIT_EVENT: AuditEvent,
     HistoryKind.REPAIR_EXECUTION: RepairExecution,
     HistoryKind.KNOWLEDGE_ENTRY: KnowledgeEntry,
+    HistoryKind.NOTIFICATION_DELIVERY: NotificationDelivery,
 }
 
 
@@ -129,6 +135,8 @@ def _item_key(kind: HistoryKind, payload: HistoryPayload) -> str:
         return f"{payload.run_uid}/{payload.attempt}"
     if isinstance(payload, KnowledgeEntry):
         return payload.incident_uid
+    if isinstance(payload, NotificationDelivery):
+        return payload.delivery_id
     raise TypeError(f"unsupported history payload {type(payload).__name__}")
 
 
@@ -151,7 +159,7 @@ def _snapshot(kind: HistoryKind, payload: HistoryPayload) -> HistoryPayload:
             "spec": plain_copy(payload.get("spec") or {}),
             "status": plain_copy(payload.get("status") or {}),
         }
-    if isinstance(payload, AuditEvent):
+    if isinstance(payload, AuditEvent | NotificationDelivery):
         return replace(payload, payload=plain_copy(payload.payload))
     return payload  # frozen records of immutable values
 
@@ -362,7 +370,7 @@ class HistoryWriter:
         self._wake()
 
     def _spool_record(self, kind: HistoryKind, key: str, record: HistoryPayload) -> None:
-        assert isinstance(record, AuditEvent | RepairExecution | KnowledgeEntry)
+        assert isinstance(record, AuditEvent | RepairExecution | KnowledgeEntry | NotificationDelivery)
         try:
             evicted = self._spool.put(kind.value, key, record)
         except (OSError, sqlite3.Error) as exc:
@@ -474,6 +482,8 @@ class HistoryWriter:
             self._store.add_audit_event(record)
         elif isinstance(record, RepairExecution):
             self._store.add_repair_execution(record)
+        elif isinstance(record, NotificationDelivery):
+            self._store.add_notification_delivery(record)
         else:
             self._store.add_knowledge_entry(record)
 

@@ -47,6 +47,46 @@ class AuditEvent:
         _require_aware("occurred_at", self.occurred_at)
 
 
+class DeliveryOutcome(StrEnum):
+    """How a notification's delivery ended."""
+
+    DELIVERED = "Delivered"  # the receiver accepted it (2xx)
+    FAILED = "Failed"  # refused for good, or still failing after the retries
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationDelivery:
+    """One notification's delivery to the webhook, or its final failure; stored once per ``delivery_id``.
+
+    ``delivery_id`` is the notification's de-duplication key, so a step notified twice (two
+    replicas, a pass run again after a restart) is on record once.
+    """
+
+    delivery_id: str
+    kind: str
+    reason: str
+    title: str
+    message: str
+    occurred_at: datetime
+    finished_at: datetime
+    outcome: DeliveryOutcome
+    attempts: int
+    channel: str
+    namespace: str | None = None
+    run_uid: str | None = None
+    incident_uid: str | None = None
+    error: str | None = None
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0 < len(self.delivery_id) <= EVENT_ID_LENGTH:
+            raise InvalidInputError("delivery_id", f"must be 1 to {EVENT_ID_LENGTH} characters")
+        if self.attempts < 0:
+            raise InvalidInputError("attempts", f"must be >= 0, got {self.attempts}")
+        _require_aware("occurred_at", self.occurred_at)
+        _require_aware("finished_at", self.finished_at)
+
+
 @dataclass(frozen=True, slots=True)
 class RepairExecution:
     """The outcome of one attempt of a Run's action on its target; stored once per (run, attempt)."""
@@ -280,7 +320,9 @@ class RunTimeline:
 __all__ = [
     "NOTIFICATION_KIND",
     "AuditEvent",
+    "DeliveryOutcome",
     "KnowledgeEntry",
+    "NotificationDelivery",
     "RepairExecution",
     "RunOutcome",
     "RunPage",

@@ -45,6 +45,7 @@ from flywheel.stores.history.records import (
     NOTIFICATION_KIND,
     AuditEvent,
     KnowledgeEntry,
+    NotificationDelivery,
     RepairExecution,
     RunOutcome,
     RunPage,
@@ -60,6 +61,7 @@ from flywheel.stores.history.tables import (
     HistoryBase,
     IncidentRow,
     KnowledgeEntryRow,
+    NotificationDeliveryRow,
     RepairExecutionRow,
     RunRow,
     RunStepRow,
@@ -336,6 +338,10 @@ class HistoryStore:
             "duplicate_of": status.duplicate_of,
             "disposition": status.disposition.value if status.disposition else None,
             "resolved_at": status.resolved_at,
+            "permanent_fix_description": _clean_text(
+                (status.anomaly.permanent_fix_description if status.anomaly is not None else None)
+                or (spec.permanent_fix.description if spec.permanent_fix is not None else None)
+            ),
             "resource_version": meta.resource_version,
             "projected_at": self._clock(),
         }
@@ -452,6 +458,29 @@ class HistoryStore:
         }
         with self._transaction() as connection:
             self._insert_once(connection, _table(AuditEventRow), [row])
+
+    def add_notification_delivery(self, delivery: NotificationDelivery) -> None:
+        """Store a notification's delivery once; the same ``delivery_id`` again changes nothing."""
+        row = {
+            "delivery_id": delivery.delivery_id,
+            "kind": delivery.kind,
+            "reason": delivery.reason,
+            "title": _clean_text(delivery.title) or "",
+            "message": _clean_text(delivery.message) or "",
+            "namespace": delivery.namespace,
+            "run_uid": delivery.run_uid,
+            "incident_uid": delivery.incident_uid,
+            "channel": delivery.channel,
+            "outcome": delivery.outcome.value,
+            "attempts": delivery.attempts,
+            "error": _clean_text(delivery.error),
+            "occurred_at": delivery.occurred_at,
+            "finished_at": delivery.finished_at,
+            "payload": _clean_payload(delivery.payload),
+            "recorded_at": self._clock(),
+        }
+        with self._transaction() as connection:
+            self._insert_once(connection, _table(NotificationDeliveryRow), [row])
 
     def add_repair_execution(self, execution: RepairExecution) -> None:
         """Store the outcome of one attempt once; a retry of the same (run, attempt) changes nothing."""
@@ -598,11 +627,19 @@ class HistoryStore:
                     .order_by(AuditEventRow.occurred_at)
                 )
             )
+            deliveries = list(
+                session.scalars(
+                    select(NotificationDeliveryRow)
+                    .where(NotificationDeliveryRow.run_uid == summary.uid)
+                    .order_by(NotificationDeliveryRow.finished_at)
+                )
+            )
         entries = _run_entries(summary)
         entries.extend(_step_entry(step) for step in steps)
         for approval in approvals:
             entries.extend(_approval_entries(approval))
         entries.extend(_notification_entry(notification) for notification in notifications)
+        entries.extend(_delivery_entry(delivery) for delivery in deliveries)
         # Stable: entries at the same instant keep the natural order of a Run's life.
         ordered = sorted(
             enumerate(entries), key=lambda item: (item[1].at, _KIND_ORDER[item[1].kind], item[0])
@@ -676,6 +713,17 @@ def _notification_entry(event: AuditEventRow) -> TimelineEntry:
         title=event.summary,
         result=event.outcome,
         detail=event.actor,
+    )
+
+
+def _delivery_entry(delivery: NotificationDeliveryRow) -> TimelineEntry:
+    attempts = f"{delivery.attempts} attempt{'s' if delivery.attempts != 1 else ''}"
+    return TimelineEntry(
+        at=delivery.finished_at,
+        kind=TimelineKind.NOTIFICATION,
+        title=f"notification {delivery.kind} ({delivery.channel})",
+        result=delivery.outcome,
+        detail=_join(delivery.title, attempts, delivery.error),
     )
 
 

@@ -31,19 +31,26 @@ from typing import Any, Final, Protocol, TypeAlias
 from flywheel.api.enums import ActionType
 from flywheel.errors import ConfigurationError
 from flywheel.logs import get_logger
-from flywheel.stores.history.records import AuditEvent, KnowledgeEntry, RepairExecution
+from flywheel.stores.history.records import (
+    AuditEvent,
+    DeliveryOutcome,
+    KnowledgeEntry,
+    NotificationDelivery,
+    RepairExecution,
+)
 from flywheel.stores.history.repository import plain_copy
 
 _log = get_logger(__name__)
 
 SPOOL_FILE_NAME: Final = "history-spool.sqlite3"
 
-SpooledRecord: TypeAlias = AuditEvent | RepairExecution | KnowledgeEntry
+SpooledRecord: TypeAlias = AuditEvent | RepairExecution | KnowledgeEntry | NotificationDelivery
 
-_RECORD_TYPES: Final[dict[str, type[AuditEvent | RepairExecution | KnowledgeEntry]]] = {
+_RECORD_TYPES: Final[dict[str, type[SpooledRecord]]] = {
     "audit_event": AuditEvent,
     "repair_execution": RepairExecution,
     "knowledge_entry": KnowledgeEntry,
+    "notification_delivery": NotificationDelivery,
 }
 _DATETIME_FIELDS: Final = frozenset({"occurred_at", "started_at", "finished_at", "resolved_at"})
 _ACTION_FIELDS: Final = frozenset({"action"})
@@ -121,6 +128,8 @@ def decode_record(kind: str, text: str) -> SpooledRecord:
     for name in _ACTION_FIELDS & values.keys():
         if values[name] is not None:
             values[name] = ActionType(values[name])
+    if record_type is NotificationDelivery:
+        values["outcome"] = DeliveryOutcome(values["outcome"])
     return record_type(**values)
 
 

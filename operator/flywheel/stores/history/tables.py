@@ -118,6 +118,8 @@ class IncidentRow(HistoryBase):
     duplicate_of: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
     disposition: Mapped[str | None] = mapped_column(String(ENUM_LENGTH))
     resolved_at: Mapped[datetime | None]
+    # What the permanent fix was (spec.permanentFix, kept with the flag in status.anomaly).
+    permanent_fix_description: Mapped[str | None] = mapped_column(Text)
     # Opaque to us (never compared); kept to tell which version of the object a row shows.
     resource_version: Mapped[str | None] = mapped_column(String(SHORT_TEXT_LENGTH))
     projected_at: Mapped[datetime]
@@ -251,6 +253,35 @@ class AuditEventRow(HistoryBase):
         Index(None, "incident_uid", "occurred_at"),
         Index(None, "kind", "occurred_at"),
         Index(None, "occurred_at"),
+    )
+
+
+class NotificationDeliveryRow(HistoryBase):
+    """A notification delivered to the webhook, or its final failure, keyed by its de-duplication key."""
+
+    __tablename__ = "notification_deliveries"
+
+    delivery_id: Mapped[str] = mapped_column(String(EVENT_ID_LENGTH), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(ENUM_LENGTH))
+    reason: Mapped[str] = mapped_column(String(SHORT_TEXT_LENGTH))
+    title: Mapped[str] = mapped_column(Text)
+    message: Mapped[str] = mapped_column(Text)
+    namespace: Mapped[str | None] = mapped_column(String(NAMESPACE_LENGTH))
+    run_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+    incident_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+    channel: Mapped[str] = mapped_column(String(ENUM_LENGTH))
+    outcome: Mapped[str] = mapped_column(String(ENUM_LENGTH))
+    attempts: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    occurred_at: Mapped[datetime]
+    finished_at: Mapped[datetime]
+    payload: Mapped[dict[str, Any]]
+    recorded_at: Mapped[datetime]
+
+    __table_args__ = (
+        Index(None, "run_uid", "occurred_at"),
+        Index(None, "incident_uid", "occurred_at"),
+        Index(None, "kind", "occurred_at"),
     )
 
 
