@@ -74,6 +74,17 @@ class ApprovalWait:
             f"no valid decision before the Run's approval deadline {deadline.isoformat(timespec='seconds')}; "
             "the Run is not executed"
         )
+        if self._approvals is not None:
+            # Its own Approval (which never expires later) says Expired itself; nothing else counts now.
+            verdict = await self._approvals.review(
+                gate_run(ctx, self._tenant(ctx.run.namespace)), ctx.approval, ctx.now
+            )
+            if verdict.state is GateState.EXPIRED:
+                for event_type, reason, text in verdict.events:
+                    ctx.event(event_type, reason, text)
+                ctx.move(RunState.TIMED_OUT, STEP_APPROVAL_EXPIRED, "TimedOut", verdict.message,
+                         code=RunErrorCode.APPROVAL_EXPIRED)
+                return True
         if ctx.move(RunState.TIMED_OUT, STEP_APPROVAL_EXPIRED, "TimedOut", message, code=RunErrorCode.APPROVAL_EXPIRED):
             ctx.event("Warning", "ApprovalExpired", message)
             if self._approvals is not None:
