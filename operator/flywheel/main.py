@@ -292,7 +292,8 @@ async def serve_admission(kopf_settings: kopf.OperatorSettings, settings: Flywhe
     memo.deps.run_stores.approvals.operator_identity = memo[MEMO_OPERATOR_IDENTITY]
     log.info("admission webhooks on", mode=settings.webhook_mode.value, identity=memo[MEMO_OPERATOR_IDENTITY])
     if settings.webhook_mode is WebhookMode.SERVICE:
-        from flywheel.handlers.admission import ReloadableWebhookServer, ServingContext
+        from flywheel.handlers.admission import ReloadableWebhookServer
+        from flywheel.stores.serving_tls import ServingContext
 
         serving = ServingContext()
         reconcile, interval = service_certificate(settings, kube, serving)

@@ -34,6 +34,9 @@ from flywheel.logs import get_logger
 from flywheel.stores.kube import GROUP, VERSION
 from flywheel.stores.serving_tls import ServingContext
 
+# Kopf passes indexes, `old` and `operation` as keyword arguments its callback Protocols do not
+# declare, so mypy cannot match such handlers to them: the decorators below carry an ignore for it.
+
 log = get_logger(__name__)
 
 STAMP_APPROVER: Final = "stamp-approver"
@@ -94,7 +97,7 @@ def _unavailable(exc: FlywheelError, what: str) -> kopf.AdmissionError:
     return kopf.AdmissionError(f"Flywheel cannot {what} right now ({exc}); try again", code=UNAVAILABLE)
 
 
-@kopf.on.mutate(GROUP, VERSION, "approvals", id=STAMP_APPROVER, operations=["UPDATE"])
+@kopf.on.mutate(GROUP, VERSION, "approvals", id=STAMP_APPROVER, operations=["UPDATE"])  # type: ignore[arg-type]
 async def stamp_approver(
     old: kopf.Body | None, body: kopf.Body, userinfo: kopf.UserInfo, patch: kopf.Patch, memo: kopf.Memo, **_: Any
 ) -> None:
@@ -108,7 +111,7 @@ async def stamp_approver(
         patch.metadata.annotations[key] = value
 
 
-@kopf.on.mutate(GROUP, VERSION, "incidents", id=STAMP_INCIDENT_CREATOR, operations=["CREATE", "UPDATE"])
+@kopf.on.mutate(GROUP, VERSION, "incidents", id=STAMP_INCIDENT_CREATOR, operations=["CREATE", "UPDATE"])  # type: ignore[arg-type]
 async def stamp_incident_creator(
     operation: str, old: kopf.Body | None, body: kopf.Body, userinfo: kopf.UserInfo, patch: kopf.Patch,
     memo: kopf.Memo, **_: Any,
@@ -125,7 +128,7 @@ async def stamp_incident_creator(
         patch.metadata.annotations[key] = value
 
 
-@kopf.on.validate(GROUP, VERSION, "approvals", id=APPROVAL_POLICY, operations=["CREATE", "UPDATE"])
+@kopf.on.validate(GROUP, VERSION, "approvals", id=APPROVAL_POLICY, operations=["CREATE", "UPDATE"])  # type: ignore[arg-type]
 async def approval_policy(
     operation: str,
     old: kopf.Body | None,
@@ -151,7 +154,7 @@ async def approval_policy(
         _refuse(refusal, "Approval", body.get("metadata", {}).get("name"), requester)
 
 
-@kopf.on.validate(GROUP, VERSION, "runs", id=RUN_WRITER, operations=["CREATE", "UPDATE"], subresource="*")
+@kopf.on.validate(GROUP, VERSION, "runs", id=RUN_WRITER, operations=["CREATE", "UPDATE"], subresource="*")  # type: ignore[arg-type]
 async def run_writer(
     operation: str, subresource: str | None, old: kopf.Body | None, body: kopf.Body, userinfo: kopf.UserInfo,
     memo: kopf.Memo, **_: Any,
@@ -166,7 +169,7 @@ async def run_writer(
         _refuse(refusal, "Run", body.get("metadata", {}).get("name"), requester)
 
 
-@kopf.on.validate(GROUP, VERSION, "incidents", id=INCIDENT_CREATOR, operations=["CREATE", "UPDATE"])
+@kopf.on.validate(GROUP, VERSION, "incidents", id=INCIDENT_CREATOR, operations=["CREATE", "UPDATE"])  # type: ignore[arg-type]
 async def incident_creator(
     operation: str, old: kopf.Body | None, body: kopf.Body, userinfo: kopf.UserInfo, **_: Any
 ) -> None:

@@ -26,6 +26,7 @@ from flywheel.domain.signature import anomaly_key
 from flywheel.errors import KubernetesApiError, StoreUnavailableError
 from flywheel.handlers.driving import build_driver, retry_after, stop_driver
 from flywheel.handlers.history import project
+from flywheel.handlers.kopf_bodies import as_body
 from flywheel.stores.history import HistoryKind
 from flywheel.stores.kube import GROUP, VERSION
 
@@ -44,6 +45,9 @@ MEMO_INCIDENT_DRIVER = "incident_driver"
 ANOMALY = "anomaly"
 IncidentIndexKey = tuple[str, str] | tuple[str, str, str]
 IncidentIndex = kopf.Index[IncidentIndexKey, IncidentView | PeerIncident]
+
+# Kopf passes indexes, `old` and `operation` as keyword arguments its callback Protocols do not
+# declare, so mypy cannot match such handlers to them: the decorators below carry an ignore for it.
 
 
 @kopf.index(GROUP, VERSION, "incidents")
@@ -120,7 +124,7 @@ class IncidentPasses:
             incident = IncidentObject.from_body(body)
         except ValueError as exc:
             # The CRD schema refuses almost everything; what slips through cannot be retried into shape.
-            kopf.warn(dict(body), reason="InvalidIncident", message=f"invalid Incident spec: {exc}")
+            kopf.warn(as_body(body), reason="InvalidIncident", message=f"invalid Incident spec: {exc}")
             return None
         peers = incidents_with_anomaly(self._incident_index, incident.namespace, incident.anomaly_key)
         try:
@@ -132,12 +136,12 @@ class IncidentPasses:
             return retry_after(exc, "Incident", incident.namespace, incident.name, UNAVAILABLE_RETRY_SECONDS)
         regarding = dict(body)
         for event in outcome.events_to_post():
-            kopf.event(regarding, type=event.type, reason=event.reason, message=event.message)
+            kopf.event(as_body(regarding), type=event.type, reason=event.reason, message=event.message)
         anomaly = outcome.status.anomaly
         return DEGRADED_RETRY_SECONDS if anomaly is not None and anomaly.degraded else None
 
 
-@kopf.on.startup()
+@kopf.on.startup()  # type: ignore[arg-type]
 async def start_incident_driver(memo: FlywheelMemo, incident_index: IncidentIndex, **_: Any) -> None:
     deps = memo.deps
     memo[MEMO_INCIDENT_DRIVER] = build_driver(memo, "incidents", IncidentPasses(deps, incident_index))

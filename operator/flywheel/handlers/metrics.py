@@ -35,6 +35,9 @@ from flywheel.stores.events import KubernetesEventPoster
 from flywheel.stores.metrics_queries import AnomalyMetricsReader, HistoryMetricsQueries
 from flywheel.wiring import FlywheelMemo
 
+# Kopf passes indexes, `old` and `operation` as keyword arguments its callback Protocols do not
+# declare, so mypy cannot match such handlers to them: the decorators below carry an ignore for it.
+
 log = get_logger(__name__)
 
 MEMO_METRICS: Final = "metrics"
@@ -112,7 +115,7 @@ def drivers_of(memo: kopf.Memo) -> list[ObjectDriver]:
     return [driver for driver in found if isinstance(driver, ObjectDriver)]
 
 
-@kopf.on.startup()
+@kopf.on.startup()  # type: ignore[arg-type]
 async def start_metrics(
     settings: kopf.OperatorSettings,
     memo: FlywheelMemo,

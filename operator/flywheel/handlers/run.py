@@ -35,6 +35,7 @@ from flywheel.errors import InvalidWriteError, KubernetesApiError, StoreUnavaila
 from flywheel.handlers.driving import build_driver, retry_after, stop_driver
 from flywheel.handlers.history import project
 from flywheel.handlers.incident import IncidentIndex, incident_of
+from flywheel.handlers.kopf_bodies import as_body
 from flywheel.stores.history import HistoryKind
 from flywheel.stores.kube import API_VERSION, GROUP, VERSION
 
@@ -47,6 +48,9 @@ POLL_SECONDS = 2.0
 # Back-off when the Kubernetes API or Redis is unavailable.
 UNAVAILABLE_RETRY_SECONDS = 5.0
 MEMO_RUN_DRIVER = "run_driver"
+
+# Kopf passes indexes, `old` and `operation` as keyword arguments its callback Protocols do not
+# declare, so mypy cannot match such handlers to them: the decorators below carry an ignore for it.
 
 
 @kopf.index(GROUP, VERSION, "runs")
@@ -104,7 +108,7 @@ class RunPasses:
         try:
             run = RunObject.from_body(body)
         except ValueError as exc:
-            kopf.warn(dict(body), reason="InvalidRun", message=f"invalid Run, not driven: {exc}")
+            kopf.warn(as_body(body), reason="InvalidRun", message=f"invalid Run, not driven: {exc}")
             return None
         guard: RunGuard = slot.setdefault("guard", RunGuard())
         if guard.is_stale(run.status, time.monotonic()):
@@ -174,7 +178,7 @@ class RunPasses:
         approval = outcome.status.approval_ref
         regarding_run = dict(body)
         for event in outcome.events_to_post():
-            kopf.event(regarding_run, type=event.type, reason=event.reason, message=event.message)
+            kopf.event(as_body(regarding_run), type=event.type, reason=event.reason, message=event.message)
             if approval is not None and event.reason in APPROVAL_EVENT_REASONS:
                 # Also on the Approval, where `kubectl describe approval` shows it to the approver.
                 regarding = {
@@ -182,10 +186,10 @@ class RunPasses:
                     "kind": "Approval",
                     "metadata": {"name": approval.name, "namespace": namespace, "uid": approval.uid},
                 }
-                kopf.event(regarding, type=event.type, reason=event.reason, message=event.message)
+                kopf.event(as_body(regarding), type=event.type, reason=event.reason, message=event.message)
 
 
-@kopf.on.startup()
+@kopf.on.startup()  # type: ignore[arg-type]
 async def start_run_driver(
     memo: FlywheelMemo,
     run_views: kopf.Index[str, ObservedRun],
