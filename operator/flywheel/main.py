@@ -91,11 +91,13 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     # restarted by Kopf itself — a watch that silently stopped (Kopf issues #787, #1276);
     # flywheel_watch_restarts_total counts the restarts.
     settings.watching.inactivity_timeout = 70
-    # Kopf keeps a worker per object alive idle_timeout (5 s) after its last event, and each
-    # worker takes a slot: with 64 slots the operator could not take up more than ~13 objects
-    # per second, whatever its CPU (bench/e2e_throughput.py). Workers are small tasks; the API
-    # client's connection pool (flywheel.stores.kube.DEFAULT_CONNECTIONS) bounds the calls they make.
-    settings.queueing.worker_limit = 256
+    # No limit on Kopf's per-object workers. With a limit, an operator started over more objects
+    # of an indexed kind than the limit never runs a handler: each worker waits, holding its slot,
+    # until every object is indexed, and the objects without a slot are never indexed (Kopf issue
+    # #1243). Workers are small tasks that end idle_timeout after their object's last event; the
+    # API client's connection pool (flywheel.stores.kube.DEFAULT_CONNECTIONS) bounds the calls
+    # they make, and the drivers (controllers/driver.py) bound the passes.
+    settings.queueing.worker_limit = None
     settings.queueing.idle_timeout = 0.5
     # Kopf's threads for synchronous handlers: ours are all async (see flywheel.handlers).
     settings.execution.max_workers = 4
@@ -207,7 +209,7 @@ def _free_loopback_port() -> int:
 
 
 async def _register_when_listening(
-    kube: KubeApi, port: int, name: str, ca_pem: bytes, namespaces: tuple[str, ...]
+    kube: KubeApi, port: int, name: str, ca_pem: bytes, namespaces: tuple[str, ...], operator_identity: str
 ) -> None:
     """Register the loopback webhooks once the server answers: never point the API server at nothing."""
     from flywheel.stores.kube import VERSION
@@ -227,7 +229,8 @@ async def _register_when_listening(
             await asyncio.sleep(0.2)
     try:
         await WebhookConfigurations(kube).apply(
-            name, base_url=f"https://127.0.0.1:{port}", ca_pem=ca_pem, namespaces=namespaces, version=VERSION
+            name, base_url=f"https://127.0.0.1:{port}", ca_pem=ca_pem, namespaces=namespaces, version=VERSION,
+            operator_identity=operator_identity,
         )
     except FlywheelError as exc:
         # Without them no decision can be taken (none is stamped): say so loudly, keep running.
@@ -318,7 +321,7 @@ async def serve_admission(kopf_settings: kopf.OperatorSettings, settings: Flywhe
     name = loopback_configuration_name(namespaces)
     memo[MEMO_LOOPBACK_WEBHOOKS] = name
     memo["loopback_webhook_task"] = asyncio.create_task(
-        _register_when_listening(kube, port, name, certificate.ca_pem, namespaces)
+        _register_when_listening(kube, port, name, certificate.ca_pem, namespaces, memo[MEMO_OPERATOR_IDENTITY])
     )
 
 

@@ -51,6 +51,7 @@ WEBHOOK_PATHS = {
     ("MutatingWebhookConfiguration", "/stamp-incident-creator"): ("incidents", {"CREATE", "UPDATE"}),
     ("ValidatingWebhookConfiguration", "/approval-policy"): ("approvals", {"CREATE", "UPDATE"}),
     ("ValidatingWebhookConfiguration", "/incident-creator"): ("incidents", {"CREATE", "UPDATE"}),
+    ("ValidatingWebhookConfiguration", "/run-writer"): ("runs", {"CREATE", "UPDATE"}),
 }
 ESCALATING_VERBS = {"escalate", "bind", "impersonate"}
 
@@ -254,9 +255,21 @@ def test_the_webhooks_reach_the_operator_on_the_handler_paths(rendered: list[dic
             assert webhook["admissionReviewVersions"] == ["v1"]
             [rule] = webhook["rules"]
             assert rule["apiGroups"] == ["flywheel.dev"]
-            assert not any("/" in resource for resource in rule["resources"])  # never the status subresource
+            # Never a status subresource, except run-writer's: nobody but Flywheel writes a Run's status.
+            subresources = [resource for resource in rule["resources"] if "/" in resource]
+            assert subresources == (["runs/status"] if webhook["name"] == "run-writer.flywheel.dev" else [])
             seen[(kind, client["service"]["path"])] = (rule["resources"][0], set(rule["operations"]))
     assert seen == WEBHOOK_PATHS
+    # run-writer refuses every Run write but the operator's: the operator's own (each pass's status
+    # write) skip the call, matched by the ServiceAccount the Deployment runs as.
+    pod = only(rendered, "Deployment", "flywheel-operator")["spec"]["template"]["spec"]
+    operator_user = f"system:serviceaccount:{NAMESPACE}:{pod['serviceAccountName']}"
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        for webhook in only(rendered, kind, "flywheel")["webhooks"]:
+            expected = ([{"name": "not-flywheel-itself",
+                          "expression": f'request.userInfo.username != "{operator_user}"'}]
+                        if webhook["name"] == "run-writer.flywheel.dev" else None)
+            assert webhook.get("matchConditions") == expected, webhook["name"]
 
 
 # --------------------------------------------------------------------------- on the API server

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,6 +43,9 @@ class WebhookSpec:
     operations: tuple[str, ...]
     mutating: bool
     subresources: tuple[str, ...] = ()
+    # Only writes by others matter (it refuses everyone but the operator): the API server skips
+    # the operator's own writes, every Run status write of every pass among them.
+    skips_own_writes: bool = False
 
 
 # Must match the handler ids in flywheel.handlers.admission and manifests/base.
@@ -51,7 +55,9 @@ WEBHOOKS: Final = (
     WebhookSpec("approval-policy", "approvals", ("CREATE", "UPDATE"), mutating=False),
     WebhookSpec("incident-creator", "incidents", ("CREATE", "UPDATE"), mutating=False),
     # The status subresource too: a forged Run status must never reach the executor.
-    WebhookSpec("run-writer", "runs", ("CREATE", "UPDATE"), mutating=False, subresources=("status",)),
+    WebhookSpec(
+        "run-writer", "runs", ("CREATE", "UPDATE"), mutating=False, subresources=("status",), skips_own_writes=True
+    ),
 )
 
 
@@ -108,8 +114,14 @@ def loopback_configuration_name(namespaces: Sequence[str]) -> str:
     return "flywheel-" + hashlib.sha256(",".join(sorted(namespaces)).encode()).hexdigest()[:12]
 
 
+def not_written_by(username: str) -> list[dict[str, str]]:
+    """matchConditions that send a request to the webhook unless ``username`` makes it."""
+    return [{"name": "not-flywheel-itself", "expression": f"request.userInfo.username != {json.dumps(username)}"}]
+
+
 def webhook_entries(
-    *, base_url: str, ca_pem: bytes, namespaces: Sequence[str], mutating: bool, version: str
+    *, base_url: str, ca_pem: bytes, namespaces: Sequence[str], mutating: bool, version: str,
+    operator_identity: str | None = None,
 ) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = []
     for spec in WEBHOOKS:
@@ -133,6 +145,8 @@ def webhook_entries(
             "admissionReviewVersions": ["v1"],
             "timeoutSeconds": 10,
         }
+        if spec.skips_own_writes and operator_identity:
+            entry["matchConditions"] = not_written_by(operator_identity)
         if namespaces:
             entry["namespaceSelector"] = {
                 "matchExpressions": [
@@ -182,7 +196,10 @@ class WebhookConfigurations:
                 body={"webhooks": webhooks}, query={"fieldManager": FIELD_MANAGER}, content_type=STRATEGIC_MERGE_PATCH,
             )
 
-    async def apply(self, name: str, *, base_url: str, ca_pem: bytes, namespaces: Sequence[str], version: str) -> None:
+    async def apply(
+        self, name: str, *, base_url: str, ca_pem: bytes, namespaces: Sequence[str], version: str,
+        operator_identity: str | None = None,
+    ) -> None:
         labels = {"app.kubernetes.io/name": "flywheel", "app.kubernetes.io/managed-by": "flywheel-loopback"}
         for flavour in ("mutating", "validating"):
             body: dict[str, Any] = {
@@ -191,7 +208,7 @@ class WebhookConfigurations:
                 "metadata": {"name": name, "labels": labels},
                 "webhooks": webhook_entries(
                     base_url=base_url, ca_pem=ca_pem, namespaces=list(namespaces), mutating=flavour == "mutating",
-                    version=version,
+                    version=version, operator_identity=operator_identity,
                 ),
             }
             await self._apply_one(flavour, name, body)
