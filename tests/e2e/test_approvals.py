@@ -234,9 +234,12 @@ def test_an_approver_approves_and_the_action_runs_once(
         what="ApprovalRequested event on the Approval",
     )
     assert on_approval[0]["involvedObject"]["uid"] == proposal["metadata"]["uid"]
-    announced = wait_for(lambda: receiver.received, timeout=15, what="approval notification")
+    # The decision was announced first (decision_ready); the approval request is the step to act on.
+    announced = wait_for(lambda: [n for n in receiver.received if n["kind"] == "approval_requested"],
+                         timeout=15, what="approval notification")
     receiver.close()
-    assert (announced[0]["kind"], announced[0]["reason"]) == ("approval_requested", "ApprovalRequested")
+    assert [n["kind"] for n in receiver.received].count("approval_requested") == 1
+    assert announced[0]["reason"] == "ApprovalRequested"
     details = announced[0]["details"]
     assert (details["namespace"], details["approval"], details["run"]) == (namespace, "checkout-oom-1", "checkout-oom-1")
     assert details["approveCommand"] == f"kubectl flywheel approve checkout-oom-1 -n {namespace} --reason '<why>'"
