@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from tests.conftest import OperatorFactory
-from tests.e2e.test_approvals import APPROVER, APPROVERS, decide, wait_for_webhooks
+from tests.e2e.test_approvals import APPROVER, APPROVERS, NotificationReceiver, decide, wait_for_webhooks
 from tests.e2e.test_intake import TOKEN, Alertmanager, healthy
 from tests.e2e.test_intake import alertmanager as alertmanager_fixture
 from tests.e2e.test_runs import events_for, get, run_status, wait_for_run
@@ -96,9 +96,17 @@ def operator_settings() -> dict[str, str]:
 
 
 @pytest.fixture()
+def notifications() -> Iterator[NotificationReceiver]:
+    """A real HTTP receiver for the operator's notification webhook (JSON format)."""
+    receiver = NotificationReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture()
 def intake_url(
     start_operator: OperatorFactory, clean_redis_url: str, test_cluster: TestCluster, namespace: str,
-    prometheus_port: int, operator_settings: dict[str, str],
+    prometheus_port: int, operator_settings: dict[str, str], notifications: NotificationReceiver,
 ) -> Iterator[str]:
     """The operator (intake, webhooks for approvals, Prometheus for the symptom), before Alertmanager."""
     create_deployment(test_cluster, "checkout", namespace)
@@ -106,7 +114,7 @@ def intake_url(
     operator = start_operator(
         redis_url=clean_redis_url, intake_port=str(port), intake_token=TOKEN, metrics_port="0",
         webhook_mode="loopback", webhook_port="0", approver_groups=APPROVERS,
-        prometheus_url=f"http://127.0.0.1:{prometheus_port}",
+        prometheus_url=f"http://127.0.0.1:{prometheus_port}", notify_webhook_url=notifications.url,
         **{"verification_window_seconds": WINDOW_SECONDS, **operator_settings},
     )
     wait_for_webhooks(test_cluster, namespace, operator)
@@ -220,7 +228,7 @@ def test_a_persisting_symptom_climbs_the_ladder_and_a_resolved_alert_is_not_acte
 )
 def test_failures_up_to_the_cap_leave_the_incident_not_remediated(
     test_cluster: TestCluster, namespace: str, chain: tuple[AppMetric, PrometheusServer],
-    operator_settings: dict[str, str],
+    operator_settings: dict[str, str], notifications: NotificationReceiver,
 ) -> None:
     incident = the_incident(test_cluster, namespace)
     name = incident["metadata"]["name"]
@@ -243,3 +251,12 @@ def test_failures_up_to_the_cap_leave_the_incident_not_remediated(
     assert events[0]["type"] == "Warning"
     runs = test_cluster.kubectl_json("get", "runs", "-n", namespace)["items"]
     assert sorted(r["metadata"]["name"] for r in runs) == [f"{name}-1", f"{name}-2"], "no third Run"
+
+    # A real HTTP receiver got each step once: two decisions, two finished Runs, the exhausted ladder.
+    def kinds() -> list[str]:
+        return sorted(n["kind"] for n in notifications.received if n["details"].get("incident", name) == name)
+
+    expected = sorted(["decision_ready"] * 2 + ["run_finished"] * 2 + ["ladder_exhausted"])
+    wait_for(lambda: kinds() == expected or None, timeout=60, what=f"the notifications {expected}, got {kinds()}")
+    finished = [n for n in notifications.received if n["kind"] == "run_finished"]
+    assert sorted(n["details"]["errorCode"] for n in finished) == ["E-SYMPTOM-PERSISTS"] * 2
