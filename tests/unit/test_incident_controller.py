@@ -78,6 +78,7 @@ class CountsInMemory:
         self.occurrences: dict[tuple[str, str], set[str]] = {}
         self.dispositions: dict[tuple[str, str, str], set[str]] = {}
         self.permanent_fixes: set[tuple[str, str]] = set()
+        self.fix_descriptions: dict[tuple[str, str], str] = {}
 
     def _reachable(self) -> None:
         if not self.available:
@@ -117,6 +118,7 @@ class CountsInMemory:
     async def mark_permanent_fix(self, tenant: str, key: str, description: str = "", at: datetime | None = None) -> None:
         self._reachable()
         self.permanent_fixes.add((tenant, key))
+        self.fix_descriptions[(tenant, key)] = description
 
     async def record_disposition(
         self, tenant: str, key: str, disposition: str, disposition_id: str, at: datetime | None = None
@@ -453,3 +455,16 @@ def test_a_decision_and_the_run_it_starts_are_one_event() -> None:
     assert posted[0].message == "anomaly k seen 3x/1h; DEC-1: restart checkout; Run oom-1 created (waits for approval)"
     long = [Event("Normal", DECISION_EVENT_REASON, "x" * 900), Event("Normal", RUN_CREATED_EVENT_REASON, "y" * 900)]
     assert len(IncidentOutcome(IncidentStatus(), events=long).events_to_post()[0].message) == 1024
+
+
+async def test_a_declared_permanent_fix_is_kept_with_its_description_on_the_flag_and_in_the_status() -> None:
+    world = World()
+    fix = "connection pool sized from the pod's memory limit (checkout#812)"
+    world.add(incident_body(permanentFix={"description": fix}))
+    await world.reconcile("checkout-crashloop")
+    anomaly = world.body("checkout-crashloop")["status"]["anomaly"]
+    assert list(world.counts.fix_descriptions.values()) == [fix]
+    assert anomaly["permanentFixDescription"] == fix
+    # Kept on later passes too, although the anomaly status is rebuilt from the counts each time.
+    await world.reconcile("checkout-crashloop", timedelta(seconds=5))
+    assert world.body("checkout-crashloop")["status"]["anomaly"]["permanentFixDescription"] == fix
