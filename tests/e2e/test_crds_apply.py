@@ -342,15 +342,25 @@ def test_immutable_run_fields_cannot_change(
     assert_refused(patch(test_cluster, namespace, "run/run-immutable", {"spec": change}), field, "immutable")
 
 
-def test_run_action_stays_editable(test_cluster: TestCluster, applied_crds: str, namespace: str) -> None:
-    # Editing the action after approval is detected by the approval token, not refused here.
-    assert apply(test_cluster, namespace, run("run-edited")).returncode == 0
-    result = patch(
-        test_cluster, namespace, "run/run-edited", {"spec": {"action": {"params": {"replicas": 5}}}}
-    )
-    assert result.returncode == 0, output(result)
-    spec = spec_of(test_cluster, namespace, "run/run-edited")
-    assert spec["action"]["params"]["replicas"] == 5
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        pytest.param({"action": {"params": {"replicas": 5}}}, "spec.action", id="action"),
+        pytest.param({"riskLevel": "high"}, "spec.riskLevel", id="riskLevel"),
+        pytest.param({"maxAttempts": 5}, "spec", id="maxAttempts"),
+        pytest.param({"requiresApproval": False}, "spec", id="requiresApproval"),
+        pytest.param({"verificationWindowSeconds": 0}, "spec", id="verificationWindowSeconds"),
+    ],
+)
+def test_what_decides_a_run_cannot_be_edited_after_its_decision(
+    test_cluster: TestCluster, applied_crds: str, namespace: str, change: dict[str, Any], field: str
+) -> None:
+    # Flywheel binds these to its decision when it creates the Run: an edit is refused here already.
+    body = run("run-decided")
+    body["spec"]["requiresApproval"] = True
+    assert apply(test_cluster, namespace, body).returncode == 0
+    assert_refused(patch(test_cluster, namespace, "run/run-decided", {"spec": change}), field, "immutable")
+    spec = spec_of(test_cluster, namespace, "run/run-decided")
     assert (spec["mode"], spec["timeoutSeconds"], spec["maxAttempts"]) == ("Auto", 600, 2)
 
 
