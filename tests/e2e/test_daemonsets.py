@@ -93,7 +93,7 @@ def test_an_incident_on_a_daemonset_is_restarted_exactly_once_and_verified(
     status = wait_for_run(test_cluster, namespace, "agent-crash-1", *FINAL, timeout=90)
 
     assert status["state"] == "Succeeded", status
-    assert [step["name"] for step in steps(status)] == ["admit", "execute", "verify"]
+    assert [step["name"] for step in steps(status)] == ["admit", "execute", "verify", "verify"]  # rollout complete, then the symptom gone
     assert "rollout complete" in steps(status, "verify")[0]["message"]
     run = get(test_cluster, namespace, "runs.flywheel.dev", "agent-crash-1")
     assert run["spec"]["action"] == {"type": "RolloutRestart", "target": {"kind": "DaemonSet", "name": "log-agent"}}

@@ -14,7 +14,11 @@ from flywheel.api.enums import TargetKind
 from flywheel.domain.symptom import PodFacts
 from flywheel.stores.kube import KubeApi, resource_path
 
-_PLURALS = {TargetKind.DEPLOYMENT: "deployments", TargetKind.STATEFULSET: "statefulsets"}
+_PLURALS = {
+    TargetKind.DEPLOYMENT: "deployments",
+    TargetKind.STATEFULSET: "statefulsets",
+    TargetKind.DAEMONSET: "daemonsets",
+}
 
 
 def _time(value: Any) -> datetime | None:
@@ -55,7 +59,11 @@ class PodHealthStore:
         )
         spec = workload.get("spec") or {}
         labels = (spec.get("selector") or {}).get("matchLabels") or {}
-        desired = int(spec.get("replicas", 1) or 0)
+        if kind is TargetKind.DAEMONSET:
+            # One Pod per node it schedules to: the controller's own count, not a spec field.
+            desired = int((workload.get("status") or {}).get("desiredNumberScheduled") or 0)
+        else:
+            desired = int(spec.get("replicas", 1) or 0)
         if not labels:
             return desired, []
         selector = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
