@@ -138,6 +138,7 @@ def test_upgrade_from_empty_creates_every_table_and_index_matching_the_models(da
             "repair_executions",
             "incidents",
             "knowledge_entries",
+            "notification_deliveries",
         }
         repair_indexes = {
             index["name"]: index["column_names"] for index in inspector.get_indexes("repair_executions")
