@@ -19,6 +19,7 @@ Scenario matrix:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -497,6 +498,31 @@ class Alertmanager:
         return self.log_path.read_text(errors="replace")
 
 
+
+@contextlib.contextmanager
+def running_alertmanager(binary: str, config: Path, tmp_path: Path) -> Iterator[Alertmanager]:
+    """The real Alertmanager with ``config`` on a free port, ready; stopped afterwards."""
+    port = free_port()
+    log_path = tmp_path / "alertmanager.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.path={tmp_path / 'alertmanager-data'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=debug"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+    manager = Alertmanager(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        wait_for(lambda: manager.ready() or process.poll() is not None, timeout=30, what="Alertmanager to be ready")
+        assert process.poll() is None, manager.log()
+        yield manager
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
 @pytest.fixture()
 def alertmanager(intake_url: str, tmp_path: Path) -> Iterator[Alertmanager]:
     """The real Alertmanager (Debian's prometheus-alertmanager) routing everything to the intake."""
@@ -520,26 +546,8 @@ def alertmanager(intake_url: str, tmp_path: Path) -> Iterator[Alertmanager]:
             }],
         }],
     }))
-    port = free_port()
-    log_path = tmp_path / "alertmanager.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.path={tmp_path / 'alertmanager-data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=debug"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-    manager = Alertmanager(f"http://127.0.0.1:{port}", process, log_path)
-    try:
-        wait_for(lambda: manager.ready() or process.poll() is not None, timeout=30, what="Alertmanager to be ready")
-        assert process.poll() is None, manager.log()
+    with running_alertmanager(binary, config, tmp_path) as manager:
         yield manager
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_the_real_alertmanager_delivers_firing_and_resolved_alerts(

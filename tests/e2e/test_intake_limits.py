@@ -43,6 +43,7 @@ from tests.e2e.test_intake import (
     payload,
     post,
     rfc3339,
+    running_alertmanager,
 )
 from tests.e2e.workloads import create_deployment
 from tests.harness.cluster import TestCluster
@@ -141,26 +142,8 @@ def alertmanager_for(intake_url: str, ca_file: Path, tmp_path: Path) -> Iterator
             "http_config": {"authorization": {"credentials": TOKEN}, "tls_config": {"ca_file": str(ca_file)}},
         }]}],
     }))
-    port = free_port()
-    log_path = tmp_path / "alertmanager.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.path={tmp_path / 'alertmanager-data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=debug"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-    manager = Alertmanager(f"http://127.0.0.1:{port}", process, log_path)
-    try:
-        wait_for(lambda: manager.ready() or process.poll() is not None, timeout=30, what="Alertmanager to be ready")
-        assert process.poll() is None, manager.log()
+    with running_alertmanager(binary, config, tmp_path) as manager:
         yield manager
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_the_real_alertmanager_delivers_over_tls_and_a_rotation_is_served_in_place(

@@ -67,7 +67,7 @@ class AppMetric:
                 self.wfile.write(body)
 
             def log_message(self, *_: Any) -> None:
-                pass
+                """Quiet: the stdlib would print every scrape to stderr."""
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.address = f"127.0.0.1:{self.server.server_address[1]}"
