@@ -135,8 +135,13 @@ def test_a_flapping_alert_escalates_and_its_next_run_requires_approval(
         "get", "runs", "-n", namespace, "-l", f"flywheel.dev/incident={following}")["items"]), None),
         timeout=60, what="the next Run")
     assert run["spec"]["requiresApproval"] is True
-    assert anomaly(test_cluster, namespace, following)["escalationLevel"] == "ESCALATE"
-    decision = test_cluster.kubectl_json("get", "incident", following, "-n", namespace)["status"]["decision"]
+    # The Run is created before the pass that decided it records the anomaly and the decision on
+    # the Incident's status (a conflict on that write makes the pass read again and repeat it).
+    status = wait_for(lambda: (body := (test_cluster.kubectl_json("get", "incident", following, "-n", namespace)
+                                        .get("status") or {})).get("decision") and body,
+                      timeout=60, what="the next Incident's decision on its status")
+    assert status["anomaly"]["escalationLevel"] == "ESCALATE"
+    decision = status["decision"]
     assert "escalated (ESCALATE)" in decision["reasoning"]
     wait_for(lambda: (test_cluster.kubectl_json("get", "run", run["metadata"]["name"], "-n", namespace)
                       .get("status") or {}).get("state") == "WaitingApproval", timeout=60,
