@@ -28,7 +28,7 @@ from tests.e2e.test_approvals import (
     wait_for_webhooks,
     waiting_run,
 )
-from tests.e2e.test_runs import condition, run_status, wait_for_run
+from tests.e2e.test_runs import events_for, run_status, wait_for_run
 from tests.e2e.workloads import create_deployment
 from tests.harness.cluster import TestCluster
 from tests.harness.redis_failover import Failover
@@ -37,7 +37,6 @@ from tests.harness.waiting import wait_for
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.xfail(reason='tokens are now kept in Redis when minted: a read-only Redis fails the approval pass before ActionRetrying (the Run waits, nothing acts); the expectation is not yet updated — see the closing note of 2026-12-02', strict=False)
 def test_an_approved_run_waits_out_a_redis_failover_then_acts_once(
     test_cluster: TestCluster,
     namespace: str,
@@ -54,19 +53,25 @@ def test_an_approved_run_waits_out_a_redis_failover_then_acts_once(
     redis_failover.demote()
     decide(test_cluster, namespace, "checkout-oom-1", "Approve", "known OOM, restart is safe", APPROVER, APPROVERS)
 
-    def retrying() -> dict[str, object] | None:
+    def held() -> dict[str, object] | None:
         status = run_status(test_cluster, namespace, "checkout-oom-1")
-        conditions = [c for c in status.get("conditions") or [] if c["type"] == "Succeeded"]
-        if conditions and conditions[0]["reason"] == "ActionRetrying":
+        waiting = [c for c in status.get("conditions") or [] if c["type"] == "AwaitingApproval"]
+        if waiting and "read-only replica" in waiting[0]["message"]:
             return status
         return None
 
-    status = wait_for(retrying, timeout=30, what="the approved Run retrying while Redis is read-only")
-    assert status["state"] == "Running", status
-    assert "read-only replica" in condition(status, "Succeeded")["message"]
-    assert restart_count(test_cluster, namespace, "checkout") == 1, "nothing happens without the token spent"
+    # The approval's token cannot be kept on a read-only Redis: the Run keeps waiting and says why.
+    status = wait_for(held, timeout=30, what="the approved Run held while Redis is read-only")
+    assert status["state"] == "WaitingApproval", status
+    assert not status.get("approvalTokenId"), status
+    approval = test_cluster.kubectl_json("get", "approval", "checkout-oom-1", "-n", namespace)
+    assert (approval.get("status") or {}).get("phase") != "Approved", "no Approved phase without a kept token"
+    assert restart_count(test_cluster, namespace, "checkout") == 1, "nothing happens without a kept token"
+    warnings = [e for e in events_for(test_cluster, namespace, "checkout-oom-1")
+                if e["reason"] == "ApprovalGateUnavailable"]
+    assert [e["type"] for e in warnings] == ["Warning"], "said once, not on every retry"
     log = operator.log()
-    assert "run_authorise_unavailable" in log
+    assert "run_approval_gate_unavailable" in log
     assert "Traceback" not in log, "a pass crashed on the failover"
 
     redis_failover.promote()

@@ -357,14 +357,17 @@ class ApprovalGate:
         verdict = GateVerdict(
             GateState.APPROVED if approved else GateState.REJECTED, approval.ref, message, decider=decider.username
         )
+        if approved:
+            # Kept before the Approval says Approved: when Redis cannot keep it, nothing is half
+            # done (no Approved phase, audit record or Event without a token) and the next pass
+            # repeats the whole decision.
+            verdict.token_id = await self._token(run, approval, decider.username, now)
         if (approval.phase, approval.status.get("decidedBy"), approval.status.get("message")) != (
             phase, decider.username, message
         ):
             await self._write(approval, phase, message, now, decider=decider, decided_at=stamped.decided_at)
             self._record(approval, "approval.decided", message, now, outcome=phase.value, actor=decider.username)
             verdict.events.append(("Normal", "Approved" if approved else "Rejected", f"Approval {approval.name}: {message}"))
-        if approved:
-            verdict.token_id = await self._token(run, approval, decider.username, now)
         return verdict
 
     async def _refused(self, approval: _Approval, message: str, now: datetime, actor: str | None) -> GateVerdict:

@@ -19,10 +19,17 @@ from flywheel.controllers.run.passes import (
     RunPass,
 )
 from flywheel.domain.run_state import AdmissionKind, ObservedRun, RunErrorCode, SafetyLimits, admit
+from flywheel.errors import StoreUnavailableError
+from flywheel.logs import get_logger
+
+log = get_logger(__name__)
 
 # The AwaitingApproval reason of a Run that waits because its target's circuit breaker is
 # open (``domain.run_state.admit``): its approval is the person the breaker asks for.
 BREAKER_OPEN = "CircuitBreakerOpen"
+
+# How soon a Run whose gate could not reach its store (Redis) tries again.
+GATE_RETRY_SECONDS = 5.0
 
 
 def gate_run(ctx: RunPass, tenant: str) -> GateRun:
@@ -105,7 +112,13 @@ class ApprovalWait:
                     "the Run waits for an Approval before acting",
                 )
             return
-        verdict = await self._approvals.review(gate_run(ctx, self._tenant(ctx.run.namespace)), ctx.approval, ctx.now)
+        try:
+            verdict = await self._approvals.review(
+                gate_run(ctx, self._tenant(ctx.run.namespace)), ctx.approval, ctx.now
+            )
+        except StoreUnavailableError as exc:
+            self._gate_unavailable(ctx, exc)
+            return
         for event_type, reason, message in verdict.events:
             ctx.event(event_type, reason, message)
         if verdict.approval_ref is not None:
@@ -116,6 +129,7 @@ class ApprovalWait:
             ctx.status.approval_token_id = verdict.token_id
             if ctx.move(RunState.RUNNING, STEP_APPROVE, "Approved", verdict.message):
                 ctx.clear_condition(THROTTLED, "Admitted", "approved and within the safety limits")
+                ctx.clear_condition(AWAITING_APPROVAL, "Approved", verdict.message)
         elif verdict.state is GateState.REJECTED:
             ctx.move(
                 RunState.CANCELLED, STEP_REJECT, "Rejected", verdict.message, code=RunErrorCode.APPROVAL_REJECTED
@@ -133,6 +147,23 @@ class ApprovalWait:
             waiting = find_condition(ctx.status.conditions, AWAITING_APPROVAL)
             reason = waiting.reason if waiting is not None and waiting.reason else "ApprovalRequired"
             ctx.condition(AWAITING_APPROVAL, ConditionStatus.TRUE, reason, verdict.message)
+
+    @staticmethod
+    def _gate_unavailable(ctx: RunPass, exc: StoreUnavailableError) -> None:
+        """The decision cannot be honoured now (its token cannot be kept): wait, say why, retry soon.
+
+        Nothing acts without a kept token, so the Run stays WaitingApproval; its own deadline
+        still holds. The Approval watch would not bring it back (nothing changes there), hence
+        the requeue.
+        """
+        log.warning("run_approval_gate_unavailable", run=ctx.run.name, namespace=ctx.run.namespace, error=str(exc))
+        waiting = find_condition(ctx.status.conditions, AWAITING_APPROVAL)
+        reason = waiting.reason if waiting is not None and waiting.reason else "ApprovalRequired"
+        message = f"the decision cannot be honoured while a store is unavailable (retrying): {exc}"
+        if waiting is None or waiting.message != message:
+            ctx.event("Warning", "ApprovalGateUnavailable", message)
+        ctx.condition(AWAITING_APPROVAL, ConditionStatus.TRUE, reason, message)
+        ctx.requeue_after = GATE_RETRY_SECONDS
 
     def _admitted(self, ctx: RunPass, peers: Iterable[ObservedRun], approved: str) -> bool:
         """May the approved Run start now? An approval is no way around the safety limits.
