@@ -287,6 +287,16 @@ def test_actions_riskier_than_the_limit_need_approval() -> None:
 # --- history-aware choice -------------------------------------------------------------
 
 
+def test_the_older_systems_history_counts_for_todays_action() -> None:
+    """Seed 001's ``restart_pod`` outcomes are RolloutRestart's: added to them, and skipped on them."""
+    stats = {"restart_pod": ActionStats(attempts=4, successes=0), "RolloutRestart": ActionStats(attempts=2, successes=1)}
+    outcome = run(make_input("PodOOMKilledSlow", action_stats=stats))
+    assert outcome.skipped_actions == (ActionType.ROLLOUT_RESTART,)
+    assert "RolloutRestart 1/6 succeeded (skipped" in outcome.reasoning
+    unknown = run(make_input("PodOOMKilledSlow", action_stats={"reboot_node": ActionStats(attempts=9, successes=0)}))
+    assert unknown.matched_rule == "pod_crash", "a name with no meaning today is left out"
+
+
 @pytest.mark.parametrize(
     ("attempts", "successes", "skipped"),
     [

@@ -41,6 +41,7 @@ from flywheel.api.enums import (
 from flywheel.domain.actions import IncidentTarget, ProposedAction, inapplicable_reason
 from flywheel.domain.advisor import AdvisorResult, ConsensusResult, consensus, uses_consensus
 from flywheel.domain.escalation import ActionStats, should_skip_action
+from flywheel.domain.legacy_actions import current_action_stats
 from flywheel.domain.rules import AlertFacts, RuleCatalogue, RuleHit, risk_rank
 from flywheel.errors import InvalidInputError
 
@@ -111,7 +112,7 @@ class DecisionInput:
         return self.advisors_asked if self.advisors_asked is not None else len(self.advisor_results)
 
     def stats_for(self, action_type: ActionType) -> ActionStats | None:
-        return self.action_stats.get(action_type.value)
+        return current_action_stats(self.action_stats).get(action_type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,7 +340,11 @@ def decide(
     always require approval.
     """
     target = decision_input.target
-    history = _History(stats=decision_input.action_stats, skip=skip)
+    # History the older system wrote (restart_pod) counts for today's action (RolloutRestart).
+    history = _History(
+        stats={action.value: stats for action, stats in current_action_stats(decision_input.action_stats).items()},
+        skip=skip,
+    )
     match = catalogue.match(decision_input.alert_names, decision_input.alerts)
 
     # A rule whose action the target's kind does not support (Scale on a DaemonSet) is no
