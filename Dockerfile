@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # The Flywheel operator image: `flywheel run` as an unprivileged user on a read-only root file system.
 #   docker build -t REGISTRY/flywheel-operator:TAG .
+# or, without a Docker engine or a registry: hack/build-image.sh (buildah, a debootstrap base).
 # The base is pinned to a Python patch release; pin its digest too in your registry mirror
 # (PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:...).
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm

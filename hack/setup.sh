@@ -9,8 +9,11 @@ log() { echo "[setup] $*" >&2; }
 
 # redis-server and postgresql for the real stores, prometheus (server and promtool) and
 # prometheus-alertmanager for the monitoring and intake tests,
-# runuser (util-linux) to run PostgreSQL as its own user, git and curl for the builds.
-DEBIAN_PACKAGES=(redis-server postgresql prometheus prometheus-alertmanager util-linux ca-certificates git curl python3-venv)
+# runuser (util-linux) to run PostgreSQL as its own user, git and curl for the builds;
+# buildah, debootstrap, podman with runc (and netavark, its network backend) to build and run the
+# operator image without a Docker engine or a registry (hack/build-image.sh, tests/e2e/test_image.py).
+DEBIAN_PACKAGES=(redis-server postgresql prometheus prometheus-alertmanager util-linux ca-certificates git curl python3-venv
+                 buildah debootstrap podman runc netavark)
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "${pkg}" 2>/dev/null | grep -q "install ok installed" || missing+=("${pkg}")
