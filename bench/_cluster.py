@@ -133,6 +133,10 @@ class OperatorProcess:
             self.command += ["--namespace", namespace]
         self.env = {
             **os.environ,
+            # The operator keeps its Secrets (the Run-binding and approval signing key) in its own
+            # namespace, and acts only where namespaces opt in: the bench's namespaces are both.
+            "FLYWHEEL_NAMESPACE": namespaces[0],
+            "FLYWHEEL_REMEDIATION_NAMESPACES": ",".join(namespaces),
             **{f"FLYWHEEL_{name.upper()}": value for name, value in settings.items()},
             "KUBECONFIG": str(kubeconfig),
             "PYTHONUNBUFFERED": "1",

@@ -250,6 +250,9 @@ def operator_settings(workdir: Path, redis_url: str, scenario: Scenario) -> dict
         # 3 remediations per workload per hour) would turn the benchmark into a queue.
         "run_max_concurrent_per_namespace": str(max(scenario.workloads, 5)),
         "circuit_breaker_max_remediations": str(scenario.incidents + 1),
+        # The symptom is checked as soon as the rollout completes: this measures the pipeline, not
+        # the verification window (bench/verifying_runs.py measures Runs waiting in theirs).
+        "verification_window_seconds": "0",
     }
 
 

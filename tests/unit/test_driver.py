@@ -238,6 +238,38 @@ async def test_an_object_waiting_for_its_next_watch_event_does_not_keep_its_body
     assert kept() is None, "10,000 bodies kept this way were most of the operator's memory"
 
 
+async def test_a_pass_queued_behind_one_that_ended_done_reads_the_object_again() -> None:
+    """The loop's due pass waited for the lock while a watch event's pass ended done.
+
+    The finished pass left only the object's identity behind (it keeps no body while it waits
+    for a watch event); the queued pass must read the object again, not run on the identity (a
+    Run pass then failed on the missing creationTimestamp, again and again, in the storm bench).
+    """
+    stored = {"a": body("a", version=3)}
+    seen: list[int | None] = []
+
+    async def run_pass(passed: Mapping[str, Any], slot: dict[str, Any]) -> float | None:
+        seen.append((passed.get("spec") or {}).get("version"))
+        version = passed["spec"]["version"]
+        if version == 1:
+            return 0.05  # the loop brings it back soon
+        if version == 2:
+            await asyncio.sleep(0.3)  # still running when that pass falls due
+        return None
+
+    driver = ObjectDriver("runs", run_pass, is_active=always_active, refresh=refresh_from(stored))
+    driver.start()
+    try:
+        await driver.drive(body("a", version=1))
+        await driver.drive(body("a", version=2))
+        await wait_until(lambda: len(seen) >= 3)
+        await asyncio.sleep(0.1)
+        assert seen == [1, 2, 3], "the queued pass ran over a fresh read, once"
+        assert driver.stats.retries == 0
+    finally:
+        await driver.stop()
+
+
 # --------------------------------------------------------------------------- backoff and stats
 
 

@@ -276,7 +276,9 @@ class ObjectDriver:
             # 10–20 KB as Python objects; 10,000 of them were most of the operator's memory.
             tracked.due = math.inf
             if tracked.body is passed:  # not a newer body that arrived meanwhile
-                tracked.body = _identity(passed)
+                # A pass the loop queued behind this one reads the object again rather than
+                # run on its identity; a watch event's body makes that read unnecessary.
+                tracked.body, tracked.stale = _identity(passed), True
             return
         tracked.due = asyncio.get_running_loop().time() + max(delay, 0.0)
         self._wakeup.set()
