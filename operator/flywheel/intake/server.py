@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import random
 import ssl
 import time
 from collections import Counter
@@ -258,22 +257,17 @@ class AlertmanagerReceiver:
 
     async def _workload(self, address: AlertAddress, deadline: float) -> Workload | AlertRefusal | RecordResult:
         """The alert's workload; a FAILED result when the API server cannot tell (retried until the deadline)."""
-        loop = asyncio.get_running_loop()
-        policy = self._recorder.policy
-        backoff = policy.first_backoff_seconds
-        while True:
-            try:
-                return await self._workloads.resolve(address.namespace, address.subject)
-            except StoreUnavailableError as exc:
-                if deadline - loop.time() <= backoff:
-                    return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=True)
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-                backoff = min(backoff * 2, policy.max_backoff_seconds)
-            except KubernetesApiError as exc:
-                # 401/403: the operator may not read Pods or workloads (RBAC). Not the alert's
-                # fault: fail the request so that Alertmanager re-sends once it is fixed.
-                log.error("Kubernetes API refused the intake's workload lookup", error=str(exc), status=exc.status)
-                return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=False)
+        try:
+            return await self._recorder.policy.until(deadline)(
+                self._workloads.resolve, address.namespace, address.subject
+            )
+        except StoreUnavailableError as exc:
+            return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=True)
+        except KubernetesApiError as exc:
+            # 401/403: the operator may not read Pods or workloads (RBAC). Not the alert's
+            # fault: fail the request so that Alertmanager re-sends once it is fixed.
+            log.error("Kubernetes API refused the intake's workload lookup", error=str(exc), status=exc.status)
+            return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=False)
 
 
 def json_depth(value: Any) -> int:
