@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from flywheel.controllers.webhook_certificate import ServingPairSink
     from flywheel.stores.kube import KubeApi
     from flywheel.stores.peering import PeeringObserver
+    from flywheel.wiring import FlywheelMemo
 
 log = get_logger(__name__)
 
@@ -326,13 +327,14 @@ async def serve_admission(kopf_settings: kopf.OperatorSettings, settings: Flywhe
 
 
 @kopf.on.startup()
-async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def _startup(settings: kopf.OperatorSettings, memo: FlywheelMemo, **_: Any) -> None:
     """The one start-up step that builds everything (registered first, so it runs first).
 
-    The handler modules' own start-up handlers only start their loops over what this built.
+    It starts the intake itself, so that no alert is taken before its dependencies exist; the
+    handler modules' own start-up handlers only start their loops over what this built.
     """
     configure_kopf(settings)
-    from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
+    from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES, start_intake
     from flywheel.stores.kube import KubeApi
     from flywheel.wiring import build_dependencies
 
@@ -345,6 +347,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     # upgrade from a version without the opt-in stops acting in every unlabelled namespace).
     log.info("remediation_scope", acts_in=scope.describe(), listed=sorted(scope.listed),
              protected=sorted(scope.protected - scope.listed))
+    await start_intake(memo)
     await serve_admission(settings, flywheel_settings, memo)
 
 

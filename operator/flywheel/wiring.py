@@ -31,6 +31,7 @@ from flywheel.domain.namespaces import RemediationScope
 from flywheel.domain.rules import default_catalogue, default_catalogue_text, load_catalogue
 from flywheel.domain.run_state import SafetyLimits
 from flywheel.errors import ConfigurationError
+from flywheel.metrics.collector import OperatorCounters
 from flywheel.settings import FlywheelSettings
 from flywheel.stores.advisor_client import AdvisorClient, advisors_from_settings
 from flywheel.stores.anomaly_redis import AnomalyStore, connect_redis
@@ -47,6 +48,7 @@ from flywheel.stores.namespaces import KubeNamespaceReader, NamespaceLabels
 from flywheel.stores.notifications import WebhookNotifier, WebhookSender, parse_kinds
 from flywheel.stores.peering import PeeringObserver
 from flywheel.stores.pod_health import PodHealthStore
+from flywheel.stores.pod_owners import KubeObjectReader, PodOwnerStore
 from flywheel.stores.prometheus_alerts import PrometheusAlerts
 from flywheel.stores.workloads import WorkloadStore
 
@@ -116,6 +118,10 @@ class Dependencies:
     namespaces: NamespaceLabels
     # The one delivery of notifications every controller and the stall notifier submit to.
     notifier: WebhookNotifier
+    # The process's own counters, shared by the metrics and the intake.
+    counters: OperatorCounters
+    # The intake's workload lookup: one cache per process, shared by every request.
+    alert_workloads: PodOwnerStore
     prometheus: PrometheusAlerts | None = None
 
     async def close(self) -> None:
@@ -245,6 +251,8 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
         history_engine=history_engine,
         namespaces=namespaces,
         notifier=notifier,
+        counters=OperatorCounters(),
+        alert_workloads=PodOwnerStore(KubeObjectReader(kube)),
         prometheus=prometheus,
     )
 

@@ -22,7 +22,7 @@ from flywheel.domain.run_state import ObservedRun
 from flywheel.errors import FlywheelError
 from flywheel.handlers.catalogue import CatalogueCollector
 from flywheel.handlers.incident import MEMO_INCIDENT_DRIVER, IncidentIndex, all_incidents
-from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES, operator_counters
+from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
 from flywheel.handlers.retention import HistoryRetentionCollector
 from flywheel.logs import get_logger
 from flywheel.metrics.collector import ReconcileErrorCounter, build_registry
@@ -133,7 +133,7 @@ async def start_metrics(
         raise kopf.PermanentError(f"metrics configuration: {exc}") from exc
     delivery = deps.notifier if deps.notifier.enabled else None
 
-    counters = operator_counters(memo)
+    counters = deps.counters
     error_counter = ReconcileErrorCounter(counters)
     logging.getLogger(KOPF_OBJECT_LOGGER).addHandler(error_counter)
 
