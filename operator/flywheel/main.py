@@ -138,16 +138,17 @@ def held_secrets(settings: FlywheelSettings) -> list[str | None]:
     from sqlalchemy.exc import ArgumentError
 
     try:
-        database_password = make_url(settings.database_url).password
+        database_password = make_url(settings.database_url.get_secret_value()).password
     except ArgumentError:
         database_password = None
     try:
-        redis_password = urlsplit(settings.redis_url).password
+        redis_password = urlsplit(settings.redis_url.get_secret_value()).password
     except ValueError:
         redis_password = None
     return [
         settings.intake_token.get_secret_value() if settings.intake_token else None,
-        settings.advisor_api_key,
+        settings.advisor_api_key.get_secret_value() if settings.advisor_api_key else None,
+        settings.notify_webhook_url.get_secret_value() if settings.notify_webhook_url else None,
         str(database_password) if database_password else None,
         redis_password,
     ]
@@ -164,10 +165,10 @@ def run_operator(
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     register_secrets(held_secrets(settings))
-    require_shared_history(settings.database_url, standalone=standalone)
+    require_shared_history(settings.database_url.get_secret_value(), standalone=standalone)
     from flywheel.intake import require_intake_token
 
-    require_intake_token(settings)
+    require_intake_token(settings.intake_token)
     # Importing the handler modules registers them with Kopf's default registry.
     import flywheel.handlers
 

@@ -28,3 +28,22 @@ def test_import_contracts_are_kept() -> None:
         "Settings and wiring are read at the top: controllers, metrics, intake, stores and below get slices KEPT",
     ):
         assert contract in kept, f"contract missing from .importlinter: {contract}"
+
+
+def test_the_settings_are_read_from_the_environment_only_at_the_top() -> None:
+    """``get_settings()`` only in the entry points: everything below gets what they built (wiring, handlers' slices)."""
+    import ast
+
+    allowed = {"main.py", "cli.py", "cli_history.py", "cli_explain.py", "cli_approvals.py", "cli_kube.py", "settings.py"}
+    package = ROOT / "operator" / "flywheel"
+    readers = []
+    for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name | ast.Attribute) and (
+                getattr(node, "id", None) == "get_settings" or getattr(node, "attr", None) == "get_settings"
+            ):
+                relative = path.relative_to(package)
+                if str(relative) not in allowed:
+                    readers.append(f"{relative}:{node.lineno}")
+    assert readers == [], f"get_settings() read below the entry points: {readers}"

@@ -14,6 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import SecretStr
 
 from flywheel.api.enums import TargetKind
 from flywheel.controllers.driver import backoff_delay
@@ -179,7 +180,7 @@ def alertmanager_payload() -> dict[str, Any]:
 
 
 async def post(workloads: Workloads, incidents: Incidents, policy: RetryPolicy) -> tuple[int, dict[str, Any]]:
-    config = IntakeConfig(token=TOKEN, max_body_bytes=1 << 20, scope=NamespaceScope(), max_json_depth=6)
+    config = IntakeConfig(token=SecretStr(TOKEN), max_body_bytes=1 << 20, scope=NamespaceScope(), max_json_depth=6)
     app = build_app(config, AlertRecorder(incidents, policy), workloads, Refusals())  # type: ignore[arg-type]
     async with TestClient(TestServer(app)) as client:
         response = await client.post(INTAKE_PATH, json=alertmanager_payload(), headers=AUTH)

@@ -50,7 +50,6 @@ from flywheel.domain.notifications import Notification, NotificationKind, Notifi
 from flywheel.domain.run_state import RunErrorCode
 from flywheel.errors import RedisRefusedError, RedisUnavailableError
 from flywheel.logs import get_logger
-from flywheel.settings import FlywheelSettings, WebhookMode
 from flywheel.stores.history import AuditEvent, HistoryKind
 from flywheel.stores.kube import API_VERSION
 
@@ -211,10 +210,22 @@ class _Approval:
         return Requester(username=username, groups=groups)
 
 
+@dataclass(frozen=True, slots=True)
+class ApprovalSettings:
+    """The settings the gate reads (built by ``flywheel.wiring.approval_settings``)."""
+
+    approvers: ApproverPolicy
+    decisions_stamped: bool
+    """Admission webhooks are on: the API server's identity of a decider can be stamped.
+    Without them every decision is refused."""
+    token_ttl: timedelta
+    approval_timeout: timedelta
+
+
 class ApprovalGate:
     def __init__(
         self,
-        settings: FlywheelSettings,
+        settings: ApprovalSettings,
         resources: FlywheelObjects,
         incidents: IncidentReader,
         signing_key: SigningKey,
@@ -230,7 +241,7 @@ class ApprovalGate:
         self._spent = spent_tokens
         self._history = action_history
         self._audit = audit
-        self._policy = ApproverPolicy.of(settings.approver_users, settings.approver_groups)
+        self._policy = settings.approvers
         self._notifier = notifier
         # The user Flywheel authenticates as (set at start-up with the webhooks): never an approver.
         self.operator_identity: str | None = None
@@ -311,7 +322,7 @@ class ApprovalGate:
 
     async def _evidence(self, run: GateRun, approval: _Approval) -> StampedDecision | Refusal:
         """The decision, verified: sealed by our webhook for this Approval, in time, by an allowed second person."""
-        if self._settings.webhook_mode is WebhookMode.OFF:
+        if not self._settings.decisions_stamped:
             return Refusal(
                 "webhooks-off",
                 "FLYWHEEL_WEBHOOK_MODE is off: no identity can be stamped by the API server, so approvals are refused",
@@ -406,7 +417,7 @@ class ApprovalGate:
             # The action the approver saw, not the Run's current one: an edit in between is caught.
             action=action_json(approval.action),
             now=now,
-            ttl=timedelta(seconds=self._settings.approval_token_ttl_seconds),
+            ttl=self._settings.token_ttl,
         )
         return await self._keep(grant, now)
 
@@ -604,7 +615,7 @@ class ApprovalGate:
 
     def _expiry(self, run: GateRun, now: datetime) -> datetime:
         """The Approval's expiresAt: the Run's own deadline (an Approval made again cannot extend it)."""
-        fresh = now + timedelta(seconds=self._settings.approval_timeout_seconds)
+        fresh = now + self._settings.approval_timeout
         return min(fresh, run.deadline) if run.deadline is not None else fresh
 
     async def _previous_outcomes(self, tenant: str, key: str) -> list[dict[str, Any]]:

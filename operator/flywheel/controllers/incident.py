@@ -288,7 +288,7 @@ class AdvisorAsker(Protocol):
         messages: Sequence[dict[str, str]],
         *,
         expected_target: IncidentTarget,
-        deadline: float | None = None,
+        deadline: float,
         allowed_actions: Collection[ActionType] | None = None,
     ) -> list[AdvisorResult]: ...
 

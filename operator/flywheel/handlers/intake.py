@@ -15,7 +15,7 @@ from typing import Any
 import kopf
 
 from flywheel.domain.alerts import NamespaceScope
-from flywheel.intake import IntakeServer, intake_server
+from flywheel.intake import IntakeConfig, IntakeServer, intake_server
 from flywheel.logs import get_logger
 from flywheel.settings import FlywheelSettings
 from flywheel.wiring import FlywheelMemo
@@ -42,17 +42,27 @@ async def start_intake(memo: FlywheelMemo) -> None:
     scope = NamespaceScope(tuple(memo.get(MEMO_WATCHED_NAMESPACES) or ()))
     context = await _tls_context(settings, memo)
     server = intake_server(
-        settings, scope, deps.resources, deps.alert_workloads, deps.counters, ssl_context=context,
-        namespaces=deps.namespaces,
+        intake_config(settings, scope), settings.intake_port, deps.resources, deps.alert_workloads, deps.counters,
+        ssl_context=context, namespaces=deps.namespaces,
     )
-    if server is None:
-        return
     try:
         await server.start()
     except OSError as exc:
         # A port that cannot be bound is a configuration error: retrying will not free it.
         raise kopf.PermanentError(f"Alertmanager intake cannot listen on port {settings.intake_port}: {exc}") from exc
     memo[_MEMO_SERVER] = server
+
+
+def intake_config(settings: FlywheelSettings, scope: NamespaceScope) -> IntakeConfig:
+    """The settings the receiver reads."""
+    return IntakeConfig(
+        token=settings.intake_token,
+        max_body_bytes=settings.intake_max_body_bytes,
+        scope=scope,
+        max_json_depth=settings.intake_max_json_depth,
+        rate_per_second=settings.intake_rate_limit_per_second,
+        rate_burst=settings.intake_rate_limit_burst,
+    )
 
 
 async def _tls_context(settings: FlywheelSettings, memo: kopf.Memo) -> ssl.SSLContext | None:

@@ -24,7 +24,7 @@ from flywheel.handlers.catalogue import CatalogueCollector
 from flywheel.handlers.incident import MEMO_INCIDENT_DRIVER, IncidentIndex, all_incidents
 from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
 from flywheel.handlers.retention import HistoryRetentionCollector
-from flywheel.logs import get_logger
+from flywheel.logs import LogLevel, get_logger
 from flywheel.metrics.collector import ReconcileErrorCounter, build_registry
 from flywheel.metrics.notifier import EventPoster, Notification, StallNotifier, count_stall_deliveries
 from flywheel.metrics.runtime import DriverCollector, MetricsRuntime, WatchRestartCounter
@@ -140,7 +140,7 @@ async def start_metrics(
     holder = SnapshotHolder()
     registry = build_registry(holder, counters)
     registry.register(DriverCollector(lambda: drivers_of(memo)))
-    watch_restarts = WatchRestartCounter(show_debug=config.log_level.upper() == "DEBUG")
+    watch_restarts = WatchRestartCounter(show_debug=config.log_level is LogLevel.DEBUG)
     watch_restarts.install()
     registry.register(watch_restarts)
     registry.register(HistoryRetentionCollector(memo))

@@ -41,8 +41,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
+from pydantic import SecretStr
 
 from flywheel.domain.alerts import (
+    MIN_INTAKE_TOKEN_LENGTH,
     AlertAddress,
     AlertmanagerAlert,
     AlertmanagerPayload,
@@ -62,7 +64,6 @@ from flywheel.intake.rate_limit import ClientRateLimit
 from flywheel.intake.recorder import AlertRecorder, IncidentWriter, RecordOutcome, RecordResult
 from flywheel.intake.refusals import RefusalCounter, RefusalLog
 from flywheel.logs import get_logger
-from flywheel.settings import MIN_INTAKE_TOKEN_LENGTH, FlywheelSettings
 
 log = get_logger(__name__)
 
@@ -89,7 +90,7 @@ class WorkloadResolver(Protocol):
 
 @dataclass(frozen=True)
 class IntakeConfig:
-    token: str | None
+    token: SecretStr | None
     """The bearer token; ``None`` (or empty) refuses every request."""
     max_body_bytes: int
     scope: NamespaceScope
@@ -126,7 +127,8 @@ class AlertmanagerReceiver:
         self._recorder = recorder
         self._workloads = workloads
         self._refusals = refusals
-        self._token = config.token.encode("utf-8") if config.token else None
+        token = config.token.get_secret_value() if config.token else ""
+        self._token = token.encode("utf-8") if token else None
         self._alerts_at_once = asyncio.Semaphore(MAX_CONCURRENT_ALERTS)
         self._rate_limit = (
             ClientRateLimit(config.rate_per_second, config.rate_burst, time.monotonic)
@@ -310,7 +312,7 @@ def build_app(
     refusals: RefusalCounter,
     namespaces: NamespaceGate | None = None,
 ) -> web.Application:
-    if not config.token:
+    if not (config.token and config.token.get_secret_value()):
         # Once, here: logging on every refused request would let anyone flood the log.
         log.warning("no intake token configured: the Alertmanager intake refuses every request "
                     "(set FLYWHEEL_INTAKE_TOKEN)")
@@ -350,41 +352,30 @@ class IntakeServer:
 
 
 def intake_server(
-    settings: FlywheelSettings,
-    scope: NamespaceScope,
+    config: IntakeConfig,
+    port: int,
     incidents: IncidentWriter,
     workloads: WorkloadResolver,
     refusals: RefusalCounter,
     host: str = "0.0.0.0",
     ssl_context: ssl.SSLContext | None = None,
     namespaces: NamespaceGate | None = None,
-) -> IntakeServer | None:
-    """The intake configured by ``settings``, ready to start; ``None`` when ``intake_port`` is 0."""
-    if settings.intake_port == 0:
-        return None
-    require_intake_token(settings)
-    token = settings.intake_token.get_secret_value() if settings.intake_token else None
-    config = IntakeConfig(
-        token=token or None,
-        max_body_bytes=settings.intake_max_body_bytes,
-        scope=scope,
-        max_json_depth=settings.intake_max_json_depth,
-        rate_per_second=settings.intake_rate_limit_per_second,
-        rate_burst=settings.intake_rate_limit_burst,
-    )
+) -> IntakeServer:
+    """The intake on ``port``, ready to start."""
+    require_intake_token(config.token)
     app = build_app(config, AlertRecorder(incidents), workloads, refusals, namespaces)
-    return IntakeServer(app, host, settings.intake_port, ssl_context)
+    return IntakeServer(app, host, port, ssl_context)
 
 
-def require_intake_token(settings: FlywheelSettings) -> None:
+def require_intake_token(token: SecretStr | None) -> None:
     """Refuse a short intake token before anything starts: it is a remediation credential.
 
     The message names the setting and the length, never the token.
     """
-    token = settings.intake_token.get_secret_value() if settings.intake_token else ""
-    if token and len(token) < MIN_INTAKE_TOKEN_LENGTH:
+    length = len(token.get_secret_value()) if token else 0
+    if 0 < length < MIN_INTAKE_TOKEN_LENGTH:
         raise ConfigurationError(
-            f"FLYWHEEL_INTAKE_TOKEN is {len(token)} characters long: at least {MIN_INTAKE_TOKEN_LENGTH} are "
+            f"FLYWHEEL_INTAKE_TOKEN is {length} characters long: at least {MIN_INTAKE_TOKEN_LENGTH} are "
             "required (e.g. `openssl rand -hex 32`)"
         )
 

@@ -34,7 +34,6 @@ import contextlib
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Any, Final, Protocol
 
 import aiohttp
@@ -47,7 +46,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from flywheel.domain.notifications import Notification, NotificationKind
+from flywheel.domain.notifications import Notification, NotificationKind, WebhookFormat
 from flywheel.errors import ConfigurationError, InvalidInputError, RedisRefusedError, RedisUnavailableError
 from flywheel.logs import get_logger
 from flywheel.stores.history.outbox import HistoryKind
@@ -66,11 +65,6 @@ MAX_BACKOFF_SECONDS: Final = 30.0
 # Statuses worth retrying: the receiver is overloaded or briefly unavailable.
 RETRYABLE_STATUSES: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
 ALL_KINDS: Final = frozenset(NotificationKind)
-
-
-class WebhookFormat(StrEnum):
-    JSON = "json"
-    SLACK = "slack"
 
 
 def parse_kinds(value: str | Iterable[str] | None) -> frozenset[NotificationKind]:
@@ -149,7 +143,8 @@ class WebhookSender:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if not url.startswith(("http://", "https://")):
-            raise ConfigurationError(f"notify_webhook_url must be an http(s) URL, got {url!r}")
+            # Not the URL itself: a webhook URL is a credential (Slack's carries its token).
+            raise ConfigurationError("notify_webhook_url must be an http(s) URL")
         try:
             self._format = WebhookFormat(fmt)
         except ValueError as exc:
