@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -20,6 +20,7 @@ from flywheel.api.approval import MAX_PREVIOUS_OUTCOMES
 from flywheel.api.common import Action, Condition, ObjectRef, new_condition, set_condition
 from flywheel.api.enums import ApprovalPhase, ConditionStatus
 from flywheel.api.incident import IncidentStatus
+from flywheel.api.times import format_time, parse_optional_time
 from flywheel.domain.approval import (
     APPROVE,
     CREATED_BY,
@@ -141,17 +142,9 @@ def action_json(action: Action | Mapping[str, Any]) -> dict[str, Any]:
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def _controlled_by(body: Mapping[str, Any], uid: str) -> bool:
     references = (body.get("metadata") or {}).get("ownerReferences") or []
     return any(reference.get("uid") == uid and reference.get("controller") for reference in references)
-
-
-def _parse(value: Any) -> datetime | None:
-    return datetime.fromisoformat(str(value)) if value else None
 
 
 @dataclass(frozen=True)
@@ -176,7 +169,7 @@ class _Approval:
     def from_body(cls, body: Mapping[str, Any]) -> _Approval:
         meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
         phase = status.get("phase")
-        expires_at = _parse(spec.get("expiresAt"))
+        expires_at = parse_optional_time(spec.get("expiresAt"))
         assert expires_at is not None  # required by the CRD schema
         run_ref = spec.get("runRef") or {}
         return cls(
@@ -268,7 +261,7 @@ class ApprovalGate:
                 message = (
                     f"Approval {approval.name} asks to approve {run.action.type.value} "
                     f"{run.action.target.kind.value}/{run.action.target.name} (risk {run.risk_level}) "
-                    f"before {_iso(approval.expires_at)}"
+                    f"before {format_time(approval.expires_at)}"
                 )
                 verdict_events.append(("Normal", "ApprovalRequested", message))
                 self._record(approval, "approval.requested", message, now, outcome=ApprovalPhase.PENDING.value)
@@ -294,7 +287,7 @@ class ApprovalGate:
         """
         if approval.decision is None:
             if now >= approval.expires_at:
-                return await self._expired(approval, f"no decision before {_iso(approval.expires_at)}", now)
+                return await self._expired(approval, f"no decision before {format_time(approval.expires_at)}", now)
             if approval.phase in (ApprovalPhase.APPROVED, ApprovalPhase.REJECTED, ApprovalPhase.EXPIRED):
                 message = (
                     f"status.phase {approval.phase.value} was not written by Flywheel: spec.decision is not set, "
@@ -304,10 +297,10 @@ class ApprovalGate:
             if approval.phase is ApprovalPhase.INVALID:
                 message = (
                     f"Approval {approval.name} is Invalid ({approval.status.get('message')}); the Run waits for a "
-                    f"valid decision until {_iso(approval.expires_at)}"
+                    f"valid decision until {format_time(approval.expires_at)}"
                 )
             else:
-                message = f"waiting for a decision on Approval {approval.name} until {_iso(approval.expires_at)}"
+                message = f"waiting for a decision on Approval {approval.name} until {format_time(approval.expires_at)}"
             return GateVerdict(GateState.WAITING, approval.ref, message)
         evidence = await self._evidence(run, approval)
         if isinstance(evidence, Refusal):
@@ -316,7 +309,7 @@ class ApprovalGate:
             # No actor: the identity on a refused decision may be the forgery itself.
             verdict = await self._refused(approval, f"decision refused: {evidence}", now, actor=None)
             if now >= approval.expires_at:
-                return await self._expired(approval, f"no valid decision before {_iso(approval.expires_at)}", now)
+                return await self._expired(approval, f"no valid decision before {format_time(approval.expires_at)}", now)
             return verdict
         return await self._decided(run, approval, evidence, now)
 
@@ -574,7 +567,7 @@ class ApprovalGate:
                 "namespace": approval.namespace, "approval": approval.name, "run": run.name, "runUid": run.uid,
                 "incident": run.incident_name, "action": run.action.type.value,
                 "target": f"{run.action.target.kind.value}/{run.action.target.name}", "riskLevel": run.risk_level,
-                "expiresAt": _iso(approval.expires_at), "approveCommand": command,
+                "expiresAt": format_time(approval.expires_at), "approveCommand": command,
                 "rejectCommand": f"kubectl flywheel reject {approval.name} -n {approval.namespace} --reason '<why>'",
             },
             dedup_key=f"{NotificationKind.APPROVAL_REQUESTED.value}/{approval.uid}",
@@ -588,7 +581,7 @@ class ApprovalGate:
             "runRef": {"name": run.name, "uid": run.uid},
             "action": action_json(run.action),
             "riskLevel": run.risk_level,
-            "expiresAt": _iso(self._expiry(run, now)),
+            "expiresAt": format_time(self._expiry(run, now)),
         }
         if status.decision is not None and status.decision.reasoning:
             spec["reasoning"] = status.decision.reasoning
@@ -660,7 +653,7 @@ class ApprovalGate:
         }
         if decider is not None:
             status.update(
-                decidedBy=decider.username, decidedGroups=list(decider.groups)[:64], decidedAt=_iso(decided_at or now)
+                decidedBy=decider.username, decidedGroups=list(decider.groups)[:64], decidedAt=format_time(decided_at or now)
             )
         else:
             # A decider written by anyone else does not stay on record next to our verdict.

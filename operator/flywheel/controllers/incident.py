@@ -48,6 +48,7 @@ from flywheel.api.names import (
     RUN_CREATED_EVENT_REASON,
     Event,
 )
+from flywheel.api.times import parse_time
 from flywheel.controllers.run_binding import RunBinder
 from flywheel.domain.actions import ACTIONS_BY_KIND, IncidentTarget
 from flywheel.domain.advisor import AdvisorResult, IncidentFacts, advisors_to_consult, build_messages
@@ -131,7 +132,7 @@ class IncidentObject:
             namespace=meta["namespace"],
             uid=meta["uid"],
             generation=int(meta.get("generation", 1)),
-            created_at=datetime.fromisoformat(meta["creationTimestamp"]),
+            created_at=parse_time(meta["creationTimestamp"]),
             spec=IncidentSpec.model_validate(dict(body.get("spec") or {})),
             status=IncidentStatus.model_validate(_own_status(body.get("status") or {})),
         )

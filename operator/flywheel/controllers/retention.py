@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
+from flywheel.api.times import format_precise_time
 from flywheel.domain.retention import judge, owned_by, primary_of
 from flywheel.errors import DatabaseUnavailableError
 from flywheel.logs import get_logger
@@ -181,7 +182,7 @@ class RetentionController:
             "finished incident deleted after its TTL; the history keeps it",
             namespace=namespace, incident=name, uid=uid, duplicate_of=primary_of(incident),
             # None for a Duplicate whose primary is gone already.
-            finished_at=verdict.finished_at.isoformat() if verdict.finished_at else None,
+            finished_at=format_precise_time(verdict.finished_at) if verdict.finished_at else None,
             ttl_seconds=int(self._ttl.total_seconds()),
             runs=[run["metadata"]["name"] for run in runs],
             approvals=[approval["metadata"]["name"] for approval in approvals],

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from flywheel.api.times import format_precise_time
 from flywheel.domain.funnel import (
     FunnelCounts,
     ObjectSample,
@@ -151,7 +152,7 @@ class MetricsSnapshot:
                 "alert_name": incident.alert_name,
                 "phase": incident.phase.value if incident.phase else None,
                 "node": incident.node.value,
-                "created_at": _iso(incident.created_at),
+                "created_at": format_precise_time(incident.created_at),
             }
             for incident in pipeline.current.active_incidents
         ]
@@ -159,7 +160,7 @@ class MetricsSnapshot:
 
     def _header(self) -> dict[str, Any]:
         return {
-            "computed_at": _iso(self.computed_at),
+            "computed_at": format_precise_time(self.computed_at),
             "active": self.active,
             "redis_up": self.redis_up,
             "database_up": self.database_up,
@@ -171,8 +172,6 @@ def _number(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 6)
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _window_label(window: timedelta) -> str:

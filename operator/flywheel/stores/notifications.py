@@ -46,6 +46,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from flywheel.api.times import format_precise_time
 from flywheel.domain.notifications import Notification, NotificationKind, WebhookFormat
 from flywheel.errors import ConfigurationError, InvalidInputError, RedisRefusedError, RedisUnavailableError
 from flywheel.logs import get_logger
@@ -85,7 +86,7 @@ def parse_kinds(value: str | Iterable[str] | None) -> frozenset[NotificationKind
 
 def webhook_body(notification: Notification, fmt: WebhookFormat) -> dict[str, Any]:
     """The JSON body posted to the webhook in format ``fmt``."""
-    occurred = notification.occurred_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    occurred = format_precise_time(notification.occurred_at)
     if fmt is WebhookFormat.SLACK:
         subjects = ", ".join(f"{subject.kind} {subject}" for subject in notification.subjects)
         blocks: list[dict[str, Any]] = [
