@@ -177,7 +177,7 @@ def run_operator(
     from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
     from flywheel.wiring import FlywheelMemo
 
-    log.info("starting operator", namespaces=namespaces or "all", standalone=standalone)
+    log.info("operator_starting", namespaces=namespaces or "all", standalone=standalone)
     # Kopf treats an explicit peering name as "peering is mandatory", so pass it only
     # when peering is wanted: a standalone operator must not wait for the peering CRDs.
     peering: dict[str, Any] = {}
@@ -284,7 +284,7 @@ async def _first_certificate(reconcile: Callable[[], Awaitable[None]], interval:
 async def serve_admission(kopf_settings: kopf.OperatorSettings, settings: FlywheelSettings, memo: kopf.Memo) -> None:
     """Serve the admission webhooks as FLYWHEEL_WEBHOOK_MODE says (see flywheel.stores.webhooks)."""
     if settings.webhook_mode is WebhookMode.OFF:
-        log.warning("admission webhooks are off: approval decisions will be refused (no identity can be stamped)")
+        log.warning("admission_webhooks_off", effect="approval decisions are refused: no identity can be stamped")
         return
     # Importing the admission handlers registers them; Kopf refuses to run them without a server.
     from flywheel.controllers.webhook_certificate import keep_reconciling
@@ -295,7 +295,7 @@ async def serve_admission(kopf_settings: kopf.OperatorSettings, settings: Flywhe
     kube = memo.deps.kube
     memo[MEMO_OPERATOR_IDENTITY] = await own_identity(kube)
     memo.deps.run_stores.approvals.operator_identity = memo[MEMO_OPERATOR_IDENTITY]
-    log.info("admission webhooks on", mode=settings.webhook_mode.value, identity=memo[MEMO_OPERATOR_IDENTITY])
+    log.info("admission_webhooks_on", mode=settings.webhook_mode.value, identity=memo[MEMO_OPERATOR_IDENTITY])
     if settings.webhook_mode is WebhookMode.SERVICE:
         from flywheel.handlers.admission import ReloadableWebhookServer
         from flywheel.stores.serving_tls import ServingContext

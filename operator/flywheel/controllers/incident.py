@@ -442,7 +442,7 @@ class IncidentReconciler:
                 self.tenant(incident.namespace), key, signature, occurrences, now=now
             )
         except RedisUnavailableError as exc:
-            log.warning("anomaly not recorded, Redis unavailable", incident=incident.name, error=str(exc))
+            log.warning("anomaly_not_recorded", reason="redis_unavailable", incident=incident.name, error=str(exc))
             status.anomaly = AnomalyStatus(
                 key=key,
                 degraded=True,

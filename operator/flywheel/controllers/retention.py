@@ -111,7 +111,7 @@ class RetentionController:
                 await self._sweep_scope(scope, report)
             except DatabaseUnavailableError as exc:
                 report.held[HISTORY_UNAVAILABLE] += 1
-                _log.warning("retention pass stopped: the history database is unavailable, nothing deleted",
+                _log.warning("retention_pass_stopped", reason="history_database_unavailable", deleted=0,
                              namespace=scope, error=str(exc))
                 break
         return report
@@ -164,7 +164,7 @@ class RetentionController:
                              (HistoryKind.APPROVAL, approvals)):
             if bodies and not await self._history.holds(kind, _versions(bodies)):
                 report.held[HISTORY_PENDING] += 1
-                _log.debug("finished incident kept until the history holds it", namespace=namespace,
+                _log.debug("finished_incident_kept", namespace=namespace,
                            incident=name, waiting_for=kind.value)
                 return
         anomaly_key = ((incident.get("status") or {}).get("anomaly") or {}).get("key")
@@ -179,7 +179,7 @@ class RetentionController:
                               "Lease": 1 if holds_lease else 0})
         report.deleted.append((namespace, name))
         _log.info(
-            "finished incident deleted after its TTL; the history keeps it",
+            "finished_incident_deleted",
             namespace=namespace, incident=name, uid=uid, duplicate_of=primary_of(incident),
             # None for a Duplicate whose primary is gone already.
             finished_at=format_precise_time(verdict.finished_at) if verdict.finished_at else None,

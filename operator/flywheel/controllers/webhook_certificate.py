@@ -141,7 +141,7 @@ def _load_if_changed(serving: ServingPairSink, pair: KeyPair, server: str = "web
         return
     serving.load(pair)
     certificate = pair.certificate
-    log.info(f"{server}_serving_certificate_loaded", fingerprint=new,
+    log.info("serving_certificate_loaded", server=server, fingerprint=new,
              not_after=format_time(certificate.not_valid_after_utc))
 
 

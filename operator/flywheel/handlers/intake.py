@@ -37,7 +37,7 @@ async def start_intake(memo: FlywheelMemo) -> None:
     deps = memo.deps
     settings = deps.settings
     if settings.intake_port == 0:
-        log.info("Alertmanager intake disabled (intake_port is 0)")
+        log.info("intake_disabled", setting="FLYWHEEL_INTAKE_PORT=0")
         return
     scope = NamespaceScope(tuple(memo.get(MEMO_WATCHED_NAMESPACES) or ()))
     context = await _tls_context(settings, memo)

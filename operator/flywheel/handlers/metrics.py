@@ -86,7 +86,7 @@ class MetricsHandles:
 def _event_poster(poster: KubernetesEventPoster) -> EventPoster:
     async def post(notification: Notification) -> None:
         if not notification.subjects:
-            log.warning("stall has no resource to attach an Event to", reason=notification.reason,
+            log.warning("stall_event_without_resource", reason=notification.reason,
                         message=notification.message)
             return
         # One Event per named resource, so `kubectl describe` of each shows why it is named.
@@ -191,7 +191,7 @@ async def start_metrics(
         ) from exc
     memo[MEMO_METRICS] = MetricsHandles(runtime=runtime, error_counter=error_counter, watch_restarts=watch_restarts)
     log.info(
-        "metrics started",
+        "metrics_started",
         port=config.metrics_port or None,
         interval_seconds=config.metrics_interval_seconds,
         funnel_period_minutes=int(period.total_seconds() // 60),

@@ -174,18 +174,18 @@ class AlertRecorder:
             wait=wait_random(0, 0.05),
             retry=retry_if_exception_type(_Retry),
             before_sleep=lambda state: log.debug(
-                "Incident changed since it was read, reading again", namespace=intake.namespace,
+                "incident_changed_reading_again", namespace=intake.namespace,
                 fingerprint=intake.signal.fingerprint, conflicts=state.attempt_number,
             ),
         )
         try:
             return await rereads(self._attempt_while_unavailable, intake, deadline)
         except RetryError as exc:
-            log.warning("alert not recorded, its Incident kept changing", namespace=intake.namespace,
+            log.warning("alert_not_recorded", reason="incident_kept_changing", namespace=intake.namespace,
                         fingerprint=intake.signal.fingerprint, conflicts=exc.last_attempt.attempt_number)
             return RecordResult(RecordOutcome.FAILED, reason="too many concurrent updates", retryable=True)
         except StoreUnavailableError as exc:
-            log.warning("alert not recorded, Kubernetes API unavailable", namespace=intake.namespace,
+            log.warning("alert_not_recorded", reason="kubernetes_unavailable", namespace=intake.namespace,
                         fingerprint=intake.signal.fingerprint, error=str(exc))
             return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=True)
 
@@ -257,7 +257,7 @@ class AlertRecorder:
 
     @staticmethod
     def _operator_failure(exc: KubernetesApiError) -> RecordResult:
-        log.error("Kubernetes API refused the intake's request", error=str(exc), status=exc.status)
+        log.error("intake_request_refused_by_kubernetes", error=str(exc), status=exc.status)
         return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=False)
 
 

@@ -191,7 +191,7 @@ class AlertmanagerReceiver:
         deadline = loop.time() + self._recorder.policy.budget_seconds
         context = PayloadContext.of(payload)
         if payload.truncated_alerts:
-            log.warning("Alertmanager truncated the group: raise max_alerts of the webhook receiver",
+            log.warning("alert_group_truncated", hint="raise max_alerts of the webhook receiver",
                         receiver=payload.receiver, truncated_alerts=payload.truncated_alerts)
         addresses = [address_alert(alert, self._config.scope) for alert in payload.alerts]
         results = await asyncio.gather(*(self._record_one(alert, address, context, deadline)
@@ -205,9 +205,9 @@ class AlertmanagerReceiver:
                 self._refusals.refused(fingerprint_key(alert.fingerprint), result.code,
                                        receiver=payload.receiver, **details)
             elif result.outcome in (RecordOutcome.REFUSED, RecordOutcome.FAILED):
-                log.warning("alert not recorded", receiver=payload.receiver, fingerprint=alert.fingerprint, **details)
+                log.warning("alert_not_recorded", receiver=payload.receiver, fingerprint=alert.fingerprint, **details)
             else:
-                log.info("alert received", receiver=payload.receiver, fingerprint=alert.fingerprint, **details)
+                log.info("alert_received", receiver=payload.receiver, fingerprint=alert.fingerprint, **details)
         counts = Counter(result.outcome for result in results)
         report: dict[str, Any] = {
             "received": len(results),
@@ -251,7 +251,7 @@ class AlertmanagerReceiver:
         except StoreUnavailableError as exc:
             return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=True)
         except KubernetesApiError as exc:
-            log.error("Kubernetes API refused the intake's namespace lookup", error=str(exc), status=exc.status)
+            log.error("intake_namespace_lookup_refused", error=str(exc), status=exc.status)
             return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=False)
         if refusal is None:
             return None
@@ -268,7 +268,7 @@ class AlertmanagerReceiver:
         except KubernetesApiError as exc:
             # 401/403: the operator may not read Pods or workloads (RBAC). Not the alert's
             # fault: fail the request so that Alertmanager re-sends once it is fixed.
-            log.error("Kubernetes API refused the intake's workload lookup", error=str(exc), status=exc.status)
+            log.error("intake_workload_lookup_refused", error=str(exc), status=exc.status)
             return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=False)
 
 
@@ -314,8 +314,8 @@ def build_app(
 ) -> web.Application:
     if not (config.token and config.token.get_secret_value()):
         # Once, here: logging on every refused request would let anyone flood the log.
-        log.warning("no intake token configured: the Alertmanager intake refuses every request "
-                    "(set FLYWHEEL_INTAKE_TOKEN)")
+        log.warning("intake_token_missing", effect="the Alertmanager intake refuses every request",
+                    setting="FLYWHEEL_INTAKE_TOKEN")
     receiver = AlertmanagerReceiver(config, recorder, workloads, RefusalLog(refusals), namespaces)
     # client_max_size makes aiohttp itself stop reading past the limit.
     app = web.Application(client_max_size=config.max_body_bytes)
@@ -344,7 +344,7 @@ class IntakeServer:
     async def start(self) -> None:
         await self._runner.setup()
         await web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl_context).start()
-        log.info("Alertmanager intake listening", host=self._host, port=self.port, path=INTAKE_PATH,
+        log.info("intake_listening", host=self._host, port=self.port, path=INTAKE_PATH,
                  scheme="https" if self._ssl_context is not None else "http")
 
     async def stop(self) -> None:

@@ -128,14 +128,14 @@ class MetricsServer:
         self._runner = runner
         sockets = getattr(site._server, "sockets", None) or []  # aiohttp offers no public accessor
         self._bound_port = int(sockets[0].getsockname()[1]) if sockets else self._port
-        _log.info("metrics server listening", host=self._host, port=self._bound_port)
+        _log.info("metrics_server_listening", host=self._host, port=self._bound_port)
         return self._bound_port
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-            _log.info("metrics server stopped")
+            _log.info("metrics_server_stopped")
 
 
 __all__ = ["MetricsApp", "MetricsServer"]

@@ -357,7 +357,7 @@ class SnapshotComputer:
         except Exception:  # noqa: BLE001 - logged with its traceback
             # A query that the reachable database refuses is a bug (or a schema older than
             # this code): leave the figures out, keep the operator running, and say so loudly.
-            _log.exception("history metrics query failed", database=self._history.database)
+            _log.exception("history_metrics_query_failed", database=self._history.database)
             return None, True
         self._recovered("database")
         return figures, True
@@ -370,19 +370,19 @@ class SnapshotComputer:
             self._outage("redis", str(exc))
             return None, False
         except Exception:  # noqa: BLE001 - logged with its traceback
-            _log.exception("anomaly metrics read failed")
+            _log.exception("anomaly_metrics_read_failed")
             return None, True
         self._recovered("redis")
         return figures, True
 
     def _outage(self, store: str, error: str) -> None:
         if not self._outages.get(store):
-            _log.warning("figures left out of the metrics snapshot until the store answers", store=store, error=error)
+            _log.warning("metrics_figures_left_out", store=store, error=error)
             self._outages[store] = True
 
     def _recovered(self, store: str) -> None:
         if self._outages.get(store):
-            _log.info("store answers again; its figures are back in the metrics snapshot", store=store)
+            _log.info("metrics_figures_back", store=store)
             self._outages[store] = False
 
     async def _redis_reachable(self) -> bool:

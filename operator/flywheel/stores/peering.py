@@ -126,7 +126,7 @@ class PeeringObserver:
         except (KubernetesApiError, StoreUnavailableError) as exc:
             if not self._unreadable_logged:
                 _log.warning(
-                    "peering objects unreadable; keeping the last leadership verdict",
+                    "peering_unreadable", keeping="the last leadership verdict",
                     peering=self._name,
                     active=self._last.active,
                     error=str(exc),
@@ -136,7 +136,7 @@ class PeeringObserver:
         self._unreadable_logged = False
         verdict = leadership(tables, self._priority, moment)
         if verdict.active != self._last.active:
-            _log.info("leadership changed", peering=self._name, active=verdict.active, reason=verdict.reason)
+            _log.info("leadership_changed", peering=self._name, active=verdict.active, reason=verdict.reason)
         self._last = verdict
         return verdict
 

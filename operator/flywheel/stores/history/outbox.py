@@ -302,7 +302,7 @@ class HistoryWriter:
         self._worker = self._loop.create_task(self._work(), name="flywheel-history-writer")
         spooled = self._spool.count()
         if spooled:
-            _log.info("history spool replayed: records left by the previous operator", spooled=spooled)
+            _log.info("history_spool_replayed", left_by="the previous operator", spooled=spooled)
         if self.pending_count:
             self._wakeup.set()
 
@@ -337,8 +337,9 @@ class HistoryWriter:
                 await self._worker
         if unsaved:
             _log.warning(
-                "history writer closed with items not stored: projections are made again on restart, "
-                + ("records stay in the spool" if self._spool.durable else "records are lost (no spool directory)"),
+                "history_writer_closed_unsaved",
+                projections="made again on restart",
+                records="stay in the spool" if self._spool.durable else "lost (no spool directory)",
                 unsaved=unsaved,
                 spooled=self._spool.count(),
             )
@@ -409,14 +410,14 @@ class HistoryWriter:
         with self._lock:
             self._dropped[item.reason] += 1
         _log.warning(
-            "history item dropped", kind=str(item.kind), key=item.key, reason=item.reason.value,
+            "history_item_dropped", kind=str(item.kind), key=item.key, reason=item.reason.value,
             namespace=item.namespace, name=item.name, detail=item.detail,
         )
         if self._on_drop is not None:
             try:
                 self._on_drop(item)
             except Exception:  # noqa: BLE001  (reporting a drop must not break the caller's path)
-                _log.exception("history drop report failed")
+                _log.exception("history_drop_report_failed")
 
     def _wake(self) -> None:
         loop = self._loop
@@ -516,7 +517,7 @@ class HistoryWriter:
             except DatabaseUnavailableError as exc:
                 return _BatchResult(batch, exc, wrote=False)
             except Exception as exc:  # noqa: BLE001  (one item is at fault: find it, one transaction each)
-                _log.debug("history batch refused; writing its items one by one",
+                _log.debug("history_batch_refused", next_step="writing its items one by one",
                            size=len(batch) + len(records), error=str(exc))
             else:
                 self._records_stored(records)
@@ -581,7 +582,7 @@ class HistoryWriter:
         try:
             return await asyncio.to_thread(self._write_batch, batch)
         except Exception as exc:  # noqa: BLE001  (the worker outlives any surprise, items kept)
-            _log.exception("history writer failed unexpectedly; items kept")
+            _log.exception("history_writer_failed", items="kept")
             return _BatchResult(batch, exc, wrote=False)
 
     def _before_retry(self, state: RetryCallState) -> None:
@@ -597,7 +598,7 @@ class HistoryWriter:
             self._database_available = True
             pending = len(self._pending) + self._in_flight_count
         if recovered:
-            _log.info("history database reachable again", database=self._store.database, pending=pending,
+            _log.info("history_database_reachable", database=self._store.database, pending=pending,
                       spooled=self._spool.count())
 
     def _mark_unavailable(self, error: Exception, delay: float) -> None:
@@ -609,7 +610,7 @@ class HistoryWriter:
         if not isinstance(error, DatabaseUnavailableError):
             # Not an outage (a failing migration, a bug): worth an error on every attempt.
             _log.error(
-                "history database not usable, keeping items pending",
+                "history_database_not_usable",
                 database=self._store.database,
                 pending=pending,
                 spooled=spooled,
@@ -620,7 +621,7 @@ class HistoryWriter:
         # One warning per outage, then debug: a long outage must not flood the log.
         log = _log.warning if first_failure else _log.debug
         log(
-            "history database unavailable, keeping items pending",
+            "history_database_unavailable",
             database=self._store.database,
             pending=pending,
             spooled=spooled,
