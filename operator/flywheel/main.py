@@ -214,21 +214,24 @@ async def _register_when_listening(
     kube: KubeApi, port: int, name: str, ca_pem: bytes, namespaces: tuple[str, ...], operator_identity: str
 ) -> None:
     """Register the loopback webhooks once the server answers: never point the API server at nothing."""
+    from tenacity import AsyncRetrying, RetryError, retry_if_exception_type, stop_after_delay, wait_fixed
+
     from flywheel.stores.kube import VERSION
     from flywheel.stores.webhooks import WebhookConfigurations
 
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WEBHOOK_LISTEN_TIMEOUT_SECONDS
-    while True:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            break
-        except OSError:
-            if loop.time() > deadline:
-                log.error("webhook_server_not_listening", port=port)
-                return
-            await asyncio.sleep(0.2)
+    listening = AsyncRetrying(
+        stop=stop_after_delay(WEBHOOK_LISTEN_TIMEOUT_SECONDS),
+        wait=wait_fixed(0.2),
+        retry=retry_if_exception_type(OSError),
+    )
+    try:
+        async for attempt in listening:
+            with attempt:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+    except RetryError:
+        log.error("webhook_server_not_listening", port=port)
+        return
     try:
         await WebhookConfigurations(kube).apply(
             name, base_url=f"https://127.0.0.1:{port}", ca_pem=ca_pem, namespaces=namespaces, version=VERSION,
@@ -272,13 +275,19 @@ def service_certificate(
 
 async def _first_certificate(reconcile: Callable[[], Awaitable[None]], interval: timedelta) -> None:
     """Serve nothing until there is a certificate: meanwhile the webhooks fail closed."""
-    while True:
-        try:
-            await reconcile()
-            return
-        except (FlywheelError, OSError, ValueError) as exc:
-            log.error("webhook_certificate_not_ready", error=str(exc), retry_in_seconds=interval.total_seconds())
-            await asyncio.sleep(interval.total_seconds())
+    from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_fixed
+
+    def not_ready(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        log.error("webhook_certificate_not_ready", error=str(error), retry_in_seconds=interval.total_seconds())
+
+    until_ready = AsyncRetrying(
+        stop=stop_never,
+        wait=wait_fixed(interval),
+        retry=retry_if_exception_type((FlywheelError, OSError, ValueError)),
+        before_sleep=not_ready,
+    )
+    await until_ready(reconcile)
 
 
 async def serve_admission(kopf_settings: kopf.OperatorSettings, settings: FlywheelSettings, memo: kopf.Memo) -> None:

@@ -213,3 +213,26 @@ async def test_an_incident_that_keeps_changing_fails_the_alert_after_the_allowed
     assert status == 503, body
     assert body["alerts"][0]["reason"] == "too many concurrent updates"
     assert incidents.creates == 4  # the first try and three re-reads
+
+
+async def test_the_webhook_server_waits_for_its_first_certificate_and_a_bug_is_not_retried() -> None:
+    from datetime import timedelta
+
+    from flywheel.main import _first_certificate
+
+    calls = Flaky(failures=2)
+
+    async def reconcile() -> None:
+        try:
+            await calls()
+        except KubernetesUnavailableError as exc:
+            raise OSError("tls.crt: no such file") from exc
+
+    await _first_certificate(reconcile, timedelta(0))
+    assert calls.count == 3
+
+    async def broken() -> None:
+        raise KeyError("a bug, not a missing certificate")
+
+    with pytest.raises(KeyError):
+        await _first_certificate(broken, timedelta(0))
