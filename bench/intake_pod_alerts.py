@@ -47,6 +47,7 @@ from typing import Any
 
 import aiohttp
 from _cluster import DEFAULT_CLUSTER, BenchCluster, deployment_manifest
+from pydantic import SecretStr
 
 from flywheel.domain.alerts import NamespaceScope
 from flywheel.intake import INTAKE_PATH, AlertRecorder, IntakeConfig, IntakeServer, build_app
@@ -181,7 +182,7 @@ async def measure(cluster: BenchCluster, namespaces: dict[str, str], deployments
                   pods: list[Pod], count: int) -> list[Storm]:
     kube = KubeApi(config_file=str(cluster.kubeconfig))
     owners = PodOwnerStore(KubeObjectReader(kube))
-    config = IntakeConfig(token=TOKEN, max_body_bytes=4 * 1024 * 1024, scope=NamespaceScope())
+    config = IntakeConfig(token=SecretStr(TOKEN), max_body_bytes=4 * 1024 * 1024, scope=NamespaceScope())
     server = IntakeServer(build_app(config, AlertRecorder(FlywheelResources(kube)), owners, OperatorCounters()),
                           "127.0.0.1", 0)
     await server.start()

@@ -97,12 +97,16 @@ def webhook_cert(service: str, namespace: str, output_dir: Path) -> None:
 @cli.command("config-reference")
 def config_reference() -> None:
     """Print the settings as a Markdown table (the README's configuration section)."""
+    from pydantic import SecretStr
+
     from flywheel.settings import FlywheelSettings
 
     click.echo("| Variable | Default | Description |")
     click.echo("|---|---|---|")
     for name, field in FlywheelSettings.model_fields.items():
         default = field.get_default(call_default_factory=True)
+        if isinstance(default, SecretStr):  # a default is documentation, never a secret
+            default = default.get_secret_value()
         shown = "" if default is None or default == [] else f"`{default}`"
         click.echo(f"| `FLYWHEEL_{name.upper()}` | {shown} | {field.description or ''} |")
 

@@ -26,6 +26,7 @@ from typing import Any, Final
 import click
 
 from flywheel.api.enums import ApprovalPhase
+from flywheel.api.times import format_time, read_time
 from flywheel.cli_history import duration_text, render_table
 from flywheel.cli_kube import KubeTarget, UserKube, kube_options, kube_target
 from flywheel.domain.approval import APPROVE, DECIDED_BY, REJECT
@@ -81,17 +82,11 @@ def action_text(action: Mapping[str, Any] | None) -> str:
 
 def parse_time(value: Any) -> datetime | None:
     """A Kubernetes timestamp (RFC 3339, ``Z`` or an offset), else None."""
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(str(value))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return read_time(str(value), assume_utc=True) if value else None
 
 
 def iso(value: datetime | None) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else "-"
+    return format_time(value) if value else "-"
 
 
 def remaining_text(expires_at: datetime | None, now: datetime) -> str:

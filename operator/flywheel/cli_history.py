@@ -32,7 +32,7 @@ def _database_url(explicit: str | None) -> str:
         return explicit
     from flywheel.settings import get_settings
 
-    return get_settings().database_url
+    return get_settings().database_url.get_secret_value()
 
 
 _database_url_option = click.option(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable, Mapping
+from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 
@@ -24,6 +25,20 @@ from flywheel.domain.redaction import (
     may_hold_credential,
     redact_credentials,
 )
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
+
+
+class LogFormat(StrEnum):
+    CONSOLE = "console"  # for a person at a terminal
+    JSON = "json"  # one object per line, for a log collector
+
 
 _known_secrets: set[str] = set()
 # Structlog's own keys, never secrets (and "event" is the message, redacted by shape only).
@@ -65,10 +80,10 @@ def redact_event(_: Any, __: str, event_dict: Any) -> Any:
     return {key: _clean(key, value) for key, value in event_dict.items()}
 
 
-def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
+def configure_logging(level: LogLevel | str = LogLevel.INFO, fmt: LogFormat | str = LogFormat.CONSOLE) -> None:
     """Route stdlib logging (Kopf, kubernetes, aiohttp) and structlog through one renderer."""
     renderer: structlog.types.Processor
-    if fmt == "json":
+    if fmt == LogFormat.JSON:
         renderer = structlog.processors.JSONRenderer()
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
@@ -94,7 +109,7 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(str(level).upper())
     # No record shows where it was logged from, and finding out walks the stack on every call
     # (a twentieth of the operator's CPU with 10,000 objects present); the logging HOWTO's
     # "Optimization" section names this switch.

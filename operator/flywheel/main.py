@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from flywheel.controllers.webhook_certificate import ServingPairSink
     from flywheel.stores.kube import KubeApi
     from flywheel.stores.peering import PeeringObserver
+    from flywheel.wiring import FlywheelMemo
 
 log = get_logger(__name__)
 
@@ -137,16 +138,17 @@ def held_secrets(settings: FlywheelSettings) -> list[str | None]:
     from sqlalchemy.exc import ArgumentError
 
     try:
-        database_password = make_url(settings.database_url).password
+        database_password = make_url(settings.database_url.get_secret_value()).password
     except ArgumentError:
         database_password = None
     try:
-        redis_password = urlsplit(settings.redis_url).password
+        redis_password = urlsplit(settings.redis_url.get_secret_value()).password
     except ValueError:
         redis_password = None
     return [
         settings.intake_token.get_secret_value() if settings.intake_token else None,
-        settings.advisor_api_key,
+        settings.advisor_api_key.get_secret_value() if settings.advisor_api_key else None,
+        settings.notify_webhook_url.get_secret_value() if settings.notify_webhook_url else None,
         str(database_password) if database_password else None,
         redis_password,
     ]
@@ -163,10 +165,10 @@ def run_operator(
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     register_secrets(held_secrets(settings))
-    require_shared_history(settings.database_url, standalone=standalone)
+    require_shared_history(settings.database_url.get_secret_value(), standalone=standalone)
     from flywheel.intake import require_intake_token
 
-    require_intake_token(settings)
+    require_intake_token(settings.intake_token)
     # Importing the handler modules registers them with Kopf's default registry.
     import flywheel.handlers
 
@@ -175,7 +177,7 @@ def run_operator(
     from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
     from flywheel.wiring import FlywheelMemo
 
-    log.info("starting operator", namespaces=namespaces or "all", standalone=standalone)
+    log.info("operator_starting", namespaces=namespaces or "all", standalone=standalone)
     # Kopf treats an explicit peering name as "peering is mandatory", so pass it only
     # when peering is wanted: a standalone operator must not wait for the peering CRDs.
     peering: dict[str, Any] = {}
@@ -212,21 +214,24 @@ async def _register_when_listening(
     kube: KubeApi, port: int, name: str, ca_pem: bytes, namespaces: tuple[str, ...], operator_identity: str
 ) -> None:
     """Register the loopback webhooks once the server answers: never point the API server at nothing."""
+    from tenacity import AsyncRetrying, RetryError, retry_if_exception_type, stop_after_delay, wait_fixed
+
     from flywheel.stores.kube import VERSION
     from flywheel.stores.webhooks import WebhookConfigurations
 
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WEBHOOK_LISTEN_TIMEOUT_SECONDS
-    while True:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            break
-        except OSError:
-            if loop.time() > deadline:
-                log.error("webhook_server_not_listening", port=port)
-                return
-            await asyncio.sleep(0.2)
+    listening = AsyncRetrying(
+        stop=stop_after_delay(WEBHOOK_LISTEN_TIMEOUT_SECONDS),
+        wait=wait_fixed(0.2),
+        retry=retry_if_exception_type(OSError),
+    )
+    try:
+        async for attempt in listening:
+            with attempt:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+    except RetryError:
+        log.error("webhook_server_not_listening", port=port)
+        return
     try:
         await WebhookConfigurations(kube).apply(
             name, base_url=f"https://127.0.0.1:{port}", ca_pem=ca_pem, namespaces=namespaces, version=VERSION,
@@ -270,19 +275,25 @@ def service_certificate(
 
 async def _first_certificate(reconcile: Callable[[], Awaitable[None]], interval: timedelta) -> None:
     """Serve nothing until there is a certificate: meanwhile the webhooks fail closed."""
-    while True:
-        try:
-            await reconcile()
-            return
-        except (FlywheelError, OSError, ValueError) as exc:
-            log.error("webhook_certificate_not_ready", error=str(exc), retry_in_seconds=interval.total_seconds())
-            await asyncio.sleep(interval.total_seconds())
+    from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_fixed
+
+    def not_ready(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        log.error("webhook_certificate_not_ready", error=str(error), retry_in_seconds=interval.total_seconds())
+
+    until_ready = AsyncRetrying(
+        stop=stop_never,
+        wait=wait_fixed(interval),
+        retry=retry_if_exception_type((FlywheelError, OSError, ValueError)),
+        before_sleep=not_ready,
+    )
+    await until_ready(reconcile)
 
 
 async def serve_admission(kopf_settings: kopf.OperatorSettings, settings: FlywheelSettings, memo: kopf.Memo) -> None:
     """Serve the admission webhooks as FLYWHEEL_WEBHOOK_MODE says (see flywheel.stores.webhooks)."""
     if settings.webhook_mode is WebhookMode.OFF:
-        log.warning("admission webhooks are off: approval decisions will be refused (no identity can be stamped)")
+        log.warning("admission_webhooks_off", effect="approval decisions are refused: no identity can be stamped")
         return
     # Importing the admission handlers registers them; Kopf refuses to run them without a server.
     from flywheel.controllers.webhook_certificate import keep_reconciling
@@ -293,7 +304,7 @@ async def serve_admission(kopf_settings: kopf.OperatorSettings, settings: Flywhe
     kube = memo.deps.kube
     memo[MEMO_OPERATOR_IDENTITY] = await own_identity(kube)
     memo.deps.run_stores.approvals.operator_identity = memo[MEMO_OPERATOR_IDENTITY]
-    log.info("admission webhooks on", mode=settings.webhook_mode.value, identity=memo[MEMO_OPERATOR_IDENTITY])
+    log.info("admission_webhooks_on", mode=settings.webhook_mode.value, identity=memo[MEMO_OPERATOR_IDENTITY])
     if settings.webhook_mode is WebhookMode.SERVICE:
         from flywheel.handlers.admission import ReloadableWebhookServer
         from flywheel.stores.serving_tls import ServingContext
@@ -326,13 +337,14 @@ async def serve_admission(kopf_settings: kopf.OperatorSettings, settings: Flywhe
 
 
 @kopf.on.startup()
-async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def _startup(settings: kopf.OperatorSettings, memo: FlywheelMemo, **_: Any) -> None:
     """The one start-up step that builds everything (registered first, so it runs first).
 
-    The handler modules' own start-up handlers only start their loops over what this built.
+    It starts the intake itself, so that no alert is taken before its dependencies exist; the
+    handler modules' own start-up handlers only start their loops over what this built.
     """
     configure_kopf(settings)
-    from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
+    from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES, start_intake
     from flywheel.stores.kube import KubeApi
     from flywheel.wiring import build_dependencies
 
@@ -345,6 +357,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     # upgrade from a version without the opt-in stops acting in every unlabelled namespace).
     log.info("remediation_scope", acts_in=scope.describe(), listed=sorted(scope.listed),
              protected=sorted(scope.protected - scope.listed))
+    await start_intake(memo)
     await serve_admission(settings, flywheel_settings, memo)
 
 

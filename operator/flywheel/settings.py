@@ -14,7 +14,9 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from flywheel.api.enums import RiskLevel
-from flywheel.domain.notifications import NotificationKind
+from flywheel.domain.alerts import MIN_INTAKE_TOKEN_LENGTH
+from flywheel.domain.notifications import NotificationKind, WebhookFormat
+from flywheel.logs import LogFormat, LogLevel
 
 
 class WebhookMode(StrEnum):
@@ -28,10 +30,6 @@ class WebhookCertSource(StrEnum):
     DIRECTORY = "directory"
 
 
-MIN_INTAKE_TOKEN_LENGTH = 32
-"""The shortest intake token accepted: the token is a remediation credential, not a password."""
-
-
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -43,8 +41,9 @@ class FlywheelSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FLYWHEEL_", extra="ignore", frozen=True)
 
-    redis_url: str = Field(
-        default="redis://127.0.0.1:6379/0",
+    # The URLs are secrets: they may carry a password (redis://:password@host, postgresql://user:password@host).
+    redis_url: SecretStr = Field(
+        default=SecretStr("redis://127.0.0.1:6379/0"),
         description="Redis holding recurrence windows, repair history and single-use ids.",
     )
     redis_timeout_seconds: float = Field(
@@ -52,8 +51,8 @@ class FlywheelSettings(BaseSettings):
         gt=0,
         description="Socket timeout for Redis calls; past it the anomaly counts are marked degraded.",
     )
-    database_url: str = Field(
-        default="sqlite:///flywheel.db",
+    database_url: SecretStr = Field(
+        default=SecretStr("sqlite:///flywheel.db"),
         description=(
             "SQLAlchemy URL of the history database: an SQLite file (embedded default) or "
             "postgresql+psycopg://user:password@host/db."
@@ -120,7 +119,7 @@ class FlywheelSettings(BaseSettings):
         ),
     )
     advisor_model: str = Field(default="default", description="Model name sent to the advisors.")
-    advisor_api_key: str | None = Field(
+    advisor_api_key: SecretStr | None = Field(
         default=None, description="Bearer token sent to the advisors, if they require one."
     )
     advisor_timeout_seconds: float = Field(
@@ -242,11 +241,12 @@ class FlywheelSettings(BaseSettings):
             "left out of the funnel's source statistics."
         ),
     )
-    notify_webhook_url: str | None = Field(
+    notify_webhook_url: SecretStr | None = Field(
         default=None,
         description=(
             "Webhook receiving notifications (decision ready, approval requested, Run finished, ladder "
-            "exhausted, funnel stalls). Empty: none are sent outside the cluster (stalls still post Events)."
+            "exhausted, funnel stalls); a secret, like a Slack incoming webhook's URL. Empty: none are sent "
+            "outside the cluster (stalls still post Events)."
         ),
     )
     notify_events: Annotated[list[str], NoDecode] = Field(
@@ -256,8 +256,9 @@ class FlywheelSettings(BaseSettings):
             "run_finished, ladder_exhausted, funnel_stall, or all (the default)."
         ),
     )
-    notify_webhook_format: str = Field(
-        default="json", description="Webhook payload format: json (generic) or slack (Slack-compatible incoming webhook)."
+    notify_webhook_format: WebhookFormat = Field(
+        default=WebhookFormat.JSON,
+        description="Webhook payload format: json (generic) or slack (Slack-compatible incoming webhook).",
     )
     notify_webhook_timeout_seconds: float = Field(
         default=5.0, gt=0, description="Timeout of one webhook delivery attempt."
@@ -368,8 +369,10 @@ class FlywheelSettings(BaseSettings):
         default="/etc/flywheel/webhook-tls",
         description="Directory with tls.crt and tls.key of the webhook server (FLYWHEEL_WEBHOOK_CERT_SOURCE=directory).",
     )
-    log_level: str = Field(default="INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
-    log_format: str = Field(default="console", description="Log format: console or json.")
+    log_level: LogLevel = Field(
+        default=LogLevel.INFO, description="Log level: DEBUG, INFO, WARNING, ERROR or CRITICAL (any case)."
+    )
+    log_format: LogFormat = Field(default=LogFormat.CONSOLE, description="Log format: console or json.")
 
     @field_validator("advisor_urls", mode="before")
     @classmethod
@@ -397,12 +400,10 @@ class FlywheelSettings(BaseSettings):
             )
         return value
 
-    @field_validator("log_format")
+    @field_validator("log_level", mode="before")
     @classmethod
-    def _known_log_format(cls, value: str) -> str:
-        if value not in ("console", "json"):
-            raise ValueError("log_format must be 'console' or 'json'")
-        return value
+    def _log_level_in_any_case(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator(
         "internal_sources", "approver_groups", "approver_users", "remediation_namespaces", "webhook_cert_dns_names",
@@ -426,19 +427,12 @@ class FlywheelSettings(BaseSettings):
             )
         return names or ["all"]
 
-    @field_validator("notify_webhook_format")
-    @classmethod
-    def _known_webhook_format(cls, value: str) -> str:
-        if value not in ("json", "slack"):
-            raise ValueError("notify_webhook_format must be 'json' or 'slack'")
-        return value
-
     @field_validator("intake_tls_cert_dir", mode="before")
     @classmethod
     def _blank_cert_dir_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("notify_webhook_url", "prometheus_url", mode="before")
+    @field_validator("notify_webhook_url", "prometheus_url", "advisor_api_key", mode="before")
     @classmethod
     def _blank_webhook_is_none(cls, value: object) -> object:
         # An empty FLYWHEEL_NOTIFY_WEBHOOK_URL (a blank ConfigMap entry) means "no webhook".

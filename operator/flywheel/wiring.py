@@ -20,19 +20,21 @@ import redis.asyncio
 from sqlalchemy import Engine
 
 from flywheel.api.incident import Decision
-from flywheel.controllers.approval import ApprovalGate
+from flywheel.controllers.approval import ApprovalGate, ApprovalSettings
 from flywheel.controllers.catalogue_reload import LiveCatalogue
 from flywheel.controllers.incident import AdvisorPanel, IncidentPolicy, IncidentStores
 from flywheel.controllers.run import AttemptRecord, RunPolicy, RunStores
 from flywheel.controllers.run_binding import RunBinder
+from flywheel.domain.approval import ApproverPolicy
 from flywheel.domain.escalation import EscalationThresholds
 from flywheel.domain.ladder import LadderPolicy
 from flywheel.domain.namespaces import RemediationScope
 from flywheel.domain.rules import default_catalogue, default_catalogue_text, load_catalogue
 from flywheel.domain.run_state import SafetyLimits
 from flywheel.errors import ConfigurationError
-from flywheel.settings import FlywheelSettings
-from flywheel.stores.advisor_client import AdvisorClient, advisors_from_settings
+from flywheel.metrics.collector import OperatorCounters
+from flywheel.settings import FlywheelSettings, WebhookMode
+from flywheel.stores.advisor_client import AdvisorClient, advisor_endpoints
 from flywheel.stores.anomaly_redis import AnomalyStore, connect_redis
 from flywheel.stores.approvals import SigningKeyStore, TokenLedger
 from flywheel.stores.catalogue_file import CatalogueFile, content_digest
@@ -47,6 +49,7 @@ from flywheel.stores.namespaces import KubeNamespaceReader, NamespaceLabels
 from flywheel.stores.notifications import WebhookNotifier, WebhookSender, parse_kinds
 from flywheel.stores.peering import PeeringObserver
 from flywheel.stores.pod_health import PodHealthStore
+from flywheel.stores.pod_owners import KubeObjectReader, PodOwnerStore
 from flywheel.stores.prometheus_alerts import PrometheusAlerts
 from flywheel.stores.workloads import WorkloadStore
 
@@ -116,6 +119,10 @@ class Dependencies:
     namespaces: NamespaceLabels
     # The one delivery of notifications every controller and the stall notifier submit to.
     notifier: WebhookNotifier
+    # The process's own counters, shared by the metrics and the intake.
+    counters: OperatorCounters
+    # The intake's workload lookup: one cache per process, shared by every request.
+    alert_workloads: PodOwnerStore
     prometheus: PrometheusAlerts | None = None
 
     async def close(self) -> None:
@@ -146,6 +153,16 @@ def run_policy(settings: FlywheelSettings) -> RunPolicy:
     )
 
 
+def approval_settings(settings: FlywheelSettings) -> ApprovalSettings:
+    """The settings the approval gate reads."""
+    return ApprovalSettings(
+        approvers=ApproverPolicy.of(settings.approver_users, settings.approver_groups),
+        decisions_stamped=settings.webhook_mode is not WebhookMode.OFF,
+        token_ttl=timedelta(seconds=settings.approval_token_ttl_seconds),
+        approval_timeout=timedelta(seconds=settings.approval_timeout_seconds),
+    )
+
+
 def incident_policy(settings: FlywheelSettings) -> IncidentPolicy:
     """The settings the Incident controller reads."""
     return IncidentPolicy(
@@ -165,19 +182,20 @@ def incident_policy(settings: FlywheelSettings) -> IncidentPolicy:
 
 async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Dependencies:
     """Everything is lazy about connecting: Redis may be down at start-up and come back later."""
-    client = connect_redis(settings.redis_url, timeout_seconds=settings.redis_timeout_seconds)
+    client = connect_redis(settings.redis_url.get_secret_value(), timeout_seconds=settings.redis_timeout_seconds)
     thresholds = EscalationThresholds(
         repeat=settings.repeat_threshold,
         escalate=settings.escalate_threshold,
         permanent_fix=settings.permanent_fix_threshold,
     )
-    endpoints = advisors_from_settings(settings)
+    endpoints = advisor_endpoints(settings.advisor_urls, settings.advisor_model, settings.advisor_api_key)
     # The writer migrates the schema before its first write and keeps retrying while the
     # database is down: history is delayed, never lost, and start-up never waits for it.
-    history_engine = create_history_engine(settings.database_url)
+    database_url = settings.database_url.get_secret_value()
+    history_engine = create_history_engine(database_url)
     history = HistoryWriter(
         HistoryStore(history_engine),
-        prepare=partial(upgrade, settings.database_url),
+        prepare=partial(upgrade, database_url),
         spool=FileSpool(settings.history_spool_dir) if settings.history_spool_dir else None,
     )
     history.start()
@@ -191,7 +209,7 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
     resources = FlywheelResources(kube)
     incidents = IncidentStatusStore(resources)
     approvals = ApprovalGate(
-        settings,
+        approval_settings(settings),
         resources=resources,
         incidents=incidents,
         signing_key=SigningKeyStore(settings.namespace, settings.approval_signing_secret, kube),
@@ -245,6 +263,8 @@ async def build_dependencies(settings: FlywheelSettings, kube: KubeApi) -> Depen
         history_engine=history_engine,
         namespaces=namespaces,
         notifier=notifier,
+        counters=OperatorCounters(),
+        alert_workloads=PodOwnerStore(KubeObjectReader(kube)),
         prometheus=prometheus,
     )
 
@@ -277,7 +297,7 @@ def notification_sender(settings: FlywheelSettings) -> WebhookSender | None:
     if not settings.notify_webhook_url:
         return None
     return WebhookSender(
-        settings.notify_webhook_url,
+        settings.notify_webhook_url.get_secret_value(),
         settings.notify_webhook_format,
         timeout_seconds=settings.notify_webhook_timeout_seconds,
         retries=settings.notify_webhook_retries,

@@ -82,7 +82,7 @@ def transitions(operator: OperatorProcess, run: str) -> list[tuple[str, str]]:
 
 
 def leadership_changes(operator: OperatorProcess) -> list[bool]:
-    return [record["active"] for record in log_records(operator) if record.get("event") == "leadership changed"]
+    return [record["active"] for record in log_records(operator) if record.get("event") == "leadership_changed"]
 
 
 def peer_records(cluster: TestCluster, namespace: str) -> dict[str, dict[str, Any]]:

@@ -149,7 +149,7 @@ def test_history_survives_a_database_outage_and_an_operator_killed_during_it(
     for name in ("cart-oom", "checkout-oom"):
         wait_for(lambda name=name: get(test_cluster, namespace, "incident", name).get("status", {}).get("phase")
                  == "Resolved", timeout=30, what=f"{name} resolved")
-    assert "history database unavailable" in operator.log(), "the outage was real"
+    assert "history_database_unavailable" in operator.log(), "the outage was real"
 
     operator.kill()
     operator.start()  # the database still refuses connections

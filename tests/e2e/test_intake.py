@@ -36,6 +36,7 @@ import aiohttp
 import kubernetes.aio.client
 import kubernetes.aio.config
 import pytest
+from pydantic import SecretStr
 
 from flywheel.domain.alerts import LABEL_FINGERPRINT, NamespaceScope
 from flywheel.intake import (
@@ -412,7 +413,7 @@ async def test_an_intake_without_a_configured_token_refuses_everything() -> None
 
 
 async def test_an_unreachable_api_server_answers_503_so_that_alertmanager_retries() -> None:
-    config = IntakeConfig(token=TOKEN, max_body_bytes=1024 * 1024, scope=NamespaceScope())
+    config = IntakeConfig(token=SecretStr(TOKEN), max_body_bytes=1024 * 1024, scope=NamespaceScope())
     policy = RetryPolicy(budget_seconds=1.0, first_backoff_seconds=0.05, request_timeout_seconds=0.5)
     async with running_intake(config, unreachable_api(), policy) as url, aiohttp.ClientSession() as session:
         group = payload(alert("shop"), alert(None, fingerprint="4444444444444444"))
@@ -438,7 +439,7 @@ async def test_an_alert_the_api_server_refuses_is_refused_alone(
     test_cluster: TestCluster, namespace: str, checkout: str
 ) -> None:
     # Cluster-wide scope: the namespace check is left to the API server, which has no such namespace.
-    config = IntakeConfig(token=TOKEN, max_body_bytes=1024 * 1024, scope=NamespaceScope())
+    config = IntakeConfig(token=SecretStr(TOKEN), max_body_bytes=1024 * 1024, scope=NamespaceScope())
     async with running_intake(config, await cluster_api(test_cluster)) as url, aiohttp.ClientSession() as session:
         group = payload(alert(f"{namespace}-absent", fingerprint="8888888888888888"),
                         alert(namespace, fingerprint="9999999999999999"))
@@ -454,7 +455,7 @@ async def test_an_operator_without_permissions_answers_500_so_that_alertmanager_
 ) -> None:
     test_cluster.kubectl("create", "serviceaccount", "no-permissions", "-n", namespace)
     token = test_cluster.kubectl("create", "token", "no-permissions", "-n", namespace).stdout.strip()
-    config = IntakeConfig(token=TOKEN, max_body_bytes=1024 * 1024, scope=NamespaceScope())
+    config = IntakeConfig(token=SecretStr(TOKEN), max_body_bytes=1024 * 1024, scope=NamespaceScope())
     kube = await cluster_api(test_cluster, bearer_token=token)
     async with (
         running_intake(config, kube) as url,

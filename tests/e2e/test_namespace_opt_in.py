@@ -154,5 +154,5 @@ def test_the_intake_refuses_alerts_for_namespaces_that_did_not_opt_in(
 
     wait_for(counted, timeout=30, what="the refusals counted by reason")
     refusals = [line for line in operator.process.log().splitlines()
-                if "alert refused" in line and "namespace_not_enabled" in line]
+                if "alert_refused" in line and "namespace_not_enabled" in line]
     assert len(refusals) == 2, refusals

@@ -120,4 +120,4 @@ def test_the_installed_wheel_remediates_approves_and_serves_metrics(
 
     assert wait_for(lambda: succeeded_runs() >= 2, timeout=60, what="both Runs counted in /metrics")
     # The packaged migrations created the history schema the Runs were recorded in.
-    assert "history database migrated" in operator.log()
+    assert "history_database_migrated" in operator.log()

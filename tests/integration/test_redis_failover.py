@@ -101,7 +101,7 @@ async def test_stall_notifications_are_sent_undeduplicated_while_demoted(
             await asyncio.sleep(0.01)
     await notifier.close()
     assert len(posted) == 2
-    warnings = [entry for entry in logs if "not de-duplicated" in entry["event"]]
+    warnings = [entry for entry in logs if entry["event"] == "stall_dedup_lost"]
     assert len(warnings) == 1 and "read-only replica" in warnings[0]["reason"]
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from pydantic import SecretStr
 
 from flywheel.domain.alerts import AlertRefusal, AlertSubject, NamespaceScope, RefusalReason, Workload
 from flywheel.errors import KubernetesUnavailableError
@@ -68,7 +69,7 @@ def alertmanager_payload(namespace: str) -> dict[str, Any]:
 @pytest.fixture()
 async def client() -> AsyncIterator[tuple[TestClient[Any, Any], Counter, Namespaces]]:
     counter, namespaces = Counter(), Namespaces()
-    config = IntakeConfig(token=TOKEN, max_body_bytes=1 << 20, scope=NamespaceScope(), max_json_depth=6,
+    config = IntakeConfig(token=SecretStr(TOKEN), max_body_bytes=1 << 20, scope=NamespaceScope(), max_json_depth=6,
                           rate_per_second=0.001, rate_burst=5)
     app = build_app(config, AlertRecorder(NoIncidents()), NoWorkloads(), counter, namespaces)  # type: ignore[arg-type]
     async with TestClient(TestServer(app)) as test_client:

@@ -43,7 +43,7 @@ from flywheel.domain.run_binding import (
 )
 from flywheel.domain.run_state import RunErrorCode
 from flywheel.settings import FlywheelSettings
-from flywheel.wiring import run_policy
+from flywheel.wiring import approval_settings, run_policy
 from tests.unit.test_run_controller import INCIDENT_UID, NAMESPACE, RUN_UID, T0, Harness, run_body
 
 pytestmark = pytest.mark.unit
@@ -287,7 +287,7 @@ class Ledger:
 
 
 def gate(ledger: Ledger) -> ApprovalGate:
-    return ApprovalGate(FlywheelSettings(), resources=None, incidents=None, signing_key=Key(),  # type: ignore[arg-type]
+    return ApprovalGate(approval_settings(FlywheelSettings()), resources=None, incidents=None, signing_key=Key(),  # type: ignore[arg-type]
                         spent_tokens=ledger, action_history=None, audit=None)  # type: ignore[arg-type]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -20,6 +20,7 @@ from flywheel.api.approval import MAX_PREVIOUS_OUTCOMES
 from flywheel.api.common import Action, Condition, ObjectRef, new_condition, set_condition
 from flywheel.api.enums import ApprovalPhase, ConditionStatus
 from flywheel.api.incident import IncidentStatus
+from flywheel.api.times import format_time, parse_optional_time
 from flywheel.domain.approval import (
     APPROVE,
     CREATED_BY,
@@ -50,7 +51,6 @@ from flywheel.domain.notifications import Notification, NotificationKind, Notifi
 from flywheel.domain.run_state import RunErrorCode
 from flywheel.errors import RedisRefusedError, RedisUnavailableError
 from flywheel.logs import get_logger
-from flywheel.settings import FlywheelSettings, WebhookMode
 from flywheel.stores.history import AuditEvent, HistoryKind
 from flywheel.stores.kube import API_VERSION
 
@@ -142,17 +142,9 @@ def action_json(action: Action | Mapping[str, Any]) -> dict[str, Any]:
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def _controlled_by(body: Mapping[str, Any], uid: str) -> bool:
     references = (body.get("metadata") or {}).get("ownerReferences") or []
     return any(reference.get("uid") == uid and reference.get("controller") for reference in references)
-
-
-def _parse(value: Any) -> datetime | None:
-    return datetime.fromisoformat(str(value)) if value else None
 
 
 @dataclass(frozen=True)
@@ -177,7 +169,7 @@ class _Approval:
     def from_body(cls, body: Mapping[str, Any]) -> _Approval:
         meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
         phase = status.get("phase")
-        expires_at = _parse(spec.get("expiresAt"))
+        expires_at = parse_optional_time(spec.get("expiresAt"))
         assert expires_at is not None  # required by the CRD schema
         run_ref = spec.get("runRef") or {}
         return cls(
@@ -211,10 +203,22 @@ class _Approval:
         return Requester(username=username, groups=groups)
 
 
+@dataclass(frozen=True, slots=True)
+class ApprovalSettings:
+    """The settings the gate reads (built by ``flywheel.wiring.approval_settings``)."""
+
+    approvers: ApproverPolicy
+    decisions_stamped: bool
+    """Admission webhooks are on: the API server's identity of a decider can be stamped.
+    Without them every decision is refused."""
+    token_ttl: timedelta
+    approval_timeout: timedelta
+
+
 class ApprovalGate:
     def __init__(
         self,
-        settings: FlywheelSettings,
+        settings: ApprovalSettings,
         resources: FlywheelObjects,
         incidents: IncidentReader,
         signing_key: SigningKey,
@@ -230,7 +234,7 @@ class ApprovalGate:
         self._spent = spent_tokens
         self._history = action_history
         self._audit = audit
-        self._policy = ApproverPolicy.of(settings.approver_users, settings.approver_groups)
+        self._policy = settings.approvers
         self._notifier = notifier
         # The user Flywheel authenticates as (set at start-up with the webhooks): never an approver.
         self.operator_identity: str | None = None
@@ -257,7 +261,7 @@ class ApprovalGate:
                 message = (
                     f"Approval {approval.name} asks to approve {run.action.type.value} "
                     f"{run.action.target.kind.value}/{run.action.target.name} (risk {run.risk_level}) "
-                    f"before {_iso(approval.expires_at)}"
+                    f"before {format_time(approval.expires_at)}"
                 )
                 verdict_events.append(("Normal", "ApprovalRequested", message))
                 self._record(approval, "approval.requested", message, now, outcome=ApprovalPhase.PENDING.value)
@@ -283,7 +287,7 @@ class ApprovalGate:
         """
         if approval.decision is None:
             if now >= approval.expires_at:
-                return await self._expired(approval, f"no decision before {_iso(approval.expires_at)}", now)
+                return await self._expired(approval, f"no decision before {format_time(approval.expires_at)}", now)
             if approval.phase in (ApprovalPhase.APPROVED, ApprovalPhase.REJECTED, ApprovalPhase.EXPIRED):
                 message = (
                     f"status.phase {approval.phase.value} was not written by Flywheel: spec.decision is not set, "
@@ -293,10 +297,10 @@ class ApprovalGate:
             if approval.phase is ApprovalPhase.INVALID:
                 message = (
                     f"Approval {approval.name} is Invalid ({approval.status.get('message')}); the Run waits for a "
-                    f"valid decision until {_iso(approval.expires_at)}"
+                    f"valid decision until {format_time(approval.expires_at)}"
                 )
             else:
-                message = f"waiting for a decision on Approval {approval.name} until {_iso(approval.expires_at)}"
+                message = f"waiting for a decision on Approval {approval.name} until {format_time(approval.expires_at)}"
             return GateVerdict(GateState.WAITING, approval.ref, message)
         evidence = await self._evidence(run, approval)
         if isinstance(evidence, Refusal):
@@ -305,13 +309,13 @@ class ApprovalGate:
             # No actor: the identity on a refused decision may be the forgery itself.
             verdict = await self._refused(approval, f"decision refused: {evidence}", now, actor=None)
             if now >= approval.expires_at:
-                return await self._expired(approval, f"no valid decision before {_iso(approval.expires_at)}", now)
+                return await self._expired(approval, f"no valid decision before {format_time(approval.expires_at)}", now)
             return verdict
         return await self._decided(run, approval, evidence, now)
 
     async def _evidence(self, run: GateRun, approval: _Approval) -> StampedDecision | Refusal:
         """The decision, verified: sealed by our webhook for this Approval, in time, by an allowed second person."""
-        if self._settings.webhook_mode is WebhookMode.OFF:
+        if not self._settings.decisions_stamped:
             return Refusal(
                 "webhooks-off",
                 "FLYWHEEL_WEBHOOK_MODE is off: no identity can be stamped by the API server, so approvals are refused",
@@ -409,7 +413,7 @@ class ApprovalGate:
             # The action the approver saw, not the Run's current one: an edit in between is caught.
             action=action_json(approval.action),
             now=now,
-            ttl=timedelta(seconds=self._settings.approval_token_ttl_seconds),
+            ttl=self._settings.token_ttl,
         )
         return await self._keep(grant, now)
 
@@ -566,7 +570,7 @@ class ApprovalGate:
                 "namespace": approval.namespace, "approval": approval.name, "run": run.name, "runUid": run.uid,
                 "incident": run.incident_name, "action": run.action.type.value,
                 "target": f"{run.action.target.kind.value}/{run.action.target.name}", "riskLevel": run.risk_level,
-                "expiresAt": _iso(approval.expires_at), "approveCommand": command,
+                "expiresAt": format_time(approval.expires_at), "approveCommand": command,
                 "rejectCommand": f"kubectl flywheel reject {approval.name} -n {approval.namespace} --reason '<why>'",
             },
             dedup_key=f"{NotificationKind.APPROVAL_REQUESTED.value}/{approval.uid}",
@@ -580,7 +584,7 @@ class ApprovalGate:
             "runRef": {"name": run.name, "uid": run.uid},
             "action": action_json(run.action),
             "riskLevel": run.risk_level,
-            "expiresAt": _iso(self._expiry(run, now)),
+            "expiresAt": format_time(self._expiry(run, now)),
         }
         if status.decision is not None and status.decision.reasoning:
             spec["reasoning"] = status.decision.reasoning
@@ -607,7 +611,7 @@ class ApprovalGate:
 
     def _expiry(self, run: GateRun, now: datetime) -> datetime:
         """The Approval's expiresAt: the Run's own deadline (an Approval made again cannot extend it)."""
-        fresh = now + timedelta(seconds=self._settings.approval_timeout_seconds)
+        fresh = now + self._settings.approval_timeout
         return min(fresh, run.deadline) if run.deadline is not None else fresh
 
     async def _previous_outcomes(self, tenant: str, key: str) -> list[dict[str, Any]]:
@@ -652,7 +656,7 @@ class ApprovalGate:
         }
         if decider is not None:
             status.update(
-                decidedBy=decider.username, decidedGroups=list(decider.groups)[:64], decidedAt=_iso(decided_at or now)
+                decidedBy=decider.username, decidedGroups=list(decider.groups)[:64], decidedAt=format_time(decided_at or now)
             )
         else:
             # A decider written by anyone else does not stay on record next to our verdict.

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Protocol
 
+from flywheel.api.times import format_time
 from flywheel.domain.rules import RuleCatalogue, load_catalogue
 from flywheel.errors import ConfigurationError
 from flywheel.logs import get_logger
@@ -159,7 +160,7 @@ class CatalogueReloader:
         self.reloads[ReloadResult.REFUSED] += 1
         kept = self._live.version
         text = (
-            f"{message} — refused; the catalogue loaded at {kept.loaded_at.isoformat(timespec='seconds')} "
+            f"{message} — refused; the catalogue loaded at {format_time(kept.loaded_at)} "
             f"(sha256 {kept.short_digest}) stays in force"
         )
         log.warning(

@@ -32,6 +32,7 @@ import structlog
 
 from flywheel.errors import FlywheelError
 from flywheel.logs import get_logger
+from flywheel.retrying import exponential_delay
 
 log = get_logger(__name__)
 
@@ -79,12 +80,10 @@ class PassStalled(FlywheelError):
 def backoff_delay(first: float, failures: int, cap: float = MAX_RETRY_SECONDS) -> float:
     """``first`` doubled for each consecutive failure after the first, at most ``cap``.
 
-    A pure function rather than tenacity's waits: those compute from a ``RetryCallState`` of a
-    retry loop, while here every object's next try is a deadline in one shared loop.
+    The formula of :class:`flywheel.retrying.Backoff`, without tenacity's loop around it: here
+    every object's next try is a deadline in one shared loop, not a sleep in a retry loop.
     """
-    if failures <= 1:
-        return min(max(first, 0.0), cap)
-    return min(max(first, 0.0) * 2.0 ** min(failures - 1, 32), cap)
+    return exponential_delay(first, failures, cap)
 
 
 @dataclass

@@ -48,6 +48,7 @@ from flywheel.api.names import (
     RUN_CREATED_EVENT_REASON,
     Event,
 )
+from flywheel.api.times import parse_time
 from flywheel.controllers.run_binding import RunBinder
 from flywheel.domain.actions import ACTIONS_BY_KIND, IncidentTarget
 from flywheel.domain.advisor import AdvisorResult, IncidentFacts, advisors_to_consult, build_messages
@@ -131,7 +132,7 @@ class IncidentObject:
             namespace=meta["namespace"],
             uid=meta["uid"],
             generation=int(meta.get("generation", 1)),
-            created_at=datetime.fromisoformat(meta["creationTimestamp"]),
+            created_at=parse_time(meta["creationTimestamp"]),
             spec=IncidentSpec.model_validate(dict(body.get("spec") or {})),
             status=IncidentStatus.model_validate(_own_status(body.get("status") or {})),
         )
@@ -288,7 +289,7 @@ class AdvisorAsker(Protocol):
         messages: Sequence[dict[str, str]],
         *,
         expected_target: IncidentTarget,
-        deadline: float | None = None,
+        deadline: float,
         allowed_actions: Collection[ActionType] | None = None,
     ) -> list[AdvisorResult]: ...
 
@@ -441,7 +442,7 @@ class IncidentReconciler:
                 self.tenant(incident.namespace), key, signature, occurrences, now=now
             )
         except RedisUnavailableError as exc:
-            log.warning("anomaly not recorded, Redis unavailable", incident=incident.name, error=str(exc))
+            log.warning("anomaly_not_recorded", reason="redis_unavailable", incident=incident.name, error=str(exc))
             status.anomaly = AnomalyStatus(
                 key=key,
                 degraded=True,

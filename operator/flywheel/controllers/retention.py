@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
+from flywheel.api.times import format_precise_time
 from flywheel.domain.retention import judge, owned_by, primary_of
 from flywheel.errors import DatabaseUnavailableError
 from flywheel.logs import get_logger
@@ -110,7 +111,7 @@ class RetentionController:
                 await self._sweep_scope(scope, report)
             except DatabaseUnavailableError as exc:
                 report.held[HISTORY_UNAVAILABLE] += 1
-                _log.warning("retention pass stopped: the history database is unavailable, nothing deleted",
+                _log.warning("retention_pass_stopped", reason="history_database_unavailable", deleted=0,
                              namespace=scope, error=str(exc))
                 break
         return report
@@ -163,7 +164,7 @@ class RetentionController:
                              (HistoryKind.APPROVAL, approvals)):
             if bodies and not await self._history.holds(kind, _versions(bodies)):
                 report.held[HISTORY_PENDING] += 1
-                _log.debug("finished incident kept until the history holds it", namespace=namespace,
+                _log.debug("finished_incident_kept", namespace=namespace,
                            incident=name, waiting_for=kind.value)
                 return
         anomaly_key = ((incident.get("status") or {}).get("anomaly") or {}).get("key")
@@ -178,10 +179,10 @@ class RetentionController:
                               "Lease": 1 if holds_lease else 0})
         report.deleted.append((namespace, name))
         _log.info(
-            "finished incident deleted after its TTL; the history keeps it",
+            "finished_incident_deleted",
             namespace=namespace, incident=name, uid=uid, duplicate_of=primary_of(incident),
             # None for a Duplicate whose primary is gone already.
-            finished_at=verdict.finished_at.isoformat() if verdict.finished_at else None,
+            finished_at=format_precise_time(verdict.finished_at) if verdict.finished_at else None,
             ttl_seconds=int(self._ttl.total_seconds()),
             runs=[run["metadata"]["name"] for run in runs],
             approvals=[approval["metadata"]["name"] for approval in approvals],

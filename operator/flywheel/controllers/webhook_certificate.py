@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Final, Protocol
 
+from flywheel.api.times import format_time
 from flywheel.domain.webhook_certificates import CertificatePolicy, CertificateState, plan_rotation
 from flywheel.errors import FlywheelError, KubernetesApiError
 from flywheel.logs import get_logger
@@ -140,8 +141,8 @@ def _load_if_changed(serving: ServingPairSink, pair: KeyPair, server: str = "web
         return
     serving.load(pair)
     certificate = pair.certificate
-    log.info(f"{server}_serving_certificate_loaded", fingerprint=new,
-             not_after=certificate.not_valid_after_utc.isoformat())
+    log.info("serving_certificate_loaded", server=server, fingerprint=new,
+             not_after=format_time(certificate.not_valid_after_utc))
 
 
 async def keep_reconciling(reconcile: Callable[[], Awaitable[None]], interval: timedelta, what: str) -> None:

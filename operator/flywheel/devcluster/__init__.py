@@ -84,7 +84,7 @@ class ClusterPaths:
 def build_binaries() -> Path:
     """Build (first time) or reuse the cached control-plane binaries; returns their directory."""
     script = repo_root() / "hack" / "build-controlplane.sh"
-    log.info("preparing control-plane binaries", script=str(script))
+    log.info("control_plane_binaries_preparing", script=str(script))
     result = subprocess.run(["bash", str(script)], stdout=subprocess.PIPE, text=True, check=False)
     if result.returncode != 0:
         raise DevClusterError(f"{script} failed with exit code {result.returncode} (its log is above)")
@@ -181,17 +181,17 @@ class DevCluster:
         """
         self.paths.state_dir.mkdir(parents=True, exist_ok=True)
         if self.exists() and not self.apiserver_ready() and recreate_stopped:
-            log.info("recreating stopped cluster", cluster=self.name)
+            log.info("cluster_recreating", reason="stopped", cluster=self.name)
             self.kwokctl("delete", "cluster", check=False)
         if self.exists() and not self.apiserver_ready():
-            log.info("starting existing cluster", cluster=self.name)
+            log.info("cluster_starting", cluster=self.name)
             if self.kwokctl("start", "cluster", "--wait", "2m", check=False).returncode != 0 or not self._ready_soon():
                 # Its processes were killed uncleanly (a session ended, the machine rebooted):
                 # a fresh cluster is quicker and safer than repairing it.
-                log.warning("existing cluster does not start; recreating it", cluster=self.name)
+                log.warning("cluster_recreating", reason="does not start", cluster=self.name)
                 self.kwokctl("delete", "cluster", check=False)
         if not self.exists():
-            log.info("creating cluster", cluster=self.name)
+            log.info("cluster_creating", cluster=self.name)
             result = self.kwokctl(
                 "create", "cluster", "--runtime", "binary",
                 "--kubeconfig", str(self.paths.kubeconfig),

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -175,6 +175,10 @@ _HEX_FINGERPRINT = re.compile(r"[0-9a-f]{8,16}")
 _NOT_SLUG = re.compile(r"[^a-z0-9]+")
 # Alertmanager writes Go's zero time for "no end yet".
 _GO_ZERO_TIME_YEAR = 1
+
+
+MIN_INTAKE_TOKEN_LENGTH: Final = 32
+"""The shortest intake token accepted (FLYWHEEL_INTAKE_TOKEN): a remediation credential, not a password."""
 
 
 # --------------------------------------------------------------------------- payload

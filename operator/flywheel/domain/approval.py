@@ -34,6 +34,7 @@ from typing import Any, Final
 
 import jwt
 
+from flywheel.api.times import format_precise_time, format_time, read_time
 from flywheel.domain.run_state import RunErrorCode
 
 # Annotations on an Approval, written only through the admission webhooks / the operator.
@@ -179,10 +180,6 @@ def groups_annotation(groups: Iterable[str]) -> str:
     return json.dumps(sorted(set(groups)))
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def seal(key: bytes, purpose: bytes, fields: Mapping[str, Any]) -> str:
     """HMAC-SHA256 of ``fields`` (canonical JSON) under a key derived from ``key`` for ``purpose``."""
     derived = hmac.new(key, purpose, hashlib.sha256).digest()
@@ -204,7 +201,7 @@ def stamp_decision(
     decision = _decision(new)
     assert decision is not None
     groups = sorted(set(requester.groups))
-    at = _iso(now)
+    at = format_time(now)
     uid = str(((new.get("metadata") or {}).get("uid")) or "")
     return {
         DECIDED_BY: requester.username,
@@ -248,10 +245,7 @@ def verify_decision_stamp(approval: Mapping[str, Any], key: bytes) -> StampedDec
             "is missing): it was not taken through the API server with the webhooks installed",
         )
     groups = _string_list(notes[DECIDED_GROUPS])
-    try:
-        decided_at = datetime.fromisoformat(notes[DECIDED_AT])
-    except ValueError:
-        decided_at = None
+    decided_at = read_time(notes[DECIDED_AT])
     uid = str(((approval.get("metadata") or {}).get("uid")) or "")
     expected = (
         _decision_seal(key, uid, decision, notes[DECIDED_BY], groups, notes[DECIDED_AT])
@@ -271,11 +265,7 @@ def verify_decision_stamp(approval: Mapping[str, Any], key: bytes) -> StampedDec
 
 def expires_at(approval: Mapping[str, Any]) -> datetime | None:
     value = _spec(approval).get("expiresAt")
-    try:
-        moment = datetime.fromisoformat(str(value)) if value else None
-    except ValueError:
-        return None
-    return moment if moment is not None and moment.tzinfo is not None else None
+    return read_time(str(value)) if value else None
 
 
 def late_decision_refusal(decided_at: datetime, deadline: datetime) -> Refusal | None:
@@ -284,7 +274,7 @@ def late_decision_refusal(decided_at: datetime, deadline: datetime) -> Refusal |
         return None
     return Refusal(
         "approval-expired",
-        f"the Approval expired at {_iso(deadline)}; a decision at {_iso(decided_at)} does not count",
+        f"the Approval expired at {format_time(deadline)}; a decision at {format_time(decided_at)} does not count",
     )
 
 
@@ -567,7 +557,7 @@ def verify_token(
         )
     if now >= grant.expires_at:
         raise TokenRefused(
-            RunErrorCode.APPROVAL_TOKEN_EXPIRED, f"the approval token expired at {grant.expires_at.isoformat()}"
+            RunErrorCode.APPROVAL_TOKEN_EXPIRED, f"the approval token expired at {format_precise_time(grant.expires_at)}"
         )
     if grant.action_digest != action_digest(action):
         raise TokenRefused(

@@ -16,6 +16,13 @@ from typing import Any, Protocol
 from flywheel.domain.funnel import ObjectSample
 
 
+class WebhookFormat(StrEnum):
+    """The notification webhook's payload: our generic JSON, or a Slack-compatible incoming webhook."""
+
+    JSON = "json"
+    SLACK = "slack"
+
+
 class NotificationKind(StrEnum):
     """The steps a person may act on (``FLYWHEEL_NOTIFY_EVENTS`` selects among them)."""
 

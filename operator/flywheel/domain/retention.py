@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from flywheel.api.enums import IncidentPhase
+from flywheel.api.times import read_time
 from flywheel.domain.alerts import LABEL_FINGERPRINT
 from flywheel.domain.run_state import TERMINAL_STATES
 
@@ -43,16 +44,6 @@ class Hold(StrEnum):
     NO_PRIMARY = "no_primary"  # a Duplicate that does not say of which Incident
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None
-
-
 def finished_at(incident: Mapping[str, Any]) -> datetime | None:
     """When a Resolved or Closed Incident finished; None while it is active or nothing says when."""
     status = incident.get("status") or {}
@@ -60,9 +51,9 @@ def finished_at(incident: Mapping[str, Any]) -> datetime | None:
         return None
     for condition in status.get("conditions") or []:
         resolved = condition.get("type") == RESOLVED_CONDITION and condition.get("status") == "True"
-        if resolved and (moment := _parse_time(condition.get("lastTransitionTime"))) is not None:
+        if resolved and (moment := read_time(condition.get("lastTransitionTime"))) is not None:
             return moment
-    return _parse_time(status.get("resolvedAt"))
+    return read_time(status.get("resolvedAt"))
 
 
 def alert_may_be_resent(incident: Mapping[str, Any]) -> bool:
@@ -73,7 +64,7 @@ def alert_may_be_resent(incident: Mapping[str, Any]) -> bool:
     firing: set[tuple[Any, datetime | None]] = set()
     resolved: set[tuple[Any, datetime | None]] = set()
     for signal in (incident.get("spec") or {}).get("signals") or []:
-        episode = (signal.get("fingerprint"), _parse_time(signal.get("startsAt")))
+        episode = (signal.get("fingerprint"), read_time(signal.get("startsAt")))
         (resolved if signal.get("status") == SIGNAL_RESOLVED else firing).add(episode)
     return bool(firing - resolved)
 

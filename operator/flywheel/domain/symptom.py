@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from flywheel.api.enums import SignalStatus
+from flywheel.api.times import format_precise_time
 
 DEFAULT_VERIFICATION_WINDOW_SECONDS = 600
 # Labels Prometheus puts on an ALERTS series that are not the alert's own.
@@ -165,9 +166,9 @@ def pods_verdict(pods: Sequence[PodFacts], desired: int, window_start: datetime)
         if not pod.ready:
             problems.append(f"{pod.name} not Ready")
         elif pod.ready_since is not None and pod.ready_since > window_start:
-            problems.append(f"{pod.name} Ready only since {pod.ready_since.isoformat()}")
+            problems.append(f"{pod.name} Ready only since {format_precise_time(pod.ready_since)}")
         if pod.last_restart_at is not None and pod.last_restart_at > window_start:
-            problems.append(f"{pod.name} restarted at {pod.last_restart_at.isoformat()}")
+            problems.append(f"{pod.name} restarted at {format_precise_time(pod.last_restart_at)}")
     if len(live) < desired:
         problems.append(f"{len(live)} of {desired} Pods present")
     if problems:

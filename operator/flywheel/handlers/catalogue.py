@@ -127,7 +127,7 @@ async def reload_loop(reloader: CatalogueReloader, interval_seconds: float) -> N
         try:
             await reloader.check()
         except Exception:
-            log.exception("rule catalogue check failed")
+            log.exception("catalogue_check_failed")
         await asyncio.sleep(interval_seconds)
 
 
@@ -137,7 +137,7 @@ async def start_catalogue_reload(memo: FlywheelMemo, **_: Any) -> None:
     config = deps.settings
     if not config.rules_file or not config.rules_reload_seconds:
         memo[MEMO_CATALOGUE_RELOAD] = CatalogueReloadHandles(live=deps.catalogue, reloader=None, task=None)
-        log.info("rule catalogue reload off", rules_file=config.rules_file or "built-in")
+        log.info("catalogue_reload_off", rules_file=config.rules_file or "built-in")
         return
     warnings = CatalogueRefusalEvents(
         deps.kube, config.namespace, os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
@@ -147,7 +147,7 @@ async def start_catalogue_reload(memo: FlywheelMemo, **_: Any) -> None:
         reload_loop(reloader, config.rules_reload_seconds), name="flywheel-rule-catalogue-reload"
     )
     memo[MEMO_CATALOGUE_RELOAD] = CatalogueReloadHandles(live=deps.catalogue, reloader=reloader, task=task)
-    log.info("rule catalogue reload started", rules_file=config.rules_file,
+    log.info("catalogue_reload_started", rules_file=config.rules_file,
              interval_seconds=config.rules_reload_seconds, sha256=deps.catalogue.version.short_digest)
 
 

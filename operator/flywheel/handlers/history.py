@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 
 from flywheel.api.enums import ActionType, IncidentPhase
+from flywheel.api.times import parse_time
 from flywheel.stores.history import HistoryKind, KnowledgeEntry
 from flywheel.stores.kube import GROUP, VERSION
 from flywheel.wiring import FlywheelMemo
@@ -33,7 +34,7 @@ def knowledge_entry(incident: Mapping[str, Any]) -> KnowledgeEntry | None:
         namespace=meta["namespace"],
         incident_name=meta["name"],
         outcome=str(status.get("phase")),
-        resolved_at=datetime.fromisoformat(resolved_at) if resolved_at else datetime.now(UTC),
+        resolved_at=parse_time(resolved_at) if resolved_at else datetime.now(UTC),
         anomaly_key=(status.get("anomaly") or {}).get("key"),
         action=ActionType(action) if action else None,
         disposition=status.get("disposition"),

@@ -1,4 +1,4 @@
-"""Kopf wiring of the Alertmanager intake: it starts and stops with the operator.
+"""Kopf wiring of the Alertmanager intake: it starts with the operator's start-up step and stops with it.
 
 Every replica serves the intake, the leader and the standby alike (writes are
 idempotent and guarded by preconditions), so that a Service in front of the replicas
@@ -15,11 +15,10 @@ from typing import Any
 import kopf
 
 from flywheel.domain.alerts import NamespaceScope
-from flywheel.intake import IntakeServer, intake_server
+from flywheel.intake import IntakeConfig, IntakeServer, intake_server
 from flywheel.logs import get_logger
-from flywheel.metrics.collector import OperatorCounters
-from flywheel.settings import FlywheelSettings, get_settings
-from flywheel.stores.pod_owners import KubeObjectReader, PodOwnerStore
+from flywheel.settings import FlywheelSettings
+from flywheel.wiring import FlywheelMemo
 
 log = get_logger(__name__)
 
@@ -27,42 +26,43 @@ MEMO_WATCHED_NAMESPACES = "watched_namespaces"
 """Memo key holding the ``--namespace`` patterns the operator was started with (none: cluster-wide)."""
 _MEMO_SERVER = "intake_server"
 _MEMO_CERTIFICATE_TASK = "intake_certificate_task"
-MEMO_COUNTERS = "operator_counters"
 
 
-def operator_counters(memo: kopf.Memo) -> OperatorCounters:
-    """The process's own counters, shared by the metrics and the intake (whichever starts first makes them)."""
-    counters = memo.get(MEMO_COUNTERS)
-    if not isinstance(counters, OperatorCounters):
-        counters = memo[MEMO_COUNTERS] = OperatorCounters()
-    return counters
+async def start_intake(memo: FlywheelMemo) -> None:
+    """Start the intake over the dependencies the composition root built (``memo.deps``).
 
-
-@kopf.on.startup()
-async def start_intake(memo: kopf.Memo, **_: Any) -> None:
-    deps = getattr(memo, "deps", None)
-    if deps is None:
-        raise kopf.TemporaryError("shared dependencies are not built yet", delay=1)
-    settings = get_settings()
-    scope = NamespaceScope(tuple(memo.get(MEMO_WATCHED_NAMESPACES) or ()))
-    # One cache per process: every request's lookups share it (see flywheel.stores.pod_owners).
-    workloads = PodOwnerStore(KubeObjectReader(deps.kube))
+    Part of the one start-up step (``flywheel.main._startup`` calls it right after building
+    them), so the intake never starts before what it records through.
+    """
+    deps = memo.deps
+    settings = deps.settings
     if settings.intake_port == 0:
-        log.info("Alertmanager intake disabled (intake_port is 0)")
+        log.info("intake_disabled", setting="FLYWHEEL_INTAKE_PORT=0")
         return
+    scope = NamespaceScope(tuple(memo.get(MEMO_WATCHED_NAMESPACES) or ()))
     context = await _tls_context(settings, memo)
     server = intake_server(
-        settings, scope, deps.resources, workloads, operator_counters(memo), ssl_context=context,
-        namespaces=deps.namespaces,
+        intake_config(settings, scope), settings.intake_port, deps.resources, deps.alert_workloads, deps.counters,
+        ssl_context=context, namespaces=deps.namespaces,
     )
-    if server is None:
-        return
     try:
         await server.start()
     except OSError as exc:
         # A port that cannot be bound is a configuration error: retrying will not free it.
         raise kopf.PermanentError(f"Alertmanager intake cannot listen on port {settings.intake_port}: {exc}") from exc
     memo[_MEMO_SERVER] = server
+
+
+def intake_config(settings: FlywheelSettings, scope: NamespaceScope) -> IntakeConfig:
+    """The settings the receiver reads."""
+    return IntakeConfig(
+        token=settings.intake_token,
+        max_body_bytes=settings.intake_max_body_bytes,
+        scope=scope,
+        max_json_depth=settings.intake_max_json_depth,
+        rate_per_second=settings.intake_rate_limit_per_second,
+        rate_burst=settings.intake_rate_limit_burst,
+    )
 
 
 async def _tls_context(settings: FlywheelSettings, memo: kopf.Memo) -> ssl.SSLContext | None:

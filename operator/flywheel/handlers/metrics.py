@@ -22,9 +22,9 @@ from flywheel.domain.run_state import ObservedRun
 from flywheel.errors import FlywheelError
 from flywheel.handlers.catalogue import CatalogueCollector
 from flywheel.handlers.incident import MEMO_INCIDENT_DRIVER, IncidentIndex, all_incidents
-from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES, operator_counters
+from flywheel.handlers.intake import MEMO_WATCHED_NAMESPACES
 from flywheel.handlers.retention import HistoryRetentionCollector
-from flywheel.logs import get_logger
+from flywheel.logs import LogLevel, get_logger
 from flywheel.metrics.collector import ReconcileErrorCounter, build_registry
 from flywheel.metrics.notifier import EventPoster, Notification, StallNotifier, count_stall_deliveries
 from flywheel.metrics.runtime import DriverCollector, MetricsRuntime, WatchRestartCounter
@@ -86,7 +86,7 @@ class MetricsHandles:
 def _event_poster(poster: KubernetesEventPoster) -> EventPoster:
     async def post(notification: Notification) -> None:
         if not notification.subjects:
-            log.warning("stall has no resource to attach an Event to", reason=notification.reason,
+            log.warning("stall_event_without_resource", reason=notification.reason,
                         message=notification.message)
             return
         # One Event per named resource, so `kubectl describe` of each shows why it is named.
@@ -133,14 +133,14 @@ async def start_metrics(
         raise kopf.PermanentError(f"metrics configuration: {exc}") from exc
     delivery = deps.notifier if deps.notifier.enabled else None
 
-    counters = operator_counters(memo)
+    counters = deps.counters
     error_counter = ReconcileErrorCounter(counters)
     logging.getLogger(KOPF_OBJECT_LOGGER).addHandler(error_counter)
 
     holder = SnapshotHolder()
     registry = build_registry(holder, counters)
     registry.register(DriverCollector(lambda: drivers_of(memo)))
-    watch_restarts = WatchRestartCounter(show_debug=config.log_level.upper() == "DEBUG")
+    watch_restarts = WatchRestartCounter(show_debug=config.log_level is LogLevel.DEBUG)
     watch_restarts.install()
     registry.register(watch_restarts)
     registry.register(HistoryRetentionCollector(memo))
@@ -191,7 +191,7 @@ async def start_metrics(
         ) from exc
     memo[MEMO_METRICS] = MetricsHandles(runtime=runtime, error_counter=error_counter, watch_restarts=watch_restarts)
     log.info(
-        "metrics started",
+        "metrics_started",
         port=config.metrics_port or None,
         interval_seconds=config.metrics_interval_seconds,
         funnel_period_minutes=int(period.total_seconds() // 60),

@@ -88,7 +88,7 @@ class DropReporter:
         try:
             await self._poster.post(subject, type="Warning", reason=DROP_EVENT_REASON, message=message)
         except Exception as exc:  # noqa: BLE001  (the drop is logged and counted already)
-            log.warning("history drop Event not posted", subject=str(subject), error=str(exc))
+            log.warning("history_drop_event_not_posted", subject=str(subject), error=str(exc))
 
 
 class HistoryRetentionCollector(Collector):
@@ -144,9 +144,9 @@ async def retention_loop(
                 report = await controller.sweep(namespaces)
                 # Quiet unless something went or the history holds something back (an outage).
                 if report.deleted or report.held[HISTORY_PENDING] or report.held[HISTORY_UNAVAILABLE]:
-                    log.info("retention pass", deleted=len(report.deleted), held=dict(report.held))
+                    log.info("retention_pass", deleted=len(report.deleted), held=dict(report.held))
         except Exception:
-            log.exception("retention pass failed")
+            log.exception("retention_pass_failed")
         await asyncio.sleep(interval_seconds)
 
 
@@ -157,7 +157,7 @@ async def start_retention(memo: FlywheelMemo, **_: Any) -> None:
     deps.history.report_drops_to(DropReporter(KubernetesEventPoster(deps.kube), asyncio.get_running_loop()))
     if not config.finished_ttl_seconds:
         memo[MEMO_RETENTION] = RetentionHandles(controller=None, task=None)
-        log.info("retention disabled (FLYWHEEL_FINISHED_TTL_SECONDS=0): finished Incidents are kept")
+        log.info("retention_disabled", setting="FLYWHEEL_FINISHED_TTL_SECONDS=0", effect="finished Incidents are kept")
         return
     controller = RetentionController(KubeRetentionStore(deps.kube), deps.history,
                                      ttl_seconds=config.finished_ttl_seconds)
@@ -166,7 +166,7 @@ async def start_retention(memo: FlywheelMemo, **_: Any) -> None:
         retention_loop(controller, peering, namespaces, config.retention_interval_seconds), name="flywheel-retention"
     )
     memo[MEMO_RETENTION] = RetentionHandles(controller=controller, task=task)
-    log.info("retention started", ttl_seconds=config.finished_ttl_seconds,
+    log.info("retention_started", ttl_seconds=config.finished_ttl_seconds,
              interval_seconds=config.retention_interval_seconds, spool_durable=deps.history.spool_durable)
 
 

@@ -12,10 +12,18 @@ group. Every write is idempotent, so that re-sending never duplicates a signal.
 from __future__ import annotations
 
 import asyncio
-import random
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, assert_never
+
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_any,
+    wait_random,
+)
 
 from flywheel.api.incident import INCIDENT
 from flywheel.domain.alerts import (
@@ -32,6 +40,7 @@ from flywheel.domain.alerts import (
 )
 from flywheel.errors import InvalidInputError, KubernetesApiError, StoreUnavailableError
 from flywheel.logs import get_logger
+from flywheel.retrying import Backoff, stop_past
 
 log = get_logger(__name__)
 
@@ -116,10 +125,31 @@ class RetryPolicy:
     """Alertmanager waits at least 10 s for a webhook; answering 503 well before keeps its retry cheap."""
     first_backoff_seconds: float = 0.1
     max_backoff_seconds: float = 1.0
+    jitter: tuple[float, float] = (0.5, 1.0)
+    """The factor on each delay: concurrent requests that failed together do not retry together."""
     request_timeout_seconds: float = 3.0
     max_conflicts: int = 25
     """Re-reads after a 409. Each one means another writer made progress, so this only
     runs out under pathological contention, which then counts as unavailability."""
+
+
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(self.first_backoff_seconds, self.max_backoff_seconds, jitter=self.jitter)
+
+    def until(self, deadline: float) -> AsyncRetrying:
+        """Retries while a store is unavailable, with backoff, while the next delay fits before ``deadline``.
+
+        ``deadline`` is on the running event loop's clock. Past it the last
+        :class:`StoreUnavailableError` is raised, for the caller to answer 503.
+        """
+        backoff = self.backoff
+        return AsyncRetrying(
+            stop=backoff.stop_at_deadline(deadline, asyncio.get_running_loop().time),
+            wait=backoff.wait(),
+            retry=retry_if_exception_type(StoreUnavailableError),
+            reraise=True,
+        )
 
 
 class _Retry(Exception):
@@ -138,29 +168,34 @@ class AlertRecorder:
     async def record(self, intake: AlertIntake, deadline: float) -> RecordResult:
         """Record the alert's signal; ``deadline`` is on the event loop's clock."""
         loop = asyncio.get_running_loop()
-        backoff = self._policy.first_backoff_seconds
-        conflicts = 0
-        while True:
-            try:
-                return await self._attempt(intake)
-            except _Retry:
-                conflicts += 1
-                if conflicts > self._policy.max_conflicts or loop.time() >= deadline:
-                    log.warning("alert not recorded, its Incident kept changing", namespace=intake.namespace,
-                                fingerprint=intake.signal.fingerprint, conflicts=conflicts)
-                    return RecordResult(RecordOutcome.FAILED, reason="too many concurrent updates", retryable=True)
-                log.debug("Incident changed since it was read, reading again", namespace=intake.namespace,
-                          fingerprint=intake.signal.fingerprint, conflicts=conflicts)
-                # A little jitter, so that writers colliding on one Incident do not collide again.
-                await asyncio.sleep(random.uniform(0, 0.05))
-            except StoreUnavailableError as exc:
-                remaining = deadline - loop.time()
-                if remaining <= backoff:
-                    log.warning("alert not recorded, Kubernetes API unavailable", namespace=intake.namespace,
-                                fingerprint=intake.signal.fingerprint, error=str(exc))
-                    return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=True)
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-                backoff = min(backoff * 2, self._policy.max_backoff_seconds)
+        rereads = AsyncRetrying(
+            stop=stop_any(stop_after_attempt(self._policy.max_conflicts + 1), stop_past(deadline, loop.time)),
+            # A little jitter, so that writers colliding on one Incident do not collide again.
+            wait=wait_random(0, 0.05),
+            retry=retry_if_exception_type(_Retry),
+            before_sleep=lambda state: log.debug(
+                "incident_changed_reading_again", namespace=intake.namespace,
+                fingerprint=intake.signal.fingerprint, conflicts=state.attempt_number,
+            ),
+        )
+        try:
+            return await rereads(self._attempt_while_unavailable, intake, deadline)
+        except RetryError as exc:
+            log.warning("alert_not_recorded", reason="incident_kept_changing", namespace=intake.namespace,
+                        fingerprint=intake.signal.fingerprint, conflicts=exc.last_attempt.attempt_number)
+            return RecordResult(RecordOutcome.FAILED, reason="too many concurrent updates", retryable=True)
+        except StoreUnavailableError as exc:
+            log.warning("alert_not_recorded", reason="kubernetes_unavailable", namespace=intake.namespace,
+                        fingerprint=intake.signal.fingerprint, error=str(exc))
+            return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=True)
+
+    async def _attempt_while_unavailable(self, intake: AlertIntake, deadline: float) -> RecordResult:
+        """One attempt, tried again with backoff while the API server is unavailable.
+
+        A conflict (``_Retry``) leaves to :meth:`record`, which reads again; the API server
+        answered it, so the backoff starts over for the next read.
+        """
+        return await self._policy.until(deadline)(self._attempt, intake)
 
     async def _attempt(self, intake: AlertIntake) -> RecordResult:
         timeout = self._policy.request_timeout_seconds
@@ -222,7 +257,7 @@ class AlertRecorder:
 
     @staticmethod
     def _operator_failure(exc: KubernetesApiError) -> RecordResult:
-        log.error("Kubernetes API refused the intake's request", error=str(exc), status=exc.status)
+        log.error("intake_request_refused_by_kubernetes", error=str(exc), status=exc.status)
         return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=False)
 
 

@@ -44,13 +44,13 @@ class RefusalLog:
         self._counter.alert_refused(code)
         if self._last_reason.get(fingerprint) is code:
             self._last_reason.move_to_end(fingerprint)
-            log.debug("alert refused again", fingerprint=fingerprint, refusal=code.value, **details)
+            log.debug("alert_refused_again", fingerprint=fingerprint, refusal=code.value, **details)
             return False
         self._last_reason[fingerprint] = code
         self._last_reason.move_to_end(fingerprint)
         if len(self._last_reason) > self._remembered:
             self._last_reason.popitem(last=False)
-        log.warning("alert refused", fingerprint=fingerprint, refusal=code.value, **details)
+        log.warning("alert_refused", fingerprint=fingerprint, refusal=code.value, **details)
         return True
 
 

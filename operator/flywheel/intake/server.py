@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import random
 import ssl
 import time
 from collections import Counter
@@ -42,8 +41,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
+from pydantic import SecretStr
 
 from flywheel.domain.alerts import (
+    MIN_INTAKE_TOKEN_LENGTH,
     AlertAddress,
     AlertmanagerAlert,
     AlertmanagerPayload,
@@ -63,7 +64,6 @@ from flywheel.intake.rate_limit import ClientRateLimit
 from flywheel.intake.recorder import AlertRecorder, IncidentWriter, RecordOutcome, RecordResult
 from flywheel.intake.refusals import RefusalCounter, RefusalLog
 from flywheel.logs import get_logger
-from flywheel.settings import MIN_INTAKE_TOKEN_LENGTH, FlywheelSettings
 
 log = get_logger(__name__)
 
@@ -90,7 +90,7 @@ class WorkloadResolver(Protocol):
 
 @dataclass(frozen=True)
 class IntakeConfig:
-    token: str | None
+    token: SecretStr | None
     """The bearer token; ``None`` (or empty) refuses every request."""
     max_body_bytes: int
     scope: NamespaceScope
@@ -127,7 +127,8 @@ class AlertmanagerReceiver:
         self._recorder = recorder
         self._workloads = workloads
         self._refusals = refusals
-        self._token = config.token.encode("utf-8") if config.token else None
+        token = config.token.get_secret_value() if config.token else ""
+        self._token = token.encode("utf-8") if token else None
         self._alerts_at_once = asyncio.Semaphore(MAX_CONCURRENT_ALERTS)
         self._rate_limit = (
             ClientRateLimit(config.rate_per_second, config.rate_burst, time.monotonic)
@@ -190,7 +191,7 @@ class AlertmanagerReceiver:
         deadline = loop.time() + self._recorder.policy.budget_seconds
         context = PayloadContext.of(payload)
         if payload.truncated_alerts:
-            log.warning("Alertmanager truncated the group: raise max_alerts of the webhook receiver",
+            log.warning("alert_group_truncated", hint="raise max_alerts of the webhook receiver",
                         receiver=payload.receiver, truncated_alerts=payload.truncated_alerts)
         addresses = [address_alert(alert, self._config.scope) for alert in payload.alerts]
         results = await asyncio.gather(*(self._record_one(alert, address, context, deadline)
@@ -204,9 +205,9 @@ class AlertmanagerReceiver:
                 self._refusals.refused(fingerprint_key(alert.fingerprint), result.code,
                                        receiver=payload.receiver, **details)
             elif result.outcome in (RecordOutcome.REFUSED, RecordOutcome.FAILED):
-                log.warning("alert not recorded", receiver=payload.receiver, fingerprint=alert.fingerprint, **details)
+                log.warning("alert_not_recorded", receiver=payload.receiver, fingerprint=alert.fingerprint, **details)
             else:
-                log.info("alert received", receiver=payload.receiver, fingerprint=alert.fingerprint, **details)
+                log.info("alert_received", receiver=payload.receiver, fingerprint=alert.fingerprint, **details)
         counts = Counter(result.outcome for result in results)
         report: dict[str, Any] = {
             "received": len(results),
@@ -250,7 +251,7 @@ class AlertmanagerReceiver:
         except StoreUnavailableError as exc:
             return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=True)
         except KubernetesApiError as exc:
-            log.error("Kubernetes API refused the intake's namespace lookup", error=str(exc), status=exc.status)
+            log.error("intake_namespace_lookup_refused", error=str(exc), status=exc.status)
             return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=False)
         if refusal is None:
             return None
@@ -258,22 +259,17 @@ class AlertmanagerReceiver:
 
     async def _workload(self, address: AlertAddress, deadline: float) -> Workload | AlertRefusal | RecordResult:
         """The alert's workload; a FAILED result when the API server cannot tell (retried until the deadline)."""
-        loop = asyncio.get_running_loop()
-        policy = self._recorder.policy
-        backoff = policy.first_backoff_seconds
-        while True:
-            try:
-                return await self._workloads.resolve(address.namespace, address.subject)
-            except StoreUnavailableError as exc:
-                if deadline - loop.time() <= backoff:
-                    return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=True)
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-                backoff = min(backoff * 2, policy.max_backoff_seconds)
-            except KubernetesApiError as exc:
-                # 401/403: the operator may not read Pods or workloads (RBAC). Not the alert's
-                # fault: fail the request so that Alertmanager re-sends once it is fixed.
-                log.error("Kubernetes API refused the intake's workload lookup", error=str(exc), status=exc.status)
-                return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=False)
+        try:
+            return await self._recorder.policy.until(deadline)(
+                self._workloads.resolve, address.namespace, address.subject
+            )
+        except StoreUnavailableError as exc:
+            return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=True)
+        except KubernetesApiError as exc:
+            # 401/403: the operator may not read Pods or workloads (RBAC). Not the alert's
+            # fault: fail the request so that Alertmanager re-sends once it is fixed.
+            log.error("intake_workload_lookup_refused", error=str(exc), status=exc.status)
+            return RecordResult(RecordOutcome.FAILED, reason=str(exc), retryable=False)
 
 
 def json_depth(value: Any) -> int:
@@ -316,10 +312,10 @@ def build_app(
     refusals: RefusalCounter,
     namespaces: NamespaceGate | None = None,
 ) -> web.Application:
-    if not config.token:
+    if not (config.token and config.token.get_secret_value()):
         # Once, here: logging on every refused request would let anyone flood the log.
-        log.warning("no intake token configured: the Alertmanager intake refuses every request "
-                    "(set FLYWHEEL_INTAKE_TOKEN)")
+        log.warning("intake_token_missing", effect="the Alertmanager intake refuses every request",
+                    setting="FLYWHEEL_INTAKE_TOKEN")
     receiver = AlertmanagerReceiver(config, recorder, workloads, RefusalLog(refusals), namespaces)
     # client_max_size makes aiohttp itself stop reading past the limit.
     app = web.Application(client_max_size=config.max_body_bytes)
@@ -348,7 +344,7 @@ class IntakeServer:
     async def start(self) -> None:
         await self._runner.setup()
         await web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl_context).start()
-        log.info("Alertmanager intake listening", host=self._host, port=self.port, path=INTAKE_PATH,
+        log.info("intake_listening", host=self._host, port=self.port, path=INTAKE_PATH,
                  scheme="https" if self._ssl_context is not None else "http")
 
     async def stop(self) -> None:
@@ -356,41 +352,30 @@ class IntakeServer:
 
 
 def intake_server(
-    settings: FlywheelSettings,
-    scope: NamespaceScope,
+    config: IntakeConfig,
+    port: int,
     incidents: IncidentWriter,
     workloads: WorkloadResolver,
     refusals: RefusalCounter,
     host: str = "0.0.0.0",
     ssl_context: ssl.SSLContext | None = None,
     namespaces: NamespaceGate | None = None,
-) -> IntakeServer | None:
-    """The intake configured by ``settings``, ready to start; ``None`` when ``intake_port`` is 0."""
-    if settings.intake_port == 0:
-        return None
-    require_intake_token(settings)
-    token = settings.intake_token.get_secret_value() if settings.intake_token else None
-    config = IntakeConfig(
-        token=token or None,
-        max_body_bytes=settings.intake_max_body_bytes,
-        scope=scope,
-        max_json_depth=settings.intake_max_json_depth,
-        rate_per_second=settings.intake_rate_limit_per_second,
-        rate_burst=settings.intake_rate_limit_burst,
-    )
+) -> IntakeServer:
+    """The intake on ``port``, ready to start."""
+    require_intake_token(config.token)
     app = build_app(config, AlertRecorder(incidents), workloads, refusals, namespaces)
-    return IntakeServer(app, host, settings.intake_port, ssl_context)
+    return IntakeServer(app, host, port, ssl_context)
 
 
-def require_intake_token(settings: FlywheelSettings) -> None:
+def require_intake_token(token: SecretStr | None) -> None:
     """Refuse a short intake token before anything starts: it is a remediation credential.
 
     The message names the setting and the length, never the token.
     """
-    token = settings.intake_token.get_secret_value() if settings.intake_token else ""
-    if token and len(token) < MIN_INTAKE_TOKEN_LENGTH:
+    length = len(token.get_secret_value()) if token else 0
+    if 0 < length < MIN_INTAKE_TOKEN_LENGTH:
         raise ConfigurationError(
-            f"FLYWHEEL_INTAKE_TOKEN is {len(token)} characters long: at least {MIN_INTAKE_TOKEN_LENGTH} are "
+            f"FLYWHEEL_INTAKE_TOKEN is {length} characters long: at least {MIN_INTAKE_TOKEN_LENGTH} are "
             "required (e.g. `openssl rand -hex 32`)"
         )
 

@@ -111,13 +111,13 @@ class StallNotifier:
                     self._counters.notification(alert.rule, channel, "suppressed")
                 continue
             if len(self._pending) >= MAX_PENDING_DELIVERIES:
-                _log.warning("too many notifications in flight; dropping one", rule=alert.rule.value,
+                _log.warning("stall_notification_dropped", reason="too_many_in_flight", rule=alert.rule.value,
                              pending=len(self._pending))
                 for channel in self._channels():
                     self._counters.notification(alert.rule, channel, "failed")
                 continue
             notification = stall_notification(alert, funnel, self._scope, now)
-            _log.warning("funnel stall", rule=alert.rule.value, scope=self._scope, message=alert.message)
+            _log.warning("funnel_stall", rule=alert.rule.value, scope=self._scope, message=alert.message)
             task = asyncio.create_task(self._dispatch(alert.rule, notification), name=f"notify-{alert.rule.value}")
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
@@ -157,7 +157,7 @@ class StallNotifier:
             self._warn_no_dedup(str(exc))
             return True
         if self._redis_warning_logged:
-            _log.info("Redis is back: stall notifications are de-duplicated again")
+            _log.info("stall_dedup_restored", store="redis")
             self._redis_warning_logged = False
         return bool(claimed)
 
@@ -165,7 +165,7 @@ class StallNotifier:
         # One warning per outage, not one per firing: the outage itself is what matters.
         if not self._redis_warning_logged:
             _log.warning(
-                "stall notifications not de-duplicated: every firing is sent until Redis is back", reason=reason
+                "stall_dedup_lost", effect="every firing is sent until Redis is back", reason=reason
             )
             self._redis_warning_logged = True
 
@@ -174,7 +174,7 @@ class StallNotifier:
             try:
                 await asyncio.wait_for(self._post_event(notification), timeout=self._event_timeout)
             except Exception as exc:  # noqa: BLE001 - a failed notification must never take anything down with it
-                _log.warning("stall event not posted", rule=rule.value, error=f"{type(exc).__name__}: {exc}")
+                _log.warning("stall_event_not_posted", rule=rule.value, error=f"{type(exc).__name__}: {exc}")
                 self._counters.notification(rule, "event", "failed")
             else:
                 self._counters.notification(rule, "event", "sent")

@@ -102,7 +102,7 @@ class MetricsRuntime:
             try:
                 snapshot = await self.run_once()
                 _log.debug(
-                    "metrics snapshot published",
+                    "metrics_snapshot_published",
                     active=snapshot.active,
                     redis_up=snapshot.redis_up,
                     database_up=snapshot.database_up,
@@ -113,7 +113,7 @@ class MetricsRuntime:
             except Exception:  # noqa: BLE001 - logged with its traceback
                 # Keep the timer alive: the previous snapshot stays published and ages visibly.
                 self._counters.computation_error()
-                _log.exception("metrics snapshot failed")
+                _log.exception("metrics_snapshot_failed")
             await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - started)))
 
 

@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from flywheel.api.times import format_precise_time
 from flywheel.logs import get_logger
 from flywheel.metrics.snapshot import MetricsSnapshot, SnapshotHolder
 
@@ -83,7 +84,7 @@ class MetricsApp:
         body: dict[str, Any] = {"status": "ok", "snapshot": None}
         if snapshot is not None:
             body["snapshot"] = {
-                "computed_at": snapshot.computed_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+                "computed_at": format_precise_time(snapshot.computed_at),
                 "age_seconds": round((self._clock() - snapshot.computed_at).total_seconds(), 3),
                 "active": snapshot.active,
             }
@@ -127,14 +128,14 @@ class MetricsServer:
         self._runner = runner
         sockets = getattr(site._server, "sockets", None) or []  # aiohttp offers no public accessor
         self._bound_port = int(sockets[0].getsockname()[1]) if sockets else self._port
-        _log.info("metrics server listening", host=self._host, port=self._bound_port)
+        _log.info("metrics_server_listening", host=self._host, port=self._bound_port)
         return self._bound_port
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-            _log.info("metrics server stopped")
+            _log.info("metrics_server_stopped")
 
 
 __all__ = ["MetricsApp", "MetricsServer"]

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from flywheel.api.times import format_precise_time
 from flywheel.domain.funnel import (
     FunnelCounts,
     ObjectSample,
@@ -151,7 +152,7 @@ class MetricsSnapshot:
                 "alert_name": incident.alert_name,
                 "phase": incident.phase.value if incident.phase else None,
                 "node": incident.node.value,
-                "created_at": _iso(incident.created_at),
+                "created_at": format_precise_time(incident.created_at),
             }
             for incident in pipeline.current.active_incidents
         ]
@@ -159,7 +160,7 @@ class MetricsSnapshot:
 
     def _header(self) -> dict[str, Any]:
         return {
-            "computed_at": _iso(self.computed_at),
+            "computed_at": format_precise_time(self.computed_at),
             "active": self.active,
             "redis_up": self.redis_up,
             "database_up": self.database_up,
@@ -171,8 +172,6 @@ def _number(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 6)
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _window_label(window: timedelta) -> str:
@@ -358,7 +357,7 @@ class SnapshotComputer:
         except Exception:  # noqa: BLE001 - logged with its traceback
             # A query that the reachable database refuses is a bug (or a schema older than
             # this code): leave the figures out, keep the operator running, and say so loudly.
-            _log.exception("history metrics query failed", database=self._history.database)
+            _log.exception("history_metrics_query_failed", database=self._history.database)
             return None, True
         self._recovered("database")
         return figures, True
@@ -371,19 +370,19 @@ class SnapshotComputer:
             self._outage("redis", str(exc))
             return None, False
         except Exception:  # noqa: BLE001 - logged with its traceback
-            _log.exception("anomaly metrics read failed")
+            _log.exception("anomaly_metrics_read_failed")
             return None, True
         self._recovered("redis")
         return figures, True
 
     def _outage(self, store: str, error: str) -> None:
         if not self._outages.get(store):
-            _log.warning("figures left out of the metrics snapshot until the store answers", store=store, error=error)
+            _log.warning("metrics_figures_left_out", store=store, error=error)
             self._outages[store] = True
 
     def _recovered(self, store: str) -> None:
         if self._outages.get(store):
-            _log.info("store answers again; its figures are back in the metrics snapshot", store=store)
+            _log.info("metrics_figures_back", store=store)
             self._outages[store] = False
 
     async def _redis_reachable(self) -> bool:

@@ -19,6 +19,7 @@ from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+from pydantic import SecretStr
 
 from flywheel import __version__
 from flywheel.api.enums import ActionType
@@ -27,7 +28,6 @@ from flywheel.domain.advisor import AdvisorResult, RejectedAdvice, parse_proposa
 from flywheel.domain.redaction import redact_credentials
 from flywheel.errors import ConfigurationError
 from flywheel.logs import get_logger
-from flywheel.settings import FlywheelSettings, get_settings
 
 log = get_logger(__name__)
 
@@ -44,10 +44,12 @@ class AdvisorEndpoint:
 
     base_url: str
     model: str = "default"
-    api_key: str | None = None
+    api_key: SecretStr | None = None
     name: str = ""
 
     def __post_init__(self) -> None:
+        if isinstance(self.api_key, str):  # a plain string from a caller: held as a secret all the same
+            object.__setattr__(self, "api_key", SecretStr(self.api_key) if self.api_key else None)
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigurationError(
@@ -72,13 +74,9 @@ class AdvisorEndpoint:
         return f"{base}/v1/chat/completions"
 
 
-def advisors_from_settings(settings: FlywheelSettings | None = None) -> list[AdvisorEndpoint]:
-    """The advisors configured by ``FLYWHEEL_ADVISOR_URLS`` (empty: rules only)."""
-    settings = settings or get_settings()
-    return [
-        AdvisorEndpoint(base_url=url, model=settings.advisor_model, api_key=settings.advisor_api_key)
-        for url in settings.advisor_urls
-    ]
+def advisor_endpoints(urls: Sequence[str], model: str, api_key: SecretStr | None) -> list[AdvisorEndpoint]:
+    """The advisors configured by ``FLYWHEEL_ADVISOR_URLS`` (empty: rules only), all asking ``model``."""
+    return [AdvisorEndpoint(base_url=url, model=model, api_key=api_key) for url in urls]
 
 
 class _AdvisorProtocolError(Exception):
@@ -171,8 +169,9 @@ class AdvisorClient:
 
     async def _complete(self, advisor: AdvisorEndpoint, messages: Sequence[dict[str, str]]) -> str:
         headers = {"Accept": "application/json"}
-        if advisor.api_key:
-            headers["Authorization"] = f"Bearer {advisor.api_key}"
+        api_key = advisor.api_key.get_secret_value() if advisor.api_key else None
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
         session = self._client_session()
         async with session.post(
             advisor.completions_url, json=self._request_body(advisor, messages), headers=headers
@@ -180,12 +179,12 @@ class AdvisorClient:
             raw = await _read_limited(response, MAX_RESPONSE_BYTES)
             if response.status != 200:
                 raise _AdvisorProtocolError(
-                    f"HTTP {response.status}: {_snippet(raw, advisor.api_key) or response.reason}"
+                    f"HTTP {response.status}: {_snippet(raw, api_key) or response.reason}"
                 )
         try:
             payload = json.loads(raw)
         except ValueError as exc:
-            raise _AdvisorProtocolError(f"response is not JSON: {_snippet(raw, advisor.api_key)!r}") from exc
+            raise _AdvisorProtocolError(f"response is not JSON: {_snippet(raw, api_key)!r}") from exc
         return _message_content(payload)
 
     async def ask(
@@ -245,15 +244,15 @@ class AdvisorClient:
         messages: Sequence[dict[str, str]],
         *,
         expected_target: IncidentTarget,
-        deadline: float | None = None,
+        deadline: float,
         allowed_actions: Collection[ActionType] | None = None,
     ) -> list[AdvisorResult]:
         """All advisors at once, each with the same deadline; results in ``advisors`` order.
 
-        The whole call therefore takes at most about ``deadline`` seconds.
-        ``deadline`` defaults to ``FLYWHEEL_ADVISOR_TIMEOUT_SECONDS``.
+        The whole call therefore takes at most about ``deadline`` seconds
+        (the Incident controller passes ``FLYWHEEL_ADVISOR_TIMEOUT_SECONDS``).
         """
-        seconds = deadline if deadline is not None else get_settings().advisor_timeout_seconds
+        seconds = deadline
         return list(
             await asyncio.gather(
                 *(
@@ -275,7 +274,7 @@ async def ask_all(
     messages: Sequence[dict[str, str]],
     *,
     expected_target: IncidentTarget,
-    deadline: float | None = None,
+    deadline: float,
     allowed_actions: Collection[ActionType] | None = None,
     session: aiohttp.ClientSession | None = None,
 ) -> list[AdvisorResult]:

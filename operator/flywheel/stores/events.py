@@ -11,6 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Final
 
+from flywheel.api.times import format_time
 from flywheel.domain.funnel import ObjectSample
 from flywheel.stores.kube import API_VERSION, KubeApi, resource_path
 
@@ -20,8 +21,6 @@ EVENT_MESSAGE_LIMIT: Final = 1024
 REQUEST_TIMEOUT_SECONDS: Final = 10
 
 
-def _timestamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class KubernetesEventPoster:
@@ -36,7 +35,7 @@ class KubernetesEventPoster:
     ) -> None:
         """Post one Event about ``subject`` (a Flywheel resource unless ``api_version`` says otherwise);
         raises StoreUnavailableError/KubernetesApiError on failure."""
-        now = _timestamp(datetime.now(UTC))
+        now = format_time(datetime.now(UTC))
         body = {
             "apiVersion": "v1",
             "kind": "Event",

@@ -677,7 +677,7 @@ def _signature_labels(raw: bytes | str | None) -> tuple[str, str]:
         signature = json.loads(_text(raw))
         return str(signature.get("alert_name") or ""), str(signature.get("service") or "")
     except (ValueError, AttributeError):
-        _log.warning("anomaly signature unreadable", signature=_text(raw)[:200])
+        _log.warning("anomaly_signature_unreadable", signature=_text(raw)[:200])
         return "", ""
 
 

@@ -34,7 +34,6 @@ import contextlib
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Any, Final, Protocol
 
 import aiohttp
@@ -47,7 +46,8 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from flywheel.domain.notifications import Notification, NotificationKind
+from flywheel.api.times import format_precise_time
+from flywheel.domain.notifications import Notification, NotificationKind, WebhookFormat
 from flywheel.errors import ConfigurationError, InvalidInputError, RedisRefusedError, RedisUnavailableError
 from flywheel.logs import get_logger
 from flywheel.stores.history.outbox import HistoryKind
@@ -68,11 +68,6 @@ RETRYABLE_STATUSES: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
 ALL_KINDS: Final = frozenset(NotificationKind)
 
 
-class WebhookFormat(StrEnum):
-    JSON = "json"
-    SLACK = "slack"
-
-
 def parse_kinds(value: str | Iterable[str] | None) -> frozenset[NotificationKind]:
     """The kinds named in a comma list (``FLYWHEEL_NOTIFY_EVENTS``); empty or ``all``: every kind."""
     names = [part.strip() for part in value.split(",")] if isinstance(value, str) else list(value or ())
@@ -91,7 +86,7 @@ def parse_kinds(value: str | Iterable[str] | None) -> frozenset[NotificationKind
 
 def webhook_body(notification: Notification, fmt: WebhookFormat) -> dict[str, Any]:
     """The JSON body posted to the webhook in format ``fmt``."""
-    occurred = notification.occurred_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    occurred = format_precise_time(notification.occurred_at)
     if fmt is WebhookFormat.SLACK:
         subjects = ", ".join(f"{subject.kind} {subject}" for subject in notification.subjects)
         blocks: list[dict[str, Any]] = [
@@ -149,7 +144,8 @@ class WebhookSender:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if not url.startswith(("http://", "https://")):
-            raise ConfigurationError(f"notify_webhook_url must be an http(s) URL, got {url!r}")
+            # Not the URL itself: a webhook URL is a credential (Slack's carries its token).
+            raise ConfigurationError("notify_webhook_url must be an http(s) URL")
         try:
             self._format = WebhookFormat(fmt)
         except ValueError as exc:
@@ -176,7 +172,7 @@ class WebhookSender:
             retry=retry_if_exception_type(_Transient),
             sleep=self._sleep,
             before_sleep=lambda state: _log.info(
-                "webhook delivery failed, retrying", reason=notification.reason, attempt=state.attempt_number,
+                "webhook_delivery_retrying", reason=notification.reason, attempt=state.attempt_number,
                 error=str(state.outcome.exception()) if state.outcome else None,
             ),
         )
@@ -191,9 +187,9 @@ class WebhookSender:
         except _Refused as exc:
             error = str(exc)
         else:
-            _log.info("webhook notification delivered", reason=notification.reason, attempts=attempts)
+            _log.info("webhook_notification_delivered", reason=notification.reason, attempts=attempts)
             return DeliveryResult(True, attempts)
-        _log.warning("webhook notification not delivered", reason=notification.reason, attempts=attempts, error=error)
+        _log.warning("webhook_notification_not_delivered", reason=notification.reason, attempts=attempts, error=error)
         return DeliveryResult(False, attempts, error)
 
     async def _attempt(self, body: Mapping[str, Any]) -> None:
@@ -287,12 +283,12 @@ class WebhookNotifier:
             self._start_workers()
             self._queue.put_nowait(notification)
         except asyncio.QueueFull:
-            _log.warning("notification queue full; dropping one", kind=notification.kind, reason=notification.reason,
+            _log.warning("notification_dropped", reason_dropped="queue_full", kind=notification.kind, reason=notification.reason,
                          queued=self._queue.qsize())
             self._record(notification, DeliveryResult(False, 0, "not sent: the notification queue was full"))
             self._tell(notification, "failed")
         except Exception as exc:  # noqa: BLE001 - a notification never takes its caller down
-            _log.warning("notification not queued", kind=notification.kind, error=f"{type(exc).__name__}: {exc}")
+            _log.warning("notification_not_queued", kind=notification.kind, error=f"{type(exc).__name__}: {exc}")
 
     async def drain(self) -> None:
         """Wait until everything submitted so far is handled (tests, shutdown)."""
@@ -325,7 +321,7 @@ class WebhookNotifier:
             try:
                 await self._handle(notification)
             except Exception as exc:  # noqa: BLE001 - one bad notification must not stop the worker
-                _log.warning("notification not handled", kind=notification.kind, error=f"{type(exc).__name__}: {exc}")
+                _log.warning("notification_not_handled", kind=notification.kind, error=f"{type(exc).__name__}: {exc}")
             finally:
                 self._in_flight -= 1
                 self._queue.task_done()
@@ -333,7 +329,7 @@ class WebhookNotifier:
     async def _handle(self, notification: Notification) -> None:
         assert self._sender is not None
         if not await self._claim(notification):
-            _log.info("notification already sent", kind=notification.kind, dedup_key=notification.dedup_key)
+            _log.info("notification_already_sent", kind=notification.kind, dedup_key=notification.dedup_key)
             self._tell(notification, "suppressed")
             return
         result = await self._sender.deliver(notification)
@@ -359,14 +355,14 @@ class WebhookNotifier:
             self._warn_no_dedup(str(exc))
             return True
         if self._redis_warning_logged:
-            _log.info("Redis is back: notifications are de-duplicated again")
+            _log.info("notification_dedup_restored", store="redis")
             self._redis_warning_logged = False
         return bool(claimed)
 
     def _warn_no_dedup(self, reason: str) -> None:
         # One warning per outage, not one per notification.
         if not self._redis_warning_logged:
-            _log.warning("notifications not de-duplicated across replicas until Redis is back", reason=reason)
+            _log.warning("notification_dedup_lost", effect="not de-duplicated across replicas until Redis is back", reason=reason)
             self._redis_warning_logged = True
 
     def _record(self, notification: Notification, result: DeliveryResult) -> None:
@@ -395,14 +391,14 @@ class WebhookNotifier:
                 ),
             )
         except Exception as exc:  # noqa: BLE001 - the history is best effort here; the log keeps it
-            _log.warning("notification delivery not recorded", kind=notification.kind, error=str(exc))
+            _log.warning("notification_delivery_not_recorded", kind=notification.kind, error=str(exc))
 
     def _tell(self, notification: Notification, outcome: str) -> None:
         for observer in self._observers:
             try:
                 observer(notification, outcome)
             except Exception as exc:  # noqa: BLE001 - an observer is a counter; it must not stop delivery
-                _log.warning("notification observer failed", error=str(exc))
+                _log.warning("notification_observer_failed", error=str(exc))
 
 
 def _text(value: object) -> str | None:

@@ -21,6 +21,7 @@ import kubernetes
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
+from flywheel.api.times import read_time
 from flywheel.errors import KubernetesApiError, NotFoundError, StoreUnavailableError
 from flywheel.logs import get_logger
 from flywheel.stores.kube import KubeApi, resource_path
@@ -74,12 +75,9 @@ def _alive(record: Mapping[str, Any], now: datetime) -> bool:
     lastseen = record.get("lastseen")
     if not lastseen:
         return True  # Kopf counts a peer without lastseen as just seen
-    try:
-        seen = datetime.fromisoformat(str(lastseen))
-    except ValueError:
+    seen = read_time(str(lastseen), assume_utc=True)
+    if seen is None:
         return True
-    if seen.tzinfo is None:
-        seen = seen.replace(tzinfo=UTC)
     lifetime = timedelta(seconds=int(record.get("lifetime") or DEFAULT_PEER_LIFETIME.total_seconds()))
     return seen + lifetime > now
 
@@ -128,7 +126,7 @@ class PeeringObserver:
         except (KubernetesApiError, StoreUnavailableError) as exc:
             if not self._unreadable_logged:
                 _log.warning(
-                    "peering objects unreadable; keeping the last leadership verdict",
+                    "peering_unreadable", keeping="the last leadership verdict",
                     peering=self._name,
                     active=self._last.active,
                     error=str(exc),
@@ -138,7 +136,7 @@ class PeeringObserver:
         self._unreadable_logged = False
         verdict = leadership(tables, self._priority, moment)
         if verdict.active != self._last.active:
-            _log.info("leadership changed", peering=self._name, active=verdict.active, reason=verdict.reason)
+            _log.info("leadership_changed", peering=self._name, active=verdict.active, reason=verdict.reason)
         self._last = verdict
         return verdict
 

@@ -7,10 +7,10 @@ what counts as healthy is decided in :func:`flywheel.domain.symptom.pods_verdict
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
 from flywheel.api.enums import TargetKind
+from flywheel.api.times import parse_optional_time
 from flywheel.domain.symptom import PodFacts
 from flywheel.stores.kube import KubeApi, resource_path
 
@@ -19,10 +19,6 @@ _PLURALS = {
     TargetKind.STATEFULSET: "statefulsets",
     TargetKind.DAEMONSET: "daemonsets",
 }
-
-
-def _time(value: Any) -> datetime | None:
-    return datetime.fromisoformat(str(value)) if value else None
 
 
 def pod_facts(pod: Mapping[str, Any]) -> PodFacts:
@@ -35,12 +31,12 @@ def pod_facts(pod: Mapping[str, Any]) -> PodFacts:
     finished = [
         moment
         for c in containers
-        if (moment := _time(((c.get("lastState") or {}).get("terminated") or {}).get("finishedAt"))) is not None
+        if (moment := parse_optional_time(((c.get("lastState") or {}).get("terminated") or {}).get("finishedAt"))) is not None
     ]
     return PodFacts(
         name=str(meta.get("name")),
         ready=ready is not None and ready.get("status") == "True",
-        ready_since=_time(ready.get("lastTransitionTime")) if ready is not None else None,
+        ready_since=parse_optional_time(ready.get("lastTransitionTime")) if ready is not None else None,
         restarts=restarts,
         last_restart_at=max(finished) if finished else None,
         terminating=bool(meta.get("deletionTimestamp")),

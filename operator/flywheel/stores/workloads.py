@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from flywheel.api.enums import ActionType, TargetKind
+from flywheel.api.times import format_precise_time
 from flywheel.domain.actions import ProposedAction, effective_replicas
 from flywheel.domain.run_state import ActionNotApplicableError, RolloutFacts
 from flywheel.errors import ConflictError, KubernetesApiError
@@ -143,7 +144,7 @@ def stamp_annotations(
         "run": stamp.run_uid,
         "attempt": stamp.attempt,
         "action": action_type.value,
-        "at": _iso(stamp.at),
+        "at": format_precise_time(stamp.at),
     }
     entries = [*action_log(workload), entry][-ACTION_LOG_LENGTH:]
     return {
@@ -213,8 +214,6 @@ def rollout_facts(kind: TargetKind, workload: Mapping[str, Any]) -> RolloutFacts
     )
 
 
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _describe(kind: TargetKind, name: str) -> str:
@@ -357,7 +356,7 @@ class WorkloadStore:
             _refuse_on_delete_daemonset(workload, what)
         if action.type is ActionType.ROLLOUT_RESTART:
             template_annotations = {
-                RESTARTED_AT_ANNOTATION: _iso(stamp.at),
+                RESTARTED_AT_ANNOTATION: format_precise_time(stamp.at),
                 RUN_UID_ANNOTATION: stamp.run_uid,
                 RUN_ATTEMPT_ANNOTATION: str(stamp.attempt),
             }

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from flywheel.api.common import find_condition
 from flywheel.api.enums import ConditionStatus, RunState
+from flywheel.api.times import format_time
 from flywheel.controllers.approval import ApprovalGate, GateRun, GateState
 from flywheel.controllers.run.passes import (
     AWAITING_APPROVAL,
@@ -78,7 +79,7 @@ class ApprovalWait:
         if ctx.now < deadline:
             return False
         message = (
-            f"no valid decision before the Run's approval deadline {deadline.isoformat(timespec='seconds')}; "
+            f"no valid decision before the Run's approval deadline {format_time(deadline)}; "
             "the Run is not executed"
         )
         if self._approvals is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from flywheel.api.enums import ConditionStatus, RunState
+from flywheel.api.times import format_precise_time
 from flywheel.controllers.run.passes import AWAITING_APPROVAL, STEP_REAP, STEP_TIMEOUT, SUCCEEDED, RunPass
 from flywheel.domain.run_state import ACTIVE_STATES, RunErrorCode, attempt_deadline, overdue, run_deadline
 
@@ -43,8 +44,8 @@ def expire(ctx: RunPass) -> bool:
         return False
     if code is RunErrorCode.RUN_STALE:
         message = (
-            f"reaped: no sign of life since {last_sign_of_life(ctx).isoformat()}, "
-            f"deadline {deadline.isoformat()} passed while nobody drove the Run"
+            f"reaped: no sign of life since {format_precise_time(last_sign_of_life(ctx))}, "
+            f"deadline {format_precise_time(deadline)} passed while nobody drove the Run"
         )
         ctx.move(RunState.TIMED_OUT, STEP_REAP, "TimedOut", message, code=code)
     else:

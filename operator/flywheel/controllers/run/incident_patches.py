@@ -15,6 +15,7 @@ from flywheel.api.enums import (
 )
 from flywheel.api.incident import IncidentStatus
 from flywheel.api.names import FINAL_PHASES, RESOLVED
+from flywheel.api.times import format_precise_time
 from flywheel.controllers.run.views import (
     own_status,
 )
@@ -81,7 +82,7 @@ def resolution_patch(
     patch: dict[str, Any] = {
         "phase": IncidentPhase.RESOLVED.value,
         "disposition": disposition.value,
-        "resolvedAt": now.isoformat().replace("+00:00", "Z"),
+        "resolvedAt": format_precise_time(now),
         "conditions": _with_resolved(incident, status, ConditionStatus.TRUE, reason, message, now),
     }
     if status.run_ref is None:

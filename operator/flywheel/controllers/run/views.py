@@ -18,6 +18,7 @@ from flywheel.api.enums import (
 )
 from flywheel.api.incident import IncidentStatus
 from flywheel.api.run import RunSpec, RunStatus, RunStep
+from flywheel.api.times import parse_time
 from flywheel.domain.actions import ProposedAction
 from flywheel.domain.run_state import ObservedRun
 from flywheel.domain.symptom import SignalFacts
@@ -57,7 +58,7 @@ class IncidentView:
             namespace=meta["namespace"],
             name=meta["name"],
             uid=meta["uid"],
-            created_at=_parse_time(meta["creationTimestamp"]),
+            created_at=parse_time(meta["creationTimestamp"]),
             remediation_mode=RemediationMode(
                 (spec.get("remediation") or {}).get("mode", RemediationMode.AUTO.value)
             ),
@@ -80,9 +81,9 @@ def _signal(item: Mapping[str, Any]) -> SignalFacts:
         alert_name=str(item["alertName"]),
         labels={str(key): str(value) for key, value in dict(item.get("labels") or {}).items()},
         status=SignalStatus(item.get("status") or SignalStatus.FIRING.value),
-        ends_at=_parse_time(ends_at) if ends_at else None,
+        ends_at=parse_time(ends_at) if ends_at else None,
         fingerprint=str(item["fingerprint"]) if item.get("fingerprint") else None,
-        starts_at=_parse_time(item["startsAt"]) if item.get("startsAt") else None,
+        starts_at=parse_time(item["startsAt"]) if item.get("startsAt") else None,
     )
 
 
@@ -95,16 +96,12 @@ def _decision_state(decision: Any) -> DecisionState | None:
 
 
 def _last_progress(meta: Mapping[str, Any], status: Mapping[str, Any]) -> datetime:
-    moments = [_parse_time(meta["creationTimestamp"])]
+    moments = [parse_time(meta["creationTimestamp"])]
     for condition in status.get("conditions") or []:
         moment = condition.get("lastTransitionTime")
         if moment:
-            moments.append(_parse_time(moment))
+            moments.append(parse_time(moment))
     return max(moments)
-
-
-def _parse_time(value: Any) -> datetime:
-    return datetime.fromisoformat(str(value))
 
 
 def own_status(status: Mapping[str, Any], model: type[RunStatus | IncidentStatus]) -> dict[str, Any]:
@@ -134,7 +131,7 @@ class RunObject:
             namespace=meta["namespace"],
             uid=meta["uid"],
             generation=int(meta.get("generation") or 1),
-            created_at=_parse_time(meta["creationTimestamp"]),
+            created_at=parse_time(meta["creationTimestamp"]),
             labels=dict(meta.get("labels") or {}),
             deleting=bool(meta.get("deletionTimestamp")),
             spec=RunSpec.model_validate(dict(body.get("spec") or {})),
@@ -196,13 +193,13 @@ def observed_run(
         namespace=namespace,
         name=name,
         uid=uid,
-        created_at=_parse_time(meta["creationTimestamp"]),
+        created_at=parse_time(meta["creationTimestamp"]),
         target_kind=TargetKind(action["target"]["kind"]),
         target_name=str(action["target"]["name"]),
         mode=RunMode(spec.get("mode", RunMode.AUTO.value)),
         requires_approval=bool(spec.get("requiresApproval", False)),
         state=RunState(state) if state else None,
-        started_at=_parse_time(started_at) if started_at else None,
+        started_at=parse_time(started_at) if started_at else None,
     )
 
 

@@ -68,7 +68,7 @@ def upgrade(database_url: str, revision: str = "head") -> str | None:
     operator can retry later instead of failing to start.
     """
     described = describe_database_url(database_url)
-    _log.info("migrating history database", database=described, target=revision)
+    _log.info("history_database_migrating", database=described, target=revision)
     try:
         command.upgrade(alembic_config(database_url), revision)
     except sa_exc.SQLAlchemyError as exc:
@@ -77,7 +77,7 @@ def upgrade(database_url: str, revision: str = "head") -> str | None:
             raise unavailable from exc
         raise
     reached = current_revision(database_url)
-    _log.info("history database migrated", database=described, revision=reached)
+    _log.info("history_database_migrated", database=described, revision=reached)
     return reached
 
 

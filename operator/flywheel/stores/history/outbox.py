@@ -7,7 +7,7 @@ history, it never loses it).
 
 Behind it, one asyncio task hands items to a worker thread that writes them through the
 synchronous :class:`HistoryStore`, retried with capped exponential backoff and jitter while the
-database is unavailable. What waits depends on whether it can be rebuilt:
+database is unavailable (tenacity, with the delays of :class:`flywheel.retrying.Backoff`). What waits depends on whether it can be rebuilt:
 
 - *Projections* of Incidents, Runs and Approvals wait in memory, coalesced by uid: a newer
   projection of the same object replaces the older one still waiting (the row is overwritten
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import sqlite3
 import threading
 from collections import Counter, OrderedDict
@@ -39,8 +38,11 @@ from enum import StrEnum
 from functools import partial
 from typing import Any, Final, TypeAlias
 
+from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_never
+
 from flywheel.errors import ConfigurationError, DatabaseUnavailableError
 from flywheel.logs import get_logger
+from flywheel.retrying import Backoff
 from flywheel.stores.history.engine import create_history_engine
 from flywheel.stores.history.migrate import upgrade
 from flywheel.stores.history.records import AuditEvent, KnowledgeEntry, NotificationDelivery, RepairExecution
@@ -202,8 +204,8 @@ class HistoryWriter:
         self._on_drop = on_drop
         self._max_pending = max_pending
         self._batch_size = batch_size
-        self._retry_initial_seconds = retry_initial_seconds
-        self._retry_max_seconds = retry_max_seconds
+        # Jittered, so that replicas do not retry in lockstep.
+        self._backoff = Backoff(retry_initial_seconds, retry_max_seconds, jitter=(0.8, 1.2))
         self._linger_seconds = linger_seconds
         # Guards the queue and the counters: submit() may run on any thread.
         self._lock = threading.Lock()
@@ -300,7 +302,7 @@ class HistoryWriter:
         self._worker = self._loop.create_task(self._work(), name="flywheel-history-writer")
         spooled = self._spool.count()
         if spooled:
-            _log.info("history spool replayed: records left by the previous operator", spooled=spooled)
+            _log.info("history_spool_replayed", left_by="the previous operator", spooled=spooled)
         if self.pending_count:
             self._wakeup.set()
 
@@ -335,8 +337,9 @@ class HistoryWriter:
                 await self._worker
         if unsaved:
             _log.warning(
-                "history writer closed with items not stored: projections are made again on restart, "
-                + ("records stay in the spool" if self._spool.durable else "records are lost (no spool directory)"),
+                "history_writer_closed_unsaved",
+                projections="made again on restart",
+                records="stay in the spool" if self._spool.durable else "lost (no spool directory)",
                 unsaved=unsaved,
                 spooled=self._spool.count(),
             )
@@ -407,14 +410,14 @@ class HistoryWriter:
         with self._lock:
             self._dropped[item.reason] += 1
         _log.warning(
-            "history item dropped", kind=str(item.kind), key=item.key, reason=item.reason.value,
+            "history_item_dropped", kind=str(item.kind), key=item.key, reason=item.reason.value,
             namespace=item.namespace, name=item.name, detail=item.detail,
         )
         if self._on_drop is not None:
             try:
                 self._on_drop(item)
             except Exception:  # noqa: BLE001  (reporting a drop must not break the caller's path)
-                _log.exception("history drop report failed")
+                _log.exception("history_drop_report_failed")
 
     def _wake(self) -> None:
         loop = self._loop
@@ -514,7 +517,7 @@ class HistoryWriter:
             except DatabaseUnavailableError as exc:
                 return _BatchResult(batch, exc, wrote=False)
             except Exception as exc:  # noqa: BLE001  (one item is at fault: find it, one transaction each)
-                _log.debug("history batch refused; writing its items one by one",
+                _log.debug("history_batch_refused", next_step="writing its items one by one",
                            size=len(batch) + len(records), error=str(exc))
             else:
                 self._records_stored(records)
@@ -547,31 +550,47 @@ class HistoryWriter:
         return _BatchResult([], None, wrote=True)
 
     async def _work(self) -> None:
-        assert self._wakeup is not None and self._retry_now is not None
-        delay = self._retry_initial_seconds
+        assert self._wakeup is not None
         while True:
             await self._wakeup.wait()
             # A moment's wait lets the next versions of the same objects replace the pending
             # ones (an Incident is created, then its status written, a second later resolved).
             await asyncio.sleep(self._linger_seconds)
             self._wakeup.clear()
-            while True:
-                batch = self._take_batch()
-                try:
-                    result = await asyncio.to_thread(self._write_batch, batch)
-                except Exception as exc:  # noqa: BLE001  (the worker outlives any surprise, items kept)
-                    result = _BatchResult(batch, exc, wrote=False)
-                    _log.exception("history writer failed unexpectedly; items kept")
-                if result.error is None:
-                    if not result.wrote:
-                        break
-                    self._mark_available()
-                    delay = self._retry_initial_seconds
-                    continue
-                self._requeue(result.unwritten)
-                self._mark_unavailable(result.error, delay)
-                await self._sleep_before_retry(delay)
-                delay = min(delay * 2, self._retry_max_seconds)
+            while await self._write_next_batch():
+                self._mark_available()
+
+    async def _write_next_batch(self) -> bool:
+        """Write the next batch, retrying through an outage until it is stored; whether it held anything.
+
+        Each retry takes a fresh batch: the items of the failed one are requeued first, and
+        newer versions of them submitted meanwhile replace them. The backoff starts over with
+        every batch that is stored.
+        """
+        retrying = AsyncRetrying(
+            stop=stop_never,
+            wait=self._backoff.wait(),
+            retry=retry_if_result(lambda result: result.error is not None),
+            before_sleep=self._before_retry,
+            sleep=self._sleep_before_retry,
+        )
+        result: _BatchResult = await retrying(self._write_once)
+        return result.wrote
+
+    async def _write_once(self) -> _BatchResult:
+        batch = self._take_batch()
+        try:
+            return await asyncio.to_thread(self._write_batch, batch)
+        except Exception as exc:  # noqa: BLE001  (the worker outlives any surprise, items kept)
+            _log.exception("history_writer_failed", items="kept")
+            return _BatchResult(batch, exc, wrote=False)
+
+    def _before_retry(self, state: RetryCallState) -> None:
+        assert state.outcome is not None
+        result: _BatchResult = state.outcome.result()
+        assert result.error is not None
+        self._requeue(result.unwritten)
+        self._mark_unavailable(result.error, self._backoff.delay(state.attempt_number))
 
     def _mark_available(self) -> None:
         with self._lock:
@@ -579,7 +598,7 @@ class HistoryWriter:
             self._database_available = True
             pending = len(self._pending) + self._in_flight_count
         if recovered:
-            _log.info("history database reachable again", database=self._store.database, pending=pending,
+            _log.info("history_database_reachable", database=self._store.database, pending=pending,
                       spooled=self._spool.count())
 
     def _mark_unavailable(self, error: Exception, delay: float) -> None:
@@ -591,7 +610,7 @@ class HistoryWriter:
         if not isinstance(error, DatabaseUnavailableError):
             # Not an outage (a failing migration, a bug): worth an error on every attempt.
             _log.error(
-                "history database not usable, keeping items pending",
+                "history_database_not_usable",
                 database=self._store.database,
                 pending=pending,
                 spooled=spooled,
@@ -602,7 +621,7 @@ class HistoryWriter:
         # One warning per outage, then debug: a long outage must not flood the log.
         log = _log.warning if first_failure else _log.debug
         log(
-            "history database unavailable, keeping items pending",
+            "history_database_unavailable",
             database=self._store.database,
             pending=pending,
             spooled=spooled,
@@ -610,11 +629,11 @@ class HistoryWriter:
             error=str(error),
         )
 
-    async def _sleep_before_retry(self, delay: float) -> None:
-        """Back off (with jitter, so replicas do not retry in lockstep), unless flush() asks for now."""
+    async def _sleep_before_retry(self, seconds: float) -> None:
+        """Sleep the backoff (jittered by the policy), unless flush() asks for now."""
         assert self._retry_now is not None and self._wakeup is not None
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._retry_now.wait(), timeout=delay * random.uniform(0.8, 1.2))
+            await asyncio.wait_for(self._retry_now.wait(), timeout=seconds)
         # Cleared after waking, not before sleeping: a flush() that asked just before the sleep
         # began still cuts it short.
         self._retry_now.clear()

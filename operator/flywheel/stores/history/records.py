@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from flywheel.api.enums import ActionType, RunState
+from flywheel.api.times import format_precise_time
 from flywheel.errors import InvalidInputError
 from flywheel.stores.history.tables import EVENT_ID_LENGTH, SHORT_TEXT_LENGTH, RunRow
 
@@ -167,7 +168,7 @@ _OUTCOME_STATES: Final = {
 
 
 def iso_timestamp(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+    return format_precise_time(value) if value is not None else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -347,7 +347,7 @@ class HistoryStore:
         }
         with self._transaction() as connection:
             self._upsert(connection, _table(IncidentRow), values)
-        _log.debug("incident projected", namespace=meta.namespace, name=meta.name, uid=meta.uid)
+        _log.debug("incident_projected", namespace=meta.namespace, name=meta.name, uid=meta.uid)
 
     def upsert_run(self, body: Mapping[str, Any]) -> None:
         """Project a Run custom resource: its row (latest version wins) and its journal steps.
@@ -405,7 +405,7 @@ class HistoryStore:
             self._upsert(connection, _table(RunRow), values)
             self._insert_once(connection, _table(RunStepRow), steps)
         _log.debug(
-            "run projected", namespace=meta.namespace, name=meta.name, uid=meta.uid, state=values["state"]
+            "run_projected", namespace=meta.namespace, name=meta.name, uid=meta.uid, state=values["state"]
         )
 
     def upsert_approval(self, body: Mapping[str, Any]) -> None:
@@ -439,7 +439,7 @@ class HistoryStore:
         }
         with self._transaction() as connection:
             self._upsert(connection, _table(ApprovalRow), values)
-        _log.debug("approval projected", namespace=meta.namespace, name=meta.name, uid=meta.uid)
+        _log.debug("approval_projected", namespace=meta.namespace, name=meta.name, uid=meta.uid)
 
     def add_audit_event(self, event: AuditEvent) -> None:
         """Store an audit event once; a retry with the same ``event_id`` changes nothing."""

@@ -258,7 +258,7 @@ class FileSpool:
                 entries.append(SpoolEntry(kind, key, version, decode_record(kind, text)))
             except (ValueError, TypeError) as exc:
                 # Only a file written by another version could hold one; kept, it would block the spool.
-                _log.error("history spool entry unreadable, removed", kind=kind, key=key, error=str(exc))
+                _log.error("history_spool_entry_unreadable", removed=True, kind=kind, key=key, error=str(exc))
                 unreadable.append((kind, key, version))
         self._delete(unreadable)
         return entries
