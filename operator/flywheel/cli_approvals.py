@@ -25,6 +25,7 @@ from typing import Any, Final
 
 import click
 
+from flywheel.api.bodies import ApprovalBody, approval_body
 from flywheel.api.enums import ApprovalPhase
 from flywheel.api.times import format_time, read_time
 from flywheel.cli_history import duration_text, render_table
@@ -114,8 +115,8 @@ class WaitingApproval:
     reasoning: str | None
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> WaitingApproval:
-        metadata, spec = body.get("metadata") or {}, body.get("spec") or {}
+    def from_body(cls, body: ApprovalBody) -> WaitingApproval:
+        metadata, spec = body["metadata"], body.get("spec") or {}
         return cls(
             namespace=str(metadata.get("namespace") or ""),
             name=str(metadata.get("name") or ""),
@@ -152,7 +153,7 @@ def is_waiting(body: Mapping[str, Any]) -> bool:
 
 def waiting_approvals(bodies: Iterable[Mapping[str, Any]]) -> list[WaitingApproval]:
     """What waits for a decision, oldest first (then by namespace and name, for a stable order)."""
-    waiting = [WaitingApproval.from_body(body) for body in bodies if is_waiting(body)]
+    waiting = [WaitingApproval.from_body(approval_body(body)) for body in bodies if is_waiting(body)]
     oldest = datetime.min.replace(tzinfo=UTC)
     return sorted(waiting, key=lambda item: (item.created_at or oldest, item.namespace, item.name))
 

@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from flywheel.api.approval import MAX_PREVIOUS_OUTCOMES
+from flywheel.api.bodies import ApprovalBody, approval_body
 from flywheel.api.common import Action, Condition, ObjectRef, new_condition, set_condition
 from flywheel.api.enums import ApprovalPhase, ConditionStatus
 from flywheel.api.incident import IncidentStatus
@@ -166,7 +167,7 @@ class _Approval:
     body: Mapping[str, Any]
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> _Approval:
+    def from_body(cls, body: ApprovalBody) -> _Approval:
         meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
         phase = status.get("phase")
         expires_at = parse_optional_time(spec.get("expiresAt"))
@@ -256,7 +257,7 @@ class ApprovalGate:
             proposal = await self._proposal(run, now)
             body, created = await self._resources.create_or_find(APPROVALS, run.namespace, proposal)
             if created:
-                approval = _Approval.from_body(body)
+                approval = _Approval.from_body(approval_body(body))
                 body = await self._write(approval, ApprovalPhase.PENDING, "waiting for a decision", now)
                 message = (
                     f"Approval {approval.name} asks to approve {run.action.type.value} "
@@ -266,7 +267,7 @@ class ApprovalGate:
                 verdict_events.append(("Normal", "ApprovalRequested", message))
                 self._record(approval, "approval.requested", message, now, outcome=ApprovalPhase.PENDING.value)
                 self._announce(run, approval, message, now)
-        approval = _Approval.from_body(body)
+        approval = _Approval.from_body(approval_body(body))
         if not _controlled_by(body, run.uid) or approval.run_uid != run.uid:
             # Not one Flywheel made for this Run (the admission webhook lets only Flywheel
             # create Approvals; without it, this keeps a planted one from being adopted).
@@ -519,7 +520,7 @@ class ApprovalGate:
         body = await self._resources.find(APPROVALS, run.namespace, run.approval_ref.name)
         if body is None or body["metadata"].get("uid") != run.approval_ref.uid:
             return
-        approval = _Approval.from_body(body)
+        approval = _Approval.from_body(approval_body(body))
         if approval.phase in (None, ApprovalPhase.PENDING):
             message = f"the Run ended before a decision: {why}"
             await self._write(approval, ApprovalPhase.INVALID, message, now)
@@ -531,7 +532,7 @@ class ApprovalGate:
         The waiting Run itself takes decisions (:meth:`review`); this covers the rest: the Run
         is gone (the API's 404), or it is not waiting for this Approval (the API's 409).
         """
-        approval = _Approval.from_body(body)
+        approval = _Approval.from_body(approval_body(body))
         if approval.decision is None or approval.phase not in (None, ApprovalPhase.PENDING):
             return None
         run_name = approval.run_name

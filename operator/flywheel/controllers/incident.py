@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from flywheel.api.bodies import IncidentBody, created_at, generation, own_status
 from flywheel.api.common import Action, ObjectRef, find_condition, new_condition, set_condition
 from flywheel.api.enums import (
     ActionType,
@@ -48,7 +49,6 @@ from flywheel.api.names import (
     RUN_CREATED_EVENT_REASON,
     Event,
 )
-from flywheel.api.times import parse_time
 from flywheel.controllers.run_binding import RunBinder
 from flywheel.domain.actions import ACTIONS_BY_KIND, IncidentTarget
 from flywheel.domain.advisor import AdvisorResult, IncidentFacts, advisors_to_consult, build_messages
@@ -125,16 +125,16 @@ class IncidentObject:
     status: IncidentStatus
 
     @classmethod
-    def from_body(cls, body: Any) -> IncidentObject:
+    def from_body(cls, body: IncidentBody) -> IncidentObject:
         meta = body["metadata"]
         return cls(
             name=meta["name"],
             namespace=meta["namespace"],
             uid=meta["uid"],
-            generation=int(meta.get("generation", 1)),
-            created_at=parse_time(meta["creationTimestamp"]),
+            generation=generation(meta),
+            created_at=created_at(meta),
             spec=IncidentSpec.model_validate(dict(body.get("spec") or {})),
-            status=IncidentStatus.model_validate(_own_status(body.get("status") or {})),
+            status=IncidentStatus.model_validate(own_status(body.get("status") or {}, IncidentStatus)),
         )
 
     @property
@@ -158,12 +158,6 @@ class IncidentObject:
         names = [self.spec.alert_name] if self.spec.alert_name else []
         names += [signal.alert_name for signal in self.spec.signals if signal.alert_name not in names]
         return tuple(names)
-
-
-def _own_status(status: Any) -> dict[str, Any]:
-    """The status fields our model knows (Kopf may keep its own bookkeeping beside them)."""
-    known = {field_info.alias or name for name, field_info in IncidentStatus.model_fields.items()}
-    return {key: value for key, value in dict(status).items() if key in known}
 
 
 @dataclass

@@ -54,6 +54,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from flywheel.api.bodies import IncidentBody, incident_phase
 from flywheel.api.common import (
     DNS1123_LABEL_MAX_LENGTH,
     DNS1123_LABEL_PATTERN,
@@ -796,15 +797,15 @@ class StoredIncident:
         return self.phase in CLOSED_PHASES
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> StoredIncident:
+    def from_body(cls, body: IncidentBody) -> StoredIncident:
         """Parse an Incident object; :class:`InvalidInputError` names a field the schema should have refused."""
-        metadata = body.get("metadata") or {}
+        metadata = body["metadata"]
         spec = body.get("spec") or {}
-        phase_text = (body.get("status") or {}).get("phase")
+        status = body.get("status") or {}
         try:
-            phase = IncidentPhase(phase_text) if phase_text else None
+            phase = incident_phase(status)
         except ValueError as exc:
-            raise InvalidInputError("status.phase", f"unknown phase {phase_text!r}") from exc
+            raise InvalidInputError("status.phase", f"unknown phase {status.get('phase')!r}") from exc
         signals = []
         for index, raw in enumerate(spec.get("signals") or []):
             try:

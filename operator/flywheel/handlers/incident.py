@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import kopf
 
+from flywheel.api.bodies import incident_body, incident_phase, own_status
 from flywheel.api.enums import IncidentPhase
 from flywheel.api.incident import IncidentStatus
 from flywheel.controllers.driver import ObjectDriver
 from flywheel.controllers.incident import IncidentObject, IncidentReconciler, PeerIncident, ladder_due
 from flywheel.controllers.run import IncidentView
-from flywheel.controllers.run.views import own_status
 from flywheel.domain.signature import anomaly_key
 from flywheel.errors import KubernetesApiError, StoreUnavailableError
 from flywheel.handlers.driving import build_driver, retry_after, stop_driver
@@ -63,10 +63,9 @@ async def incident_index(
     if namespace is None:
         return None
     key = anomaly_key(spec.get("alertName"), spec.get("service"), namespace, spec.get("errorType"))
-    phase = status.get("phase")
     try:
-        view = IncidentView.from_body(body)
-        peer = PeerIncident(name=name, uid=uid, phase=IncidentPhase(phase) if phase else None)
+        view = IncidentView.from_body(incident_body(body))
+        peer = PeerIncident(name=name, uid=uid, phase=incident_phase(status))
     except (KeyError, ValueError):
         return None  # an invalid Incident is refused by its own pass
     return {(namespace, name): view, (namespace, ANOMALY, key): peer}
@@ -121,7 +120,7 @@ class IncidentPasses:
 
     async def __call__(self, body: Mapping[str, Any], slot: dict[str, Any]) -> float | None:
         try:
-            incident = IncidentObject.from_body(body)
+            incident = IncidentObject.from_body(incident_body(body))
         except ValueError as exc:
             # The CRD schema refuses almost everything; what slips through cannot be retried into shape.
             kopf.warn(as_body(body), reason="InvalidIncident", message=f"invalid Incident spec: {exc}")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import kopf
 
+from flywheel.api.bodies import run_body
 from flywheel.api.common import find_condition
 from flywheel.api.enums import ConditionStatus, RunState
 from flywheel.controllers.driver import ObjectDriver
@@ -55,19 +56,13 @@ MEMO_RUN_DRIVER = "run_driver"
 
 @kopf.index(GROUP, VERSION, "runs")
 async def run_views(
-    namespace: str | None,
-    name: str,
-    uid: str,
-    meta: kopf.Meta,
-    spec: kopf.Spec,
-    status: kopf.Status,
-    **_: Any,
+    namespace: str | None, body: kopf.Body, **_: Any
 ) -> dict[str, ObservedRun] | None:
     """Runs by namespace: the safety limits (concurrency, circuit breaker) and the metrics without API calls."""
     if namespace is None:
         return None
     try:
-        return {namespace: observed_run(namespace, name, uid, meta, spec, status)}
+        return {namespace: observed_run(run_body(body))}
     except (KeyError, ValueError):
         return None  # an invalid Run is refused by its own handler; it occupies no slot
 
@@ -106,7 +101,7 @@ class RunPasses:
 
     async def __call__(self, body: Mapping[str, Any], slot: dict[str, Any]) -> float | None:
         try:
-            run = RunObject.from_body(body)
+            run = RunObject.from_body(run_body(body))
         except ValueError as exc:
             kopf.warn(as_body(body), reason="InvalidRun", message=f"invalid Run, not driven: {exc}")
             return None

@@ -25,6 +25,7 @@ from tenacity import (
     wait_random,
 )
 
+from flywheel.api.bodies import incident_body
 from flywheel.api.incident import INCIDENT
 from flywheel.domain.alerts import (
     LABEL_FINGERPRINT,
@@ -204,7 +205,7 @@ class AlertRecorder:
                 INCIDENT.plural, intake.namespace, f"{LABEL_FINGERPRINT}={intake.fingerprint_key}",
                 request_timeout=timeout,
             )
-            recorded = [StoredIncident.from_body(body) for body in bodies]
+            recorded = [StoredIncident.from_body(incident_body(body)) for body in bodies]
         except InvalidInputError as exc:
             return RecordResult(RecordOutcome.REFUSED, field=exc.field, code=RefusalReason.UNREADABLE_INCIDENT,
                                 reason=f"an Incident of this alert is unreadable: {exc.reason}")

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from flywheel.api.bodies import incident_body
 from flywheel.api.common import find_condition
 from flywheel.api.enums import ConditionStatus, RemediationMode, RunState
 from flywheel.controllers.run.admission import Admission
@@ -211,7 +212,7 @@ class RunController:
         if incident is None:
             # Not in the index (yet?): ask the API server before cancelling anything.
             body = await self._incidents.get(run.namespace, ref.name)
-            incident = IncidentView.from_body(body) if body is not None else None
+            incident = IncidentView.from_body(incident_body(body)) if body is not None else None
         if incident is None:
             return f"Incident {ref.name} no longer exists"
         if incident.uid != ref.uid:

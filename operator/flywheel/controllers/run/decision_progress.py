@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from flywheel.api.bodies import own_status
 from flywheel.api.common import new_condition, set_condition
 from flywheel.api.enums import ConditionStatus, DecisionState, RunState
 from flywheel.api.incident import IncidentStatus
 from flywheel.api.names import DECIDED, FINAL_PHASES
 from flywheel.controllers.run.passes import RunPass
 from flywheel.controllers.run.ports import IncidentStatusWriter
-from flywheel.controllers.run.views import IncidentView, own_status
+from flywheel.controllers.run.views import IncidentView
 from flywheel.domain.decision_state import check_decision_transition
 from flywheel.domain.run_state import ACTIVE_STATES
 from flywheel.errors import KubernetesApiError, StoreUnavailableError

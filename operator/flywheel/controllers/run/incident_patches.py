@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from flywheel.api.bodies import own_status
 from flywheel.api.common import ObjectRef, find_condition, new_condition, set_condition
 from flywheel.api.enums import (
     ConditionStatus,
@@ -16,9 +17,6 @@ from flywheel.api.enums import (
 from flywheel.api.incident import IncidentStatus
 from flywheel.api.names import FINAL_PHASES, RESOLVED
 from flywheel.api.times import format_precise_time
-from flywheel.controllers.run.views import (
-    own_status,
-)
 
 # The reason of the Incident's condition Resolved=False once its Run ended without remediating it.
 NOT_REMEDIATED = "NotRemediated"

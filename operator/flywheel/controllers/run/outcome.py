@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from flywheel.api.bodies import own_status
 from flywheel.api.common import ObjectRef, find_condition
 from flywheel.api.enums import ConditionStatus, Disposition, RunState
 from flywheel.api.incident import IncidentStatus
@@ -12,7 +13,7 @@ from flywheel.api.names import LABEL_ANOMALY_KEY
 from flywheel.controllers.run.incident_patches import resolution_patch, unremediated_patch
 from flywheel.controllers.run.passes import OUTCOME_RECORDED, RunPass
 from flywheel.controllers.run.ports import AttemptRecord, AttemptSink, IncidentStatusWriter, RepairRecorder
-from flywheel.controllers.run.views import IncidentView, own_status
+from flywheel.controllers.run.views import IncidentView
 from flywheel.domain.notifications import Notification, NotificationKind, Notifier
 from flywheel.domain.run_state import RunErrorCode
 from flywheel.errors import (

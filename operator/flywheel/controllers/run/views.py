@@ -7,6 +7,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from flywheel.api.bodies import (
+    ConditionBody,
+    IncidentBody,
+    IncidentStatusBody,
+    ObjectMeta,
+    RunBody,
+    SignalBody,
+    created_at,
+    deleting,
+    generation,
+    incident_phase,
+    own_status,
+)
 from flywheel.api.enums import (
     DecisionState,
     IncidentPhase,
@@ -16,7 +29,6 @@ from flywheel.api.enums import (
     SignalStatus,
     TargetKind,
 )
-from flywheel.api.incident import IncidentStatus
 from flywheel.api.run import RunSpec, RunStatus, RunStep
 from flywheel.api.times import parse_time
 from flywheel.domain.actions import ProposedAction
@@ -48,22 +60,21 @@ class IncidentView:
     last_progress: datetime | None = None
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> IncidentView:
+    def from_body(cls, body: IncidentBody) -> IncidentView:
         meta = body["metadata"]
         spec = body.get("spec") or {}
         status = body.get("status") or {}
-        phase = status.get("phase")
         run_ref = status.get("runRef") or {}
         return cls(
             namespace=meta["namespace"],
             name=meta["name"],
             uid=meta["uid"],
-            created_at=parse_time(meta["creationTimestamp"]),
+            created_at=created_at(meta),
             remediation_mode=RemediationMode(
                 (spec.get("remediation") or {}).get("mode", RemediationMode.AUTO.value)
             ),
-            phase=IncidentPhase(phase) if phase else None,
-            deleting=bool(meta.get("deletionTimestamp")),
+            phase=incident_phase(status),
+            deleting=deleting(meta),
             anomaly_key=(status.get("anomaly") or {}).get("key"),
             alert_name=spec.get("alertName") or None,
             source=spec.get("source") or None,
@@ -75,7 +86,7 @@ class IncidentView:
         )
 
 
-def _signal(item: Mapping[str, Any]) -> SignalFacts:
+def _signal(item: SignalBody) -> SignalFacts:
     ends_at = item.get("endsAt")
     return SignalFacts(
         alert_name=str(item["alertName"]),
@@ -95,18 +106,14 @@ def _decision_state(decision: Any) -> DecisionState | None:
         return None
 
 
-def _last_progress(meta: Mapping[str, Any], status: Mapping[str, Any]) -> datetime:
-    moments = [parse_time(meta["creationTimestamp"])]
+def _last_progress(meta: ObjectMeta, status: IncidentStatusBody) -> datetime:
+    moments = [created_at(meta)]
+    condition: ConditionBody
     for condition in status.get("conditions") or []:
         moment = condition.get("lastTransitionTime")
         if moment:
             moments.append(parse_time(moment))
     return max(moments)
-
-
-def own_status(status: Mapping[str, Any], model: type[RunStatus | IncidentStatus]) -> dict[str, Any]:
-    known = {info.alias or name for name, info in model.model_fields.items()}
-    return {key: value for key, value in dict(status).items() if key in known}
 
 
 @dataclass(frozen=True)
@@ -123,17 +130,17 @@ class RunObject:
     annotations: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> RunObject:
+    def from_body(cls, body: RunBody) -> RunObject:
         """Parse a Run; raises ``ValueError`` (pydantic's ValidationError) for an invalid one."""
         meta = body["metadata"]
         return cls(
             name=meta["name"],
             namespace=meta["namespace"],
             uid=meta["uid"],
-            generation=int(meta.get("generation") or 1),
-            created_at=parse_time(meta["creationTimestamp"]),
+            generation=generation(meta),
+            created_at=created_at(meta),
             labels=dict(meta.get("labels") or {}),
-            deleting=bool(meta.get("deletionTimestamp")),
+            deleting=deleting(meta),
             spec=RunSpec.model_validate(dict(body.get("spec") or {})),
             status=RunStatus.model_validate(own_status(body.get("status") or {}, RunStatus)),
             annotations=dict(meta.get("annotations") or {}),
@@ -177,23 +184,17 @@ class RunObject:
         )
 
 
-def observed_run(
-    namespace: str,
-    name: str,
-    uid: str,
-    meta: Mapping[str, Any],
-    spec: Mapping[str, Any],
-    status: Mapping[str, Any],
-) -> ObservedRun:
-    """The safety-limit view of a Run body (for the operator's index); ``ValueError`` if invalid."""
+def observed_run(body: RunBody) -> ObservedRun:
+    """The safety-limit view of a Run body (for the operator's index); ``KeyError``/``ValueError`` if invalid."""
+    meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
     action = spec["action"]
     state = status.get("state")
     started_at = status.get("startedAt")
     return ObservedRun(
-        namespace=namespace,
-        name=name,
-        uid=uid,
-        created_at=parse_time(meta["creationTimestamp"]),
+        namespace=meta["namespace"],
+        name=meta["name"],
+        uid=meta["uid"],
+        created_at=created_at(meta),
         target_kind=TargetKind(action["target"]["kind"]),
         target_name=str(action["target"]["name"]),
         mode=RunMode(spec.get("mode", RunMode.AUTO.value)),
