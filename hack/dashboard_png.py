@@ -46,9 +46,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 import metrics_snapshot as bench
 from anomaly_record import private_redis_server
 
-from flywheel.api.enums import IncidentPhase, RunMode, RunState
+from flywheel.api.enums import IncidentPhase, RunMode, RunState, TargetKind
 from flywheel.domain.escalation import EscalationThresholds
-from flywheel.domain.health import WatchedIncident, WatchedRun
+from flywheel.domain.incident import IncidentView
+from flywheel.domain.run_state import ObservedRun
 from flywheel.logs import configure_logging
 from flywheel.metrics.collector import OperatorCounters, build_registry
 from flywheel.metrics.runtime import MetricsRuntime
@@ -88,16 +89,18 @@ class Simulation:
     engine: Engine
     store: AnomalyStore
     rng: random.Random = field(default_factory=lambda: random.Random(7))
-    incidents: dict[str, WatchedIncident] = field(default_factory=dict)
+    incidents: dict[str, IncidentView] = field(default_factory=dict)
     runs: dict[str, SimulatedRun] = field(default_factory=dict)
     counter: int = 0
-    dispositions: list[tuple[WatchedIncident, str]] = field(default_factory=list)
+    dispositions: list[tuple[IncidentView, str]] = field(default_factory=list)
     keys: dict[str, str] = field(default_factory=dict)
 
     def live_view(self) -> LiveView:
         return LiveView(
             incidents=tuple(self.incidents.values()),
-            runs=tuple(WatchedRun("demo", run.name, run.uid, run.created_at, run.state, RunMode.AUTO)
+            runs=tuple(ObservedRun(namespace="demo", name=run.name, uid=run.uid, created_at=run.created_at,
+                                   target_kind=TargetKind.DEPLOYMENT, target_name=run.incident, mode=RunMode.AUTO,
+                                   requires_approval=run.requires_approval, state=run.state, started_at=None)
                        for run in self.runs.values()),
         )
 
@@ -132,8 +135,9 @@ class Simulation:
                 "decision_id": None, "run_uid": None, "run_name": None, "duplicate_of": None, "resolved_at": None,
                 "disposition": None, "projected_at": now,
             }])
-        self.incidents[name] = WatchedIncident("demo", name, uid, now, IncidentPhase.INVESTIGATING,
-                                               None if no_alertname else alert, source)
+        self.incidents[name] = IncidentView(namespace="demo", name=name, uid=uid, created_at=now,
+                                            phase=IncidentPhase.INVESTIGATING,
+                                            alert_name=None if no_alertname else alert, source=source)
         key = f"{abs(hash((alert, service))) % 16**16:016x}"
         self.keys[name] = key
         signature = {"alert_name": alert, "service": service, "namespace": "demo", "error_type": ""}
@@ -158,9 +162,10 @@ class Simulation:
                     "decided_at": None, "decided_by": None, "run_uid": run.uid,
                 }])
         self.runs[run.uid] = run
-        self.incidents[incident_name] = WatchedIncident(
-            "demo", incident.name, incident.uid, incident.created_at, IncidentPhase.MITIGATING,
-            incident.alert_name, incident.source, True, run.uid,
+        self.incidents[incident_name] = IncidentView(
+            namespace="demo", name=incident.name, uid=incident.uid, created_at=incident.created_at,
+            phase=IncidentPhase.MITIGATING, alert_name=incident.alert_name, source=incident.source,
+            has_decision=True, run_uid=run.uid,
         )
 
     def _advance_runs(self, now: datetime) -> None:
@@ -218,9 +223,10 @@ class Simulation:
             "incident_name": incident.name, "resolved_at": now, "recorded_at": now,
             "root_cause": None if self.rng.random() < 0.3 else "memory limit too low",
         }])
-        self.incidents[run.incident] = WatchedIncident(
-            "demo", incident.name, incident.uid, incident.created_at, IncidentPhase.RESOLVED,
-            incident.alert_name, incident.source, True, run.uid,
+        self.incidents[run.incident] = IncidentView(
+            namespace="demo", name=incident.name, uid=incident.uid, created_at=incident.created_at,
+            phase=IncidentPhase.RESOLVED, alert_name=incident.alert_name, source=incident.source,
+            has_decision=True, run_uid=run.uid,
         )
 
 

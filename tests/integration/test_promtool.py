@@ -26,9 +26,10 @@ import aiohttp
 import pytest
 import yaml
 
-from flywheel.api.enums import IncidentPhase, RunState
+from flywheel.api.enums import IncidentPhase, RunMode, RunState, TargetKind
 from flywheel.domain.escalation import EscalationThresholds
-from flywheel.domain.health import WatchedIncident, WatchedRun
+from flywheel.domain.incident import IncidentView
+from flywheel.domain.run_state import ObservedRun
 from flywheel.metrics.collector import OperatorCounters, build_registry
 from flywheel.metrics.runtime import MetricsRuntime
 from flywheel.metrics.server import MetricsApp, MetricsServer
@@ -65,12 +66,14 @@ def promtool(*args: str, stdin: bytes | None = None, cwd: Path | None = None) ->
 def live_view(now: datetime) -> LiveView:
     return LiveView(
         incidents=(
-            WatchedIncident(namespace="shop", name="waiting", uid="u1", created_at=now - timedelta(minutes=3),
-                            phase=IncidentPhase.INVESTIGATING, alert_name="KubePodOOMKilled", source="alertmanager"),
-            WatchedIncident(namespace="shop", name="remediating", uid="u2", created_at=now - timedelta(minutes=2),
-                            phase=IncidentPhase.MITIGATING, has_decision=True, run_uid="r1"),
+            IncidentView(namespace="shop", name="waiting", uid="u1", created_at=now - timedelta(minutes=3),
+                         phase=IncidentPhase.INVESTIGATING, alert_name="KubePodOOMKilled", source="alertmanager"),
+            IncidentView(namespace="shop", name="remediating", uid="u2", created_at=now - timedelta(minutes=2),
+                         phase=IncidentPhase.MITIGATING, has_decision=True, run_uid="r1"),
         ),
-        runs=(WatchedRun(namespace="shop", name="remediating-1", uid="r1", created_at=now, state=RunState.RUNNING),),
+        runs=(ObservedRun(namespace="shop", name="remediating-1", uid="r1", created_at=now,
+                          target_kind=TargetKind.DEPLOYMENT, target_name="checkout", mode=RunMode.AUTO,
+                          requires_approval=False, state=RunState.RUNNING, started_at=None),),
     )
 
 

@@ -1,4 +1,5 @@
-"""The raw-body TypedDicts and readers (flywheel.api.bodies) against the CRDs the models generate.
+"""The raw-body TypedDicts and readers (flywheel.api.bodies) against the CRDs the models generate,
+and the parsed shapes of one Incident read from one body.
 
 What an operator would notice if it were wrong: a TypedDict key spelt unlike the API field
 (``alertname`` for ``alertName``) type-checks every parser that reads it and reads nothing at
@@ -31,6 +32,8 @@ from flywheel.api.crdgen import openapi_v3_schema
 from flywheel.api.enums import IncidentPhase
 from flywheel.api.incident import INCIDENT
 from flywheel.api.run import RUN
+from flywheel.domain.alerts import StoredIncident
+from flywheel.domain.incident import IncidentObject, IncidentView
 
 pytestmark = pytest.mark.unit
 
@@ -99,3 +102,31 @@ def test_the_readers_read_what_the_api_server_writes() -> None:
 def test_own_status_keeps_only_the_fields_of_the_model() -> None:
     raw = {"phase": "Pending", "kopf": {"progress": {}}, "conditions": []}
     assert own_status(raw, ApprovalStatus) == {"phase": "Pending", "conditions": []}
+
+
+def test_the_shapes_of_one_incident_read_the_same_body_alike() -> None:
+    """The full parse, the index view and the intake's stored Incident agree on what they share."""
+    labels = {"alertname": "KubePodCrashLooping", "namespace": "shop", "pod": "checkout-7d9f8-x2x4q",
+              "container": "app", "severity": "warning"}
+    body = typing.cast(IncidentBody, {
+        "apiVersion": "flywheel.dev/v1alpha1",
+        "kind": "Incident",
+        "metadata": {"name": "checkout-crashloop", "namespace": "shop", "uid": "uid-1", "generation": 2,
+                     "resourceVersion": "42", "creationTimestamp": "2025-03-01T12:00:00Z"},
+        "spec": {"alertName": "KubePodCrashLooping", "service": "checkout", "errorType": "CrashLoopBackOff",
+                 "severity": "P2", "source": "alertmanager", "summary": "checkout pods restart in a loop",
+                 "targetRef": {"kind": "Deployment", "name": "checkout"},
+                 "signals": [{"alertName": "KubePodCrashLooping", "labels": labels, "status": "firing",
+                              "startsAt": "2025-03-01T11:58:00Z", "fingerprint": "5c7e9b1a2d3f4e60"}]},
+        "status": {"phase": "Mitigating", "runRef": {"name": "checkout-crashloop-1", "uid": "run-1"},
+                   "kopf": {"progress": {}}},
+    })
+    whole, view, stored = IncidentObject.from_body(body), IncidentView.from_body(body), StoredIncident.from_body(body)
+    assert (whole.name, whole.uid, whole.created_at) == (view.name, view.uid, view.created_at)
+    assert whole.status.phase is view.phase is stored.phase is IncidentPhase.MITIGATING
+    assert whole.generation == 2
+    assert whole.status.run_ref is not None and view.run_uid == whole.status.run_ref.uid == "run-1"
+    assert [s.fingerprint for s in whole.spec.signals] == [s.fingerprint for s in view.signals] \
+        == [s.fingerprint for s in stored.signals] == ["5c7e9b1a2d3f4e60"]
+    assert view.signals[0].labels == dict(whole.spec.signals[0].labels) == labels
+    assert stored.name == view.name and stored.resource_version == "42"

@@ -26,15 +26,15 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from flywheel.api.enums import IncidentPhase, RunState
+from flywheel.api.enums import IncidentPhase, RunMode, RunState, TargetKind
 from flywheel.domain.funnel import FailureClass, ObjectSample, SourceActivity, StallRule
 from flywheel.domain.health import (
     ExecutionTally,
     FlywheelNode,
     HistoryHealthCounts,
-    WatchedIncident,
-    WatchedRun,
 )
+from flywheel.domain.incident import IncidentView
+from flywheel.domain.run_state import ObservedRun
 from flywheel.errors import DatabaseUnavailableError, RedisUnavailableError
 from flywheel.metrics.collector import OperatorCounters, ReconcileErrorCounter, SnapshotCollector
 from flywheel.metrics.runtime import MetricsRuntime
@@ -142,15 +142,15 @@ class FakeAnomalies:
 
 def live_view() -> LiveView:
     incidents = tuple(
-        WatchedIncident(namespace="shop", name=f"waiting-{n}", uid=f"u{n}", created_at=NOW - timedelta(minutes=n),
-                        phase=IncidentPhase.INVESTIGATING, alert_name=None if n == 0 else "HighLatency")
+        IncidentView(namespace="shop", name=f"waiting-{n}", uid=f"u{n}", created_at=NOW - timedelta(minutes=n),
+                     phase=IncidentPhase.INVESTIGATING, alert_name=None if n == 0 else "HighLatency")
         for n in range(3)
-    ) + (WatchedIncident(namespace="shop", name="stuck", uid="s", created_at=NOW - timedelta(days=2),
-                         phase=IncidentPhase.INVESTIGATING),)
-    runs = (
-        WatchedRun(namespace="shop", name="r1", uid="r1", created_at=NOW, state=RunState.RUNNING),
-        WatchedRun(namespace="shop", name="r2", uid="r2", created_at=NOW, state=RunState.SUCCEEDED),
-        WatchedRun(namespace="shop", name="r3", uid="r3", created_at=NOW, state=None),
+    ) + (IncidentView(namespace="shop", name="stuck", uid="s", created_at=NOW - timedelta(days=2),
+                      phase=IncidentPhase.INVESTIGATING),)
+    runs = tuple(
+        ObservedRun(namespace="shop", name=name, uid=name, created_at=NOW, target_kind=TargetKind.DEPLOYMENT,
+                    target_name="checkout", mode=RunMode.AUTO, requires_approval=False, state=state, started_at=None)
+        for name, state in (("r1", RunState.RUNNING), ("r2", RunState.SUCCEEDED), ("r3", None))
     )
     return LiveView(incidents=incidents, runs=runs)
 

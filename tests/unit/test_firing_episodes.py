@@ -30,7 +30,6 @@ from flywheel.api.incident import IncidentSpec, IncidentStatus, Signal
 from flywheel.api.names import ANOMALY_EVENT_REASON
 from flywheel.controllers.incident import (
     ESCALATED_EVENT_REASON,
-    IncidentObject,
     IncidentPolicy,
     IncidentReconciler,
     IncidentStores,
@@ -44,6 +43,7 @@ from flywheel.domain.escalation import (
     escalation_level,
     incident_occurrences,
 )
+from flywheel.domain.incident import IncidentObject
 from flywheel.domain.rules import default_catalogue
 from flywheel.errors import InvalidInputError
 from flywheel.settings import FlywheelSettings

@@ -20,15 +20,13 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from flywheel.api.enums import IncidentPhase, RunMode, RunState
+from flywheel.api.enums import IncidentPhase, RunMode, RunState, TargetKind
 from flywheel.domain.health import (
     SUCCESS_RATE_FALLBACK_WINDOW,
     SUCCESS_RATE_WINDOW,
     ExecutionTally,
     FlywheelNode,
     HistoryHealthCounts,
-    WatchedIncident,
-    WatchedRun,
     current_state,
     execution_success_rate,
     flywheel_health,
@@ -38,6 +36,8 @@ from flywheel.domain.health import (
     share,
     start_of_day,
 )
+from flywheel.domain.incident import IncidentView
+from flywheel.domain.run_state import ObservedRun
 from flywheel.errors import InvalidInputError
 
 pytestmark = pytest.mark.unit
@@ -49,14 +49,16 @@ def tally(executions: int, successes: int) -> ExecutionTally:
     return ExecutionTally(executions=executions, successes=successes)
 
 
-def watched(name: str, phase: IncidentPhase | None, *, age: timedelta = timedelta(minutes=1), **fields: object) -> WatchedIncident:
-    return WatchedIncident(namespace="shop", name=name, uid=f"uid-{name}", created_at=NOW - age, phase=phase,
-                           **fields)  # type: ignore[arg-type]
+def watched(name: str, phase: IncidentPhase | None, *, age: timedelta = timedelta(minutes=1), **fields: object) -> IncidentView:
+    return IncidentView(namespace="shop", name=name, uid=f"uid-{name}", created_at=NOW - age, phase=phase,
+                        **fields)  # type: ignore[arg-type]
 
 
 def watched_run(name: str, state: RunState | None, *, age: timedelta = timedelta(minutes=1),
-                mode: RunMode = RunMode.AUTO) -> WatchedRun:
-    return WatchedRun(namespace="shop", name=name, uid=f"uid-{name}", created_at=NOW - age, state=state, mode=mode)
+                mode: RunMode = RunMode.AUTO) -> ObservedRun:
+    return ObservedRun(namespace="shop", name=name, uid=f"uid-{name}", created_at=NOW - age,
+                       target_kind=TargetKind.DEPLOYMENT, target_name="checkout", mode=mode, requires_approval=False,
+                       state=state, started_at=None)
 
 
 # --------------------------------------------------------------------------- success rate
@@ -162,7 +164,7 @@ class TestStuck:
         (watched("closed", IncidentPhase.CLOSED), FlywheelNode.LEARNING),
     ],
 )
-def test_incident_node(incident: WatchedIncident, node: FlywheelNode) -> None:
+def test_incident_node(incident: IncidentView, node: FlywheelNode) -> None:
     assert incident_node(incident) is node
 
 

@@ -31,7 +31,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flywheel.api.enums import IncidentPhase, RiskLevel
+from flywheel.api.enums import RiskLevel
 from flywheel.api.incident import IncidentStatus
 from flywheel.api.names import (
     ANOMALY_EVENT_REASON,
@@ -42,12 +42,10 @@ from flywheel.api.names import (
     Event,
 )
 from flywheel.controllers.incident import (
-    IncidentObject,
     IncidentOutcome,
     IncidentPolicy,
     IncidentReconciler,
     IncidentStores,
-    PeerIncident,
     run_name,
     trace_id,
 )
@@ -58,6 +56,7 @@ from flywheel.domain.escalation import (
     Occurrence,
     escalation_level,
 )
+from flywheel.domain.incident import IncidentObject, IncidentView
 from flywheel.domain.rules import default_catalogue
 from flywheel.errors import NotFoundError, RedisUnavailableError
 from flywheel.stores.anomaly_redis import RecordedOccurrences
@@ -228,14 +227,10 @@ class World:
     def body(self, name: str) -> dict[str, Any]:
         return self.objects.objects[("incidents", NAMESPACE, name)]
 
-    def peers(self) -> list[PeerIncident]:
+    def peers(self) -> list[IncidentView]:
         """The Incident index's view of every Incident."""
-        peers = []
-        for (plural, _, name), body in self.objects.objects.items():
-            phase = (body.get("status") or {}).get("phase")
-            if plural == "incidents":
-                peers.append(PeerIncident(name, body["metadata"]["uid"], IncidentPhase(phase) if phase else None))
-        return peers
+        return [IncidentView.from_body(body) for (plural, _, _), body in self.objects.objects.items()
+                if plural == "incidents"]
 
     async def reconcile(self, name: str, at: timedelta = timedelta(0)) -> IncidentOutcome:
         body = self.body(name)

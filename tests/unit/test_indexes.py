@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 
 from flywheel.api.enums import IncidentPhase, RemediationMode, RunMode, RunState, TargetKind
-from flywheel.controllers.incident import PeerIncident
-from flywheel.controllers.run import IncidentView
+from flywheel.domain.incident import IncidentView
 from flywheel.domain.run_state import ObservedRun
 from flywheel.domain.signature import anomaly_key
 from flywheel.handlers.incident import all_incidents, incident_index, incident_of, incidents_with_anomaly
@@ -69,10 +68,12 @@ async def test_one_incident_index_answers_by_name_by_anomaly_and_as_a_whole() ->
     assert incident_of(index, "elsewhere", "oom-1") is None  # type: ignore[arg-type]
 
     key = anomaly_key("KubePodOOMKilled", "checkout", "shop", "OOMKilled")
-    assert sorted(incidents_with_anomaly(index, "shop", key), key=lambda peer: peer.name) == [  # type: ignore[arg-type]
-        PeerIncident("oom-1", "uid-oom-1", IncidentPhase.MITIGATING),
-        PeerIncident("oom-2", "uid-oom-2", IncidentPhase.DUPLICATE),
+    peers = sorted(incidents_with_anomaly(index, "shop", key), key=lambda peer: peer.name)  # type: ignore[arg-type]
+    assert [(peer.name, peer.uid, peer.phase, peer.active) for peer in peers] == [
+        ("oom-1", "uid-oom-1", IncidentPhase.MITIGATING, True),
+        ("oom-2", "uid-oom-2", IncidentPhase.DUPLICATE, False),
     ]
+    assert peers[0] is view  # one object per Incident, under both of its keys
     assert incidents_with_anomaly(index, "other-namespace", key) == []  # type: ignore[arg-type]
     # Every Incident once, although each sits under two keys.
     assert sorted(view.name for view in all_incidents(index)) == ["oom-1", "oom-2", "slow-1"]  # type: ignore[arg-type]

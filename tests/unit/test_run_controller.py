@@ -42,7 +42,6 @@ from flywheel.controllers.run import (
     HEARTBEAT_INTERVAL,
     AdmittedRuns,
     AttemptRecord,
-    IncidentView,
     RunController,
     RunGuard,
     RunObject,
@@ -51,6 +50,7 @@ from flywheel.controllers.run import (
     resolution_patch,
 )
 from flywheel.domain.actions import ProposedAction
+from flywheel.domain.incident import IncidentView
 from flywheel.domain.run_state import (
     ActionNotApplicableError,
     AdmissionKind,

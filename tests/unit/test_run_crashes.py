@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from flywheel.api.enums import ActionType
-from flywheel.controllers.run import IncidentView, RunController, RunObject, RunStores
+from flywheel.controllers.run import RunController, RunObject, RunStores
+from flywheel.domain.incident import IncidentView
 from flywheel.domain.run_state import TERMINAL_STATES
 from flywheel.settings import FlywheelSettings
 from flywheel.wiring import run_policy

@@ -6,9 +6,9 @@ side effect happens once — recording is idempotent per occurrence in Redis (th
 uid, and one id per further firing episode appended to it), the
 Run has a deterministic name, and dispositions carry their own idempotency ids.
 
-(Over 500 lines: the parsed Incident, its outcome with the Event merging, the store Protocols
-and the reconcile steps are still one module; they split like ``controllers/run/`` when the
-next Incident feature lands.)
+(Over 500 lines: the outcome with the Event merging, the store Protocols and the reconcile
+steps are still one module; they split like ``controllers/run/`` when the next Incident
+feature lands. The parsed Incident and its index view are ``flywheel.domain.incident``.)
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from flywheel.api.bodies import IncidentBody, created_at, generation, own_status
 from flywheel.api.common import Action, ObjectRef, find_condition, new_condition, set_condition
 from flywheel.api.enums import (
     ActionType,
@@ -31,7 +30,7 @@ from flywheel.api.enums import (
     IncidentPhase,
     RiskLevel,
 )
-from flywheel.api.incident import AnomalyStatus, Decision, IncidentSpec, IncidentStatus
+from flywheel.api.incident import AnomalyStatus, Decision, IncidentStatus
 from flywheel.api.names import (
     ACTIVE_PHASES,
     ANOMALY_EVENT_REASON,
@@ -68,11 +67,11 @@ from flywheel.domain.escalation import (
     incident_occurrences,
 )
 from flywheel.domain.funnel import ObjectSample
+from flywheel.domain.incident import IncidentObject, IncidentView
 from flywheel.domain.ladder import LadderExhausted, LadderPolicy, next_rung, rung_requires_approval
 from flywheel.domain.names import label_value, suffixed_name
 from flywheel.domain.notifications import Notification, NotificationKind, Notifier
-from flywheel.domain.rules import AlertFacts, CatalogueSource
-from flywheel.domain.signature import anomaly_key
+from flywheel.domain.rules import CatalogueSource
 from flywheel.errors import KubernetesApiError, NotFoundError, RedisUnavailableError, StoreUnavailableError
 from flywheel.logs import get_logger
 from flywheel.stores.advisor_client import AdvisorEndpoint
@@ -99,65 +98,6 @@ FIRST_DECISION = 1
 LADDER_EXHAUSTED_EVENT_REASON = "LadderExhausted"
 # The reason of Resolved=False the Run controller writes when a Run ended without remediating.
 NOT_REMEDIATED_REASON = "NotRemediated"
-
-
-@dataclass(frozen=True, slots=True)
-class PeerIncident:
-    """What the deduplication needs to know of an Incident with the same key (from Kopf's index)."""
-
-    name: str
-    uid: str
-    phase: IncidentPhase | None
-
-    @property
-    def active(self) -> bool:
-        return self.phase in ACTIVE_PHASES
-
-
-@dataclass
-class IncidentObject:
-    name: str
-    namespace: str
-    uid: str
-    generation: int
-    created_at: datetime
-    spec: IncidentSpec
-    status: IncidentStatus
-
-    @classmethod
-    def from_body(cls, body: IncidentBody) -> IncidentObject:
-        meta = body["metadata"]
-        return cls(
-            name=meta["name"],
-            namespace=meta["namespace"],
-            uid=meta["uid"],
-            generation=generation(meta),
-            created_at=created_at(meta),
-            spec=IncidentSpec.model_validate(dict(body.get("spec") or {})),
-            status=IncidentStatus.model_validate(own_status(body.get("status") or {}, IncidentStatus)),
-        )
-
-    @property
-    def anomaly_key(self) -> str:
-        return anomaly_key(self.spec.alert_name, self.spec.service, self.namespace, self.spec.error_type)
-
-    @property
-    def target(self) -> IncidentTarget:
-        return IncidentTarget(self.namespace, self.spec.target_ref.kind, self.spec.target_ref.name)
-
-    @property
-    def alerts(self) -> tuple[AlertFacts, ...]:
-        """Its alerts as the catalogue's selector rules see them: each signal with its labels,
-        or, without signals, one alert named by ``spec.alertName``."""
-        if not self.spec.signals:
-            return (AlertFacts(self.spec.alert_name, self.namespace),)
-        return tuple(AlertFacts(signal.alert_name, self.namespace, signal.labels) for signal in self.spec.signals)
-
-    @property
-    def alert_names(self) -> tuple[str, ...]:
-        names = [self.spec.alert_name] if self.spec.alert_name else []
-        names += [signal.alert_name for signal in self.spec.signals if signal.alert_name not in names]
-        return tuple(names)
 
 
 @dataclass
@@ -340,7 +280,7 @@ class IncidentReconciler:
         return self._policy.tenant or namespace
 
     async def reconcile(
-        self, incident: IncidentObject, peers: Iterable[PeerIncident], now: datetime | None = None
+        self, incident: IncidentObject, peers: Iterable[IncidentView], now: datetime | None = None
     ) -> IncidentOutcome:
         now = now or datetime.now(UTC)
         status = incident.status.model_copy(deep=True)
@@ -383,7 +323,7 @@ class IncidentReconciler:
 
     # -- steps ------------------------------------------------------------------------
 
-    async def _claim(self, incident: IncidentObject, peers: Iterable[PeerIncident]) -> Holder | None:
+    async def _claim(self, incident: IncidentObject, peers: Iterable[IncidentView]) -> Holder | None:
         """The active Incident that already owns this anomaly's remediation, or None if we do now."""
         known = {peer.uid: peer for peer in peers}
         # An active twin already won the claim (an Incident only turns active after winning

@@ -785,7 +785,9 @@ def _episode_key(signal: Signal) -> tuple[str | None, datetime]:
 
 @dataclass(frozen=True)
 class StoredIncident:
-    """An Incident already recorded for the alert's fingerprint, as the intake needs it."""
+    """An Incident already recorded for the alert's fingerprint, as the intake needs it: read fresh
+    from a labelled list, not the index (its resourceVersion guards the append), with its signals as
+    full models and a bad one named by its field."""
 
     name: str
     resource_version: str

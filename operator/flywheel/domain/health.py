@@ -30,8 +30,10 @@ from datetime import datetime, time, timedelta
 from enum import StrEnum
 from typing import Final
 
-from flywheel.api.enums import IncidentPhase, RunMode, RunState
+from flywheel.api.enums import IncidentPhase, RunState
 from flywheel.domain.funnel import MAX_OPEN_WAITING_SAMPLES, ObjectSample
+from flywheel.domain.incident import IncidentView
+from flywheel.domain.run_state import ObservedRun
 from flywheel.errors import InvalidInputError
 
 MINIMUM_EXECUTIONS: Final = 10
@@ -136,65 +138,11 @@ def execution_success_rate(
 # --------------------------------------------------------------------------- watched resources
 
 
-@dataclass(frozen=True, slots=True)
-class WatchedIncident:
-    """What the health figures need of an Incident as the operator currently sees it."""
-
-    namespace: str
-    name: str
-    uid: str
-    created_at: datetime
-    phase: IncidentPhase | None
-    alert_name: str | None = None
-    source: str | None = None
-    has_decision: bool = False
-    run_uid: str | None = None  # status.runRef.uid
-    # The latest change of its conditions (None: its creation), the clock of "stuck".
-    last_progress: datetime | None = None
-
-    @property
-    def has_run(self) -> bool:
-        return self.run_uid is not None
-
-    @property
-    def active(self) -> bool:
-        return self.phase in ACTIVE_PHASES
-
-    @property
-    def waiting_without_run(self) -> bool:
-        """Active, not a duplicate, and no Run remediates it (yet)."""
-        return self.active and not self.has_run
-
-    def sample(self) -> ObjectSample:
-        return ObjectSample("Incident", self.namespace, self.name, self.uid)
+# The figures read the Incident and Run indexes' own views: ``IncidentView``
+# (flywheel.domain.incident) and ``ObservedRun`` (flywheel.domain.run_state).
 
 
-@dataclass(frozen=True, slots=True)
-class WatchedRun:
-    """What the health figures need of a Run as the operator currently sees it."""
-
-    namespace: str
-    name: str
-    uid: str
-    created_at: datetime
-    state: RunState | None  # None: not reconciled yet, i.e. Pending
-    mode: RunMode = RunMode.AUTO
-
-    @property
-    def waiting_to_execute(self) -> bool:
-        """An Auto Run that exists but has not started executing its action."""
-        return self.mode is RunMode.AUTO and self.state in (None, RunState.PENDING, RunState.WAITING_APPROVAL)
-
-    @property
-    def executing(self) -> bool:
-        """An Auto Run that is applying or verifying its action."""
-        return self.mode is RunMode.AUTO and self.state in (RunState.RUNNING, RunState.VERIFYING)
-
-    def sample(self) -> ObjectSample:
-        return ObjectSample("Run", self.namespace, self.name, self.uid)
-
-
-def incident_node(incident: WatchedIncident) -> FlywheelNode:
+def incident_node(incident: IncidentView) -> FlywheelNode:
     """Where an Incident stands in the flywheel (see the module docstring)."""
     if incident.phase in (IncidentPhase.RESOLVED, IncidentPhase.CLOSED):
         return FlywheelNode.LEARNING
@@ -209,7 +157,7 @@ def incident_node(incident: WatchedIncident) -> FlywheelNode:
     return FlywheelNode.DIAGNOSIS
 
 
-def is_stuck(incident: WatchedIncident, now: datetime) -> bool:
+def is_stuck(incident: IncidentView, now: datetime) -> bool:
     """Active (Investigating, Mitigating — its Runs may have failed —, NotRemediated) with no progress
     for more than 24 hours: no condition of it changed since (else since its creation)."""
     if not incident.active or incident.phase is None:
@@ -257,7 +205,7 @@ def runs_by_state(states: Iterable[RunState | None]) -> dict[RunState, int]:
     return counts
 
 
-def recent_active(incidents: Iterable[WatchedIncident], limit: int = RECENT_ACTIVE_INCIDENTS) -> tuple[ActiveIncident, ...]:
+def recent_active(incidents: Iterable[IncidentView], limit: int = RECENT_ACTIVE_INCIDENTS) -> tuple[ActiveIncident, ...]:
     """The ``limit`` most recently created active Incidents, newest first, with their node."""
     active = sorted(
         (incident for incident in incidents if incident.active),
@@ -277,7 +225,7 @@ def recent_active(incidents: Iterable[WatchedIncident], limit: int = RECENT_ACTI
     )
 
 
-def current_state(incidents: Iterable[WatchedIncident], runs: Iterable[WatchedRun], now: datetime) -> CurrentState:
+def current_state(incidents: Iterable[IncidentView], runs: Iterable[ObservedRun], now: datetime) -> CurrentState:
     """Current figures from the resources the operator watches.
 
     Samples are the resources that have waited longest (oldest first): those are the ones a
@@ -410,8 +358,6 @@ __all__ = [
     "HistoryHealthCounts",
     "NodeActivity",
     "SuccessRate",
-    "WatchedIncident",
-    "WatchedRun",
     "current_state",
     "execution_success_rate",
     "flywheel_health",

@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from flywheel.api.enums import RunMode, RunState, TargetKind
+from flywheel.domain.funnel import ObjectSample
 from flywheel.errors import FlywheelError, InvalidInputError
 
 # --------------------------------------------------------------------------- states
@@ -378,6 +379,19 @@ class ObservedRun:
     @property
     def active(self) -> bool:
         return self.acts and current_state(self.state) in ACTIVE_STATES
+
+    @property
+    def waiting_to_execute(self) -> bool:
+        """An Auto Run that exists but has not started executing its action (the health figures)."""
+        return self.acts and self.state in (None, RunState.PENDING, RunState.WAITING_APPROVAL)
+
+    @property
+    def executing(self) -> bool:
+        """An Auto Run that is applying or verifying its action (the health figures)."""
+        return self.acts and self.state in (RunState.RUNNING, RunState.VERIFYING)
+
+    def sample(self) -> ObjectSample:
+        return ObjectSample("Run", self.namespace, self.name, self.uid)
 
     @property
     def queued(self) -> bool:

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import kopf
 
-from flywheel.api.bodies import incident_body, incident_phase, own_status
+from flywheel.api.bodies import incident_body, own_status
 from flywheel.api.enums import IncidentPhase
 from flywheel.api.incident import IncidentStatus
 from flywheel.controllers.driver import ObjectDriver
-from flywheel.controllers.incident import IncidentObject, IncidentReconciler, PeerIncident, ladder_due
-from flywheel.controllers.run import IncidentView
+from flywheel.controllers.incident import IncidentReconciler, ladder_due
+from flywheel.domain.incident import IncidentObject, IncidentView
 from flywheel.domain.signature import anomaly_key
 from flywheel.errors import KubernetesApiError, StoreUnavailableError
 from flywheel.handlers.driving import build_driver, retry_after, stop_driver
@@ -41,10 +41,10 @@ UNAVAILABLE_RETRY_SECONDS = 10.0
 MEMO_INCIDENT_DRIVER = "incident_driver"
 
 
-# Keys of the Incident index: (namespace, name) → IncidentView; (namespace, ANOMALY, key) → PeerIncident.
+# Keys of the Incident index: (namespace, name) and (namespace, ANOMALY, key), both → the same IncidentView.
 ANOMALY = "anomaly"
 IncidentIndexKey = tuple[str, str] | tuple[str, str, str]
-IncidentIndex = kopf.Index[IncidentIndexKey, IncidentView | PeerIncident]
+IncidentIndex = kopf.Index[IncidentIndexKey, IncidentView]
 
 # Kopf passes indexes, `old` and `operation` as keyword arguments its callback Protocols do not
 # declare, so mypy cannot match such handlers to them: the decorators below carry an ignore for it.
@@ -52,41 +52,40 @@ IncidentIndex = kopf.Index[IncidentIndexKey, IncidentView | PeerIncident]
 
 @kopf.index(GROUP, VERSION, "incidents")
 async def incident_index(
-    namespace: str | None, name: str, uid: str, body: kopf.Body, spec: kopf.Spec, status: kopf.Status, **_: Any
-) -> dict[IncidentIndexKey, IncidentView | PeerIncident] | None:
+    namespace: str | None, name: str, body: kopf.Body, spec: kopf.Spec, **_: Any
+) -> dict[IncidentIndexKey, IncidentView] | None:
     """Every Incident in memory, by name and by anomaly key: deduplication, the Runs and the metrics
     read it instead of the API.
 
     One index for every use: Kopf calls each index function of a kind on every watch event of
-    that kind, and the call, not the function, is what costs.
+    that kind, and the call, not the function, is what costs. Both keys hold the same object, so
+    an Incident costs one view in memory.
     """
     if namespace is None:
         return None
     key = anomaly_key(spec.get("alertName"), spec.get("service"), namespace, spec.get("errorType"))
     try:
         view = IncidentView.from_body(incident_body(body))
-        peer = PeerIncident(name=name, uid=uid, phase=incident_phase(status))
     except (KeyError, ValueError):
         return None  # an invalid Incident is refused by its own pass
-    return {(namespace, name): view, (namespace, ANOMALY, key): peer}
+    return {(namespace, name): view, (namespace, ANOMALY, key): view}
 
 
 def incident_of(index: IncidentIndex, namespace: str, name: str) -> IncidentView | None:
     """The Incident ``namespace/name`` as the operator last saw it."""
-    found = next(iter(index.get((namespace, name), ())), None)
-    return found if isinstance(found, IncidentView) else None
+    return next(iter(index.get((namespace, name), ())), None)
 
 
-def incidents_with_anomaly(index: IncidentIndex, namespace: str, key: str) -> list[PeerIncident]:
+def incidents_with_anomaly(index: IncidentIndex, namespace: str, key: str) -> list[IncidentView]:
     """The Incidents of ``namespace`` with the anomaly ``key``."""
-    return [peer for peer in index.get((namespace, ANOMALY, key), ()) if isinstance(peer, PeerIncident)]
+    return list(index.get((namespace, ANOMALY, key), ()))
 
 
 def all_incidents(index: IncidentIndex) -> Iterator[IncidentView]:
     """Every Incident the operator sees (each once)."""
     for key, store in index.items():
         if len(key) == 2:
-            yield from (view for view in store if isinstance(view, IncidentView))
+            yield from store
 
 
 def _spec_unseen(body: Mapping[str, Any]) -> bool:

@@ -17,7 +17,6 @@ import kopf
 
 from flywheel.controllers.driver import ObjectDriver
 from flywheel.domain.funnel import funnel_period
-from flywheel.domain.health import WatchedIncident, WatchedRun
 from flywheel.domain.run_state import ObservedRun
 from flywheel.errors import FlywheelError
 from flywheel.handlers.catalogue import CatalogueCollector
@@ -48,29 +47,8 @@ def live_view(incident_index: IncidentIndex, run_views: kopf.Index[str, Observed
     """The watched Incidents and Runs, from the indexes their handlers keep (no index of our own:
     Kopf would call it on every watch event)."""
     return LiveView(
-        incidents=tuple(
-            WatchedIncident(
-                namespace=view.namespace,
-                name=view.name,
-                uid=view.uid,
-                created_at=view.created_at,
-                phase=view.phase,
-                alert_name=view.alert_name,
-                source=view.source,
-                has_decision=view.has_decision,
-                run_uid=view.run_uid,
-                last_progress=view.last_progress,
-            )
-            for view in all_incidents(incident_index)
-        ),
-        runs=tuple(
-            WatchedRun(
-                namespace=run.namespace, name=run.name, uid=run.uid, created_at=run.created_at, state=run.state,
-                mode=run.mode,
-            )
-            for runs in run_views.values()
-            for run in runs
-        ),
+        incidents=tuple(all_incidents(incident_index)),
+        runs=tuple(run for runs in run_views.values() for run in runs),
     )
 
 

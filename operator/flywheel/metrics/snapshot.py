@@ -39,12 +39,12 @@ from flywheel.domain.health import (
     FlywheelHealth,
     FlywheelNode,
     NodeActivity,
-    WatchedIncident,
-    WatchedRun,
     current_state,
     flywheel_health,
     node_activity,
 )
+from flywheel.domain.incident import IncidentView
+from flywheel.domain.run_state import ObservedRun
 from flywheel.errors import DatabaseUnavailableError, RedisUnavailableError
 from flywheel.logs import get_logger
 from flywheel.stores.metrics_queries import (
@@ -68,8 +68,8 @@ def utc_now() -> datetime:
 class LiveView:
     """The watched resources at one instant."""
 
-    incidents: tuple[WatchedIncident, ...] = ()
-    runs: tuple[WatchedRun, ...] = ()
+    incidents: tuple[IncidentView, ...] = ()
+    runs: tuple[ObservedRun, ...] = ()
 
 
 # --------------------------------------------------------------------------- snapshot

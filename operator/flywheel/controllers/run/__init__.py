@@ -34,7 +34,7 @@ from flywheel.controllers.run.ports import (
     RunStores,
     WorkloadActions,
 )
-from flywheel.controllers.run.views import IncidentView, RunObject, last_seq, observed_run
+from flywheel.controllers.run.views import RunObject, last_seq, observed_run
 
 __all__ = [
     "APPROVAL_EVENT_REASONS",
@@ -52,7 +52,6 @@ __all__ = [
     "AttemptRecord",
     "AttemptSink",
     "IncidentStatusWriter",
-    "IncidentView",
     "NamespaceGate",
     "RepairRecorder",
     "RunController",

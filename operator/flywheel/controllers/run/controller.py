@@ -50,7 +50,8 @@ from flywheel.controllers.run.ports import RepairRecorder, RunStores
 from flywheel.controllers.run.symptom_check import SymptomCheck
 from flywheel.controllers.run.trust import TrustCheck
 from flywheel.controllers.run.verification import Verification
-from flywheel.controllers.run.views import IncidentView, RunObject
+from flywheel.controllers.run.views import RunObject
+from flywheel.domain.incident import IncidentView
 from flywheel.domain.run_state import (
     TERMINAL_STATES,
     ObservedRun,

@@ -18,8 +18,8 @@ from flywheel.api.incident import IncidentStatus
 from flywheel.api.names import DECIDED, FINAL_PHASES
 from flywheel.controllers.run.passes import RunPass
 from flywheel.controllers.run.ports import IncidentStatusWriter
-from flywheel.controllers.run.views import IncidentView
 from flywheel.domain.decision_state import check_decision_transition
+from flywheel.domain.incident import IncidentView
 from flywheel.domain.run_state import ACTIVE_STATES
 from flywheel.errors import KubernetesApiError, StoreUnavailableError
 from flywheel.logs import get_logger

@@ -19,8 +19,8 @@ from flywheel.controllers.run.passes import (
 )
 from flywheel.controllers.run.ports import WorkloadActions
 from flywheel.controllers.run.recheck import WorkloadReader, cancel_if_resolved
-from flywheel.controllers.run.views import IncidentView
 from flywheel.domain.approval import TokenRefused
+from flywheel.domain.incident import IncidentView
 from flywheel.domain.run_state import (
     ActionNotApplicableError,
     FailureClass,

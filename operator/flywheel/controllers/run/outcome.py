@@ -13,7 +13,7 @@ from flywheel.api.names import LABEL_ANOMALY_KEY
 from flywheel.controllers.run.incident_patches import resolution_patch, unremediated_patch
 from flywheel.controllers.run.passes import OUTCOME_RECORDED, RunPass
 from flywheel.controllers.run.ports import AttemptRecord, AttemptSink, IncidentStatusWriter, RepairRecorder
-from flywheel.controllers.run.views import IncidentView
+from flywheel.domain.incident import IncidentView
 from flywheel.domain.notifications import Notification, NotificationKind, Notifier
 from flywheel.domain.run_state import RunErrorCode
 from flywheel.errors import (

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from flywheel.api.enums import RunState, TargetKind
 from flywheel.controllers.run.passes import STEP_CANCEL, RunPass
-from flywheel.controllers.run.views import IncidentView
+from flywheel.domain.incident import IncidentView
 from flywheel.domain.run_state import RunErrorCode
 from flywheel.domain.symptom import all_resolved
 from flywheel.stores.workloads import ActionStamp, already_applied

@@ -6,7 +6,8 @@ from datetime import datetime
 from typing import Protocol
 
 from flywheel.api.enums import TargetKind
-from flywheel.controllers.run.views import IncidentView, RunObject
+from flywheel.controllers.run.views import RunObject
+from flywheel.domain.incident import IncidentView
 from flywheel.domain.symptom import (
     PodFacts,
     SymptomVerdict,

@@ -25,8 +25,8 @@ from flywheel.controllers.run.passes import (
 )
 from flywheel.controllers.run.ports import WorkloadActions
 from flywheel.controllers.run.symptom_check import SymptomCheck
-from flywheel.controllers.run.views import IncidentView
 from flywheel.domain.approval import TokenRefused
+from flywheel.domain.incident import IncidentView
 from flywheel.domain.run_state import (
     NextStep,
     RunErrorCode,
