@@ -7,8 +7,9 @@ fails with ``KeyError``/``ValueError`` on what slips through. ``spec`` and ``sta
 mappings where a pydantic model (``flywheel.api.incident`` / ``.run`` / ``.approval``) parses them
 whole; the nested TypedDicts cover the fields the slim projections read without that model.
 
-The readers below are the one place a field of ``metadata`` (or an Incident's phase) is read
-from a body, for every parsed shape of a resource (see docs/architecture.md, "Shapes").
+The readers below convert the fields of ``metadata`` that need it (creation, generation,
+deletion), an Incident's phase and the model-known status fields, once for every parsed shape
+of a resource (docs/architecture.md, "Shapes of an Incident and a Run").
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Both are read from the same raw body (``flywheel.api.bodies.IncidentBody``) through the same
 metadata readers. The intake's ``StoredIncident`` (``flywheel.domain.alerts``) is the third and
-last shape, for a reason of its own; docs/architecture.md, "Shapes", lists them.
+last shape, for a reason of its own; docs/architecture.md, "Shapes of an Incident and a Run", lists them.
 
 The parsed Incident lives here, not in the API layer, because what it answers (its anomaly key,
 its target, its alerts as the rules see them) is domain logic.
