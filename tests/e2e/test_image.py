@@ -264,6 +264,6 @@ def test_the_image_runs_as_the_deployment_does_remediates_approves_and_serves_me
     # Every line the container wrote is JSON (the shipped FLYWHEEL_LOG_FORMAT); the migrations the
     # image carries created the history schema, and the catalogue came from the mounted ConfigMap.
     events = [json.loads(line) for line in operator.log().splitlines() if line and not line.startswith("=====")]
-    assert any(event["event"] == "history database migrated" for event in events)
-    assert {event.get("rules_file") for event in events if event["event"] == "rule catalogue reload started"} == {
+    assert any(event["event"] == "history_database_migrated" for event in events)
+    assert {event.get("rules_file") for event in events if event["event"] == "catalogue_reload_started"} == {
         settings["FLYWHEEL_RULES_FILE"]}
